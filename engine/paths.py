@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 ENV_VAR = "TUNE_STUDIO_HOME"
+MODELS_ENV_VAR = "TUNE_STUDIO_MODELS"
 SPACE_PERSISTENT_DIR = Path("/data")
 
 
@@ -34,5 +35,13 @@ def data_dir() -> Path:
 def subdir(name: str) -> Path:
     """A named folder under the data directory (``models``, ``runs``, ``indexes``...), created on demand."""
     path = data_dir() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def models_dir() -> Path:
+    """Converted model weights. Separately configurable so tests and several homes share one cache."""
+    explicit = os.environ.get(MODELS_ENV_VAR)
+    path = Path(explicit).expanduser() if explicit else data_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path

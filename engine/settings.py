@@ -43,7 +43,7 @@ class Spec:
 
 def setting(
     default: Any,
-    help: str,  # noqa: A002 - mirrors argparse/TRL naming on purpose
+    help: str,
     *,
     label: str = "",
     minimum: float | None = None,
@@ -151,7 +151,15 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    """Base for every settings dataclass: validation on creation, dict/YAML round trip."""
+    """Base for every settings dataclass: validation on creation, dict/YAML round trip.
+
+    Subclasses become frozen dataclasses automatically, so a settings class is just annotated
+    fields declared with :func:`setting`.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(frozen=True)(cls)
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))

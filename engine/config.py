@@ -1,0 +1,139 @@
+"""Training and generation settings, defined once.
+
+The UI form, the YAML presets and the CLI all read these dataclasses; nothing else states a
+default. Cross-field rules live in ``validate`` so a bad combination is refused before a run
+starts, with the fix in the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.models import BUNDLED_ID
+from engine.settings import Settings, SettingsError, setting
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class TrainConfig(Settings):
+    """Everything a fine-tuning run needs besides the data file."""
+
+    base_model: str = setting(
+        BUNDLED_ID,
+        "Model to fine-tune: the bundled SmolLM2 works offline; Hub ids need a GPU Space (and a token if gated).",
+        label="Base model",
+    )
+    quantization: str = setting(
+        "4bit",
+        "How the frozen base weights are stored. 4bit (QLoRA, NF4) uses the least memory; "
+        "8bit and none (16-bit LoRA) are slower to fit but a little more exact.",
+        choices=("4bit", "8bit", "none"),
+    )
+    lora_r: int = setting(16, "LoRA rank: capacity of the adapter. 8–32 is typical; higher learns more, "
+                          "uses more memory.", label="LoRA rank", minimum=1, maximum=256, step=1)
+    lora_alpha: int = setting(32, "LoRA scaling; usually twice the rank.", label="LoRA alpha",
+                              minimum=1, maximum=512, step=1, advanced=True)
+    lora_dropout: float = setting(0.05, "Dropout on the adapter during training; helps on small datasets.",
+                                  label="LoRA dropout", minimum=0.0, maximum=0.5, step=0.01, advanced=True)
+    target_modules: str = setting(
+        "all-linear",
+        "Which layers get adapters: 'all-linear' (recommended) or a comma-separated list such as q_proj,v_proj.",
+        advanced=True,
+    )
+    learning_rate: float = setting(2e-4, "Step size. 1e-4 to 3e-4 suits LoRA; lower it if the loss jumps around.",
+                                   minimum=1e-7, maximum=1e-2)
+    num_epochs: float = setting(1.0, "Passes over the training data (ignored when max steps is set).",
+                                label="Epochs", minimum=0.01, maximum=100.0, step=0.5)
+    max_steps: int = setting(-1, "Stop after this many optimizer steps; -1 trains for the number of epochs.",
+                             minimum=-1, maximum=1_000_000, step=1)
+    batch_size: int = setting(4, "Examples (or packed sequences) per step on the device. Lower it if you run "
+                              "out of memory.", minimum=1, maximum=256, step=1)
+    grad_accum: int = setting(2, "Steps whose gradients add up before one update: effective batch = batch size "
+                              "× this, without the memory cost.", label="Gradient accumulation",
+                              minimum=1, maximum=256, step=1)
+    max_length: int = setting(512, "Longest example in tokens; longer ones are cut (the Data tab counts them).",
+                              label="Max length (tokens)", minimum=32, maximum=32768, step=32)
+    lr_scheduler: str = setting("cosine", "How the learning rate changes over the run.", label="LR schedule",
+                                choices=("cosine", "linear", "constant", "constant_with_warmup"), advanced=True)
+    warmup_ratio: float = setting(0.03, "Share of steps spent ramping the learning rate up.",
+                                  minimum=0.0, maximum=0.5, step=0.01, advanced=True)
+    optimizer: str = setting(
+        "auto",
+        "auto = paged 8-bit AdamW on a GPU (saves memory), AdamW on CPU.",
+        choices=("auto", "adamw_torch", "paged_adamw_8bit", "adamw_8bit", "adafactor", "sgd"),
+        advanced=True,
+    )
+    gradient_checkpointing: bool = setting(
+        True, "Recompute activations instead of storing them: much less memory, ~20–30% slower.", advanced=True
+    )
+    packing: bool = setting(
+        True,
+        "Pack several short examples into each sequence with no padding (padding-free): faster, same loss. "
+        "Examples never attend to each other.",
+        advanced=True,
+    )
+    train_on: str = setting(
+        "assistant",
+        "Which tokens teach the model: only the assistant's replies (recommended) or every token.",
+        label="Train on", choices=("assistant", "all"), advanced=True,
+    )
+    val_fraction: float = setting(0.05, "Share of rows held out to measure eval loss (0 = none).",
+                                  label="Validation split", minimum=0.0, maximum=0.5, step=0.01)
+    eval_steps: int = setting(0, "Evaluate every N steps; 0 picks about 5 evaluations per run.",
+                              minimum=0, maximum=100_000, step=1, advanced=True)
+    save_steps: int = setting(20, "Save a resumable checkpoint every N steps.", minimum=1, maximum=100_000,
+                              step=1, advanced=True)
+    weight_decay: float = setting(0.0, "L2 penalty on the adapter weights.", minimum=0.0, maximum=1.0,
+                                  step=0.01, advanced=True)
+    max_grad_norm: float = setting(1.0, "Clip gradients above this norm; guards against loss spikes.",
+                                   minimum=0.0, maximum=100.0, step=0.1, advanced=True)
+    seed: int = setting(42, "Random seed: the same seed, data and settings give the same run.",
+                        minimum=0, maximum=2**31 - 1, step=1, advanced=True)
+    device: str = setting("auto", "Where to train: auto picks the GPU when there is one.",
+                          choices=("auto", "cpu", "cuda"), advanced=True)
+    dtype: str = setting("auto", "Compute precision: auto = bf16/fp16 on GPU, fp32 on CPU.",
+                         choices=("auto", "float32", "bfloat16", "float16"), advanced=True)
+
+    def validate(self) -> None:
+        if self.optimizer in ("paged_adamw_8bit", "adamw_8bit") and self.device == "cpu":
+            raise SettingsError("optimizer", "8-bit and paged optimizers need a GPU; choose 'auto' or adamw_torch.")
+        if self.dtype == "float16" and self.device == "cpu":
+            raise SettingsError("dtype", "float16 training is not supported on CPU; choose 'auto' or float32.")
+        if not self.target_modules.strip():
+            raise SettingsError("target_modules", "name at least one layer, or use 'all-linear'.")
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size * self.grad_accum
+
+    def target_modules_value(self) -> str | list[str]:
+        """PEFT accepts the string 'all-linear' or a list of module names."""
+        value = self.target_modules.strip()
+        return value if value == "all-linear" else [m.strip() for m in value.split(",") if m.strip()]
+
+
+class GenerationSettings(Settings):
+    """Shared by every answer the app produces, so comparisons between models are fair."""
+
+    temperature: float = setting(0.0, "0 answers deterministically (greedy); higher is more varied.",
+                                 minimum=0.0, maximum=2.0, step=0.05)
+    top_p: float = setting(0.9, "Sample only from the most likely tokens whose probabilities add up to this.",
+                           label="Top-p", minimum=0.05, maximum=1.0, step=0.05)
+    max_new_tokens: int = setting(200, "Longest answer in tokens.", label="Max new tokens",
+                                  minimum=1, maximum=4096, step=1)
+    repetition_penalty: float = setting(1.1, "Discourages repeating the same words; 1 = off.",
+                                        minimum=1.0, maximum=2.0, step=0.05, advanced=True)
+    seed: int = setting(0, "Seed for sampling, so the same question gives the same answer.",
+                        minimum=0, maximum=2**31 - 1, step=1, advanced=True)
+
+
+def preset_names() -> list[str]:
+    """Shipped presets, by file stem (``quick-cpu-demo``...)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> TrainConfig:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise SettingsError("preset", f"no preset named {name!r}; available: {', '.join(preset_names())}.")
+    return TrainConfig.from_yaml(path)

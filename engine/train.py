@@ -1,0 +1,281 @@
+"""One fine-tuning run: the user's data and a :class:`TrainConfig` in, a LoRA adapter out.
+
+Runs inside the worker process. The well-kept libraries do the work — TRL's ``SFTTrainer`` with
+a PEFT LoRA config on a bitsandbytes-quantised base — and a ``TrainerCallback`` turns the
+trainer's logs into typed events in the run's JSONL log, checks for a stop request after every
+step, and records checkpoints so any run can be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from engine.config import TrainConfig
+from engine.events import Cancelled, Checkpoint, Done, Eval, EventLog, Failed, Log, Started, Step
+from engine.jobs import TOKEN_ENV, JobRecord, JobStore
+
+
+@dataclass
+class TrainResult:
+    status: str  # "done" or "cancelled"
+    steps: int
+    final_loss: float | None
+    eval_loss: float | None
+
+
+def resolve_optimizer(config: TrainConfig, device: str) -> str:
+    """'auto' means paged 8-bit AdamW on a GPU (memory) and plain AdamW on CPU (8-bit states need CUDA)."""
+    if config.optimizer != "auto":
+        return config.optimizer
+    return "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
+
+
+def auto_eval_steps(config: TrainConfig, total_steps: int) -> int:
+    return config.eval_steps or max(1, total_steps // 5)
+
+
+def build_datasets(job: JobRecord, tokenizer: Any, config: TrainConfig, log: EventLog) -> tuple[Any, Any, dict]:
+    """Tokenise with the same code path the Data tab's preview uses; labels are -100 outside trained tokens."""
+    from datasets import Dataset
+
+    from engine import data
+
+    mapping = data.ColumnMapping.from_dict(job.mapping) if job.mapping else None
+    prepared = data.prepare(job.data_path, mapping=mapping, **job.data_options)
+    report = data.validate(prepared, tokenizer, config.max_length, config.train_on)
+    for warning in prepared.warnings:
+        log.append(Log(job.id, message=warning, level="warning"))
+    usable = data.training_examples(prepared, report)
+    skipped = len(prepared.examples) - len(usable)
+    if skipped:
+        log.append(Log(job.id, level="warning", message=f"Skipping {skipped} row(s) with errors; the Data tab "
+                                                       "lists them with row numbers."))
+    train_examples, eval_examples = data.split_train_validation(usable, config.val_fraction, config.seed)
+
+    def encode(examples: list[Any]) -> Any:
+        rows = []
+        for encoded in data.encode_examples(tokenizer, examples, config.max_length, config.train_on):
+            labels = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.assistant_masks, strict=True)]
+            rows.append({"input_ids": encoded.input_ids, "labels": labels})
+        return Dataset.from_list(rows) if rows else None
+
+    train_dataset = encode(train_examples)
+    if train_dataset is None:
+        raise data.DatasetError(
+            "No example has any token to train on after cutting to max length. Raise 'Max length' or check that "
+            "your rows contain assistant replies."
+        )
+    eval_dataset = encode(eval_examples) if eval_examples else None
+    fingerprint = {
+        "file": str(job.data_path),
+        "sha256": data.fingerprint_file(job.data_path),
+        "format": prepared.detection.format,
+        "rows": len(prepared.examples),
+        "skipped_rows": skipped,
+        "train_rows": len(train_examples),
+        "eval_rows": len(eval_examples),
+        "train_sequences": len(train_dataset),
+        "mapping": job.mapping,
+        "options": job.data_options,
+    }
+    return train_dataset, eval_dataset, fingerprint
+
+
+class EventCallback(TrainerCallback):
+    """Bridges ``transformers`` callbacks to typed events; also honours stop requests between steps."""
+
+    def __init__(self, job_id: str, log: EventLog, store: JobStore | None, meta: dict[str, Any]):
+        self.job_id, self.log, self.store, self.meta = job_id, log, store, meta
+        self.cancelled = False
+        self.last_loss: float | None = None
+        self.last_eval_loss: float | None = None
+        self._t0 = time.time()
+        self._tokens = (0.0, time.time())
+        self._first_step_time: float | None = None
+        self._first_step = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._t0 = time.time()
+        self._first_step = state.global_step
+        self.log.append(Started(self.job_id, total_steps=state.max_steps, resumed_from_step=state.global_step,
+                                **self.meta))
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        logs = logs or {}
+        now = time.time()
+        if "eval_loss" in logs:
+            self.last_eval_loss = logs["eval_loss"]
+            self.log.append(Eval(self.job_id, step=state.global_step, eval_loss=logs["eval_loss"]))
+            return
+        if "loss" not in logs:
+            return
+        tokens_per_second = None
+        if "num_tokens" in logs:
+            prev_tokens, prev_time = self._tokens
+            if now > prev_time and logs["num_tokens"] > prev_tokens:
+                tokens_per_second = (logs["num_tokens"] - prev_tokens) / (now - prev_time)
+            self._tokens = (logs["num_tokens"], now)
+        done_steps = state.global_step - self._first_step
+        eta = (now - self._t0) / done_steps * (state.max_steps - state.global_step) if done_steps > 0 else None
+        self.last_loss = logs["loss"]
+        self.log.append(Step(
+            self.job_id, step=state.global_step, total_steps=state.max_steps, epoch=round(state.epoch or 0.0, 4),
+            loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+            tokens_per_second=tokens_per_second, eta_seconds=eta, elapsed_seconds=now - self._t0,
+        ))
+        if self.store is not None:
+            self.store.mark_progress(self.job_id, state.global_step, state.max_steps, logs["loss"])
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Trainer measures its token count from the start of the log window; restart it for the next one.
+        self._tokens = (0.0, time.time())
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.store is not None and self.store.cancel_requested(self.job_id):
+            self.cancelled = True
+            control.should_save = True  # leave a checkpoint to resume from
+            control.should_training_stop = True
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.log.append(Checkpoint(self.job_id, step=state.global_step, path=str(path)))
+
+
+def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = None) -> TrainResult:
+    """Run one job to completion (or to a stop request) and write its adapter and records."""
+    import torch
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from engine.models import load_base_model, load_tokenizer, pick_device, pick_dtype
+
+    config = job.config
+    log = EventLog(job.events_path)
+    device = pick_device(config.device)
+    dtype = pick_dtype(device, config.dtype)
+    if device == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    tokenizer = load_tokenizer(config.base_model, hf_token)
+    train_dataset, eval_dataset, fingerprint = build_datasets(job, tokenizer, config, log)
+    (job.run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
+    model = load_base_model(config.base_model, quantization=config.quantization, device=config.device,
+                            dtype=config.dtype, token=hf_token)
+    total_steps_hint = config.max_steps if config.max_steps > 0 else 0
+    args = SFTConfig(
+        output_dir=str(job.checkpoints_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=resolve_optimizer(config, device),
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        packing=config.packing,
+        packing_strategy="bfd",
+        max_length=config.max_length,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if eval_dataset is not None else "no",
+        eval_steps=auto_eval_steps(config, total_steps_hint or 50),
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=device == "cuda" and dtype == torch.bfloat16,
+        fp16=device == "cuda" and dtype == torch.float16,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.target_modules_value(), task_type="CAUSAL_LM")
+    meta = {"device": device, "base_model": config.base_model, "train_rows": fingerprint["train_rows"],
+            "eval_rows": fingerprint["eval_rows"]}
+    callback = EventCallback(job.id, log, store, meta)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, peft_config=lora, callbacks=[callback])
+    trainer.train(resume_from_checkpoint=job.resume_from)
+    steps = trainer.state.global_step
+    if callback.cancelled:
+        return TrainResult("cancelled", steps, callback.last_loss, callback.last_eval_loss)
+    eval_loss = callback.last_eval_loss
+    if eval_dataset is not None and trainer.state.global_step % args.eval_steps != 0:
+        eval_loss = trainer.evaluate().get("eval_loss")
+        log.append(Eval(job.id, step=steps, eval_loss=eval_loss))
+    trainer.save_model(str(job.adapter_dir))
+    tokenizer.save_pretrained(str(job.adapter_dir))
+    metrics = {"steps": steps, "final_loss": callback.last_loss, "eval_loss": eval_loss,
+               "train_tokens": getattr(trainer, "_total_train_tokens", None),
+               "log_history": trainer.state.log_history}
+    (job.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return TrainResult("done", steps, callback.last_loss, eval_loss)
+
+
+OOM_FIXES = [
+    "Lower 'Batch size' (and raise 'Gradient accumulation' to keep the effective batch).",
+    "Lower 'Max length' — the Data tab shows how many rows would be cut.",
+    "Use quantization '4bit' (QLoRA) if it is not already on.",
+    "Turn on gradient checkpointing.",
+    "Use a smaller LoRA rank or a smaller base model.",
+]
+
+
+def explain_failure(exc: BaseException) -> tuple[str, list[str]]:
+    """A plain-language reason and concrete fixes for the exceptions users actually hit."""
+    from engine.data import DatasetError
+    from engine.models import ModelError
+    from engine.settings import SettingsError
+
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
+        return "Training ran out of memory.", OOM_FIXES
+    if isinstance(exc, (DatasetError, ModelError, SettingsError)):
+        return text, []
+    if isinstance(exc, FileNotFoundError):
+        return f"A file the run needs is missing: {exc.filename}. Upload the data again and restart.", []
+    return f"Training stopped with an error: {type(exc).__name__}: {text}", []
+
+
+def run_job(job_id: str, store: JobStore | None = None) -> int:
+    """Worker entry point: run, record the outcome (never 'done' unless it is), then start the next job."""
+    import os
+
+    store = store or JobStore()
+    job = store._fetch(job_id)
+    log = EventLog(job.events_path)
+    t0 = time.time()
+    exit_code = 0
+    try:
+        result = train(job, store, hf_token=os.environ.get(TOKEN_ENV) or os.environ.get("HF_TOKEN"))
+        if result.status == "cancelled":
+            log.append(Cancelled(job.id, step=result.steps, resumable=True))
+            store.finish(job.id, "cancelled", final_loss=result.final_loss)
+        else:
+            log.append(Done(job.id, adapter_dir=str(job.adapter_dir), final_loss=result.final_loss,
+                            eval_loss=result.eval_loss, steps=result.steps, duration_seconds=time.time() - t0))
+            store.finish(job.id, "done", final_loss=result.final_loss)
+    except BaseException as exc:
+        reason, fixes = explain_failure(exc)
+        detail = "".join(traceback.format_exception(exc))[-4000:]
+        has_checkpoint = store._fetch(job.id).latest_checkpoint() is not None
+        log.append(Failed(job.id, reason=reason, fixes=fixes, resumable=True, detail=detail))
+        store.finish(job.id, "failed", error=reason)
+        print(detail, flush=True)
+        exit_code = 1 if not has_checkpoint else 2
+    finally:
+        store.dispatch()
+    return exit_code

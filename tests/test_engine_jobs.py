@@ -1,0 +1,100 @@
+"""The job store's bookkeeping: queue order, cancel, and a vanished worker turning into a failure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from engine.config import TrainConfig
+from engine.events import Cancelled, Failed, Queued
+from engine.jobs import JobError, JobStore
+
+
+@pytest.fixture
+def store(tmp_path) -> JobStore:
+    return JobStore(tmp_path / "home")
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "data.json"
+    path.write_text('[{"instruction": "Say hi", "output": "Hi"}]')
+    return path
+
+
+def test_jobs_wait_in_fifo_order_with_known_positions(store: JobStore, data_file) -> None:
+    jobs = [store.submit(TrainConfig(), data_file, start=False, owner=f"user{i}") for i in range(3)]
+    assert [store.queue_position(j.id) for j in jobs] == [1, 2, 3]
+    assert next(e for e in store.events(jobs[2].id) if isinstance(e, Queued)).position == 3
+    store.cancel(jobs[0].id)
+    assert [store.queue_position(j.id) for j in jobs] == [None, 1, 2]
+
+
+def test_cancelling_a_queued_job_ends_it_and_logs_why(store: JobStore, data_file) -> None:
+    job = store.submit(TrainConfig(), data_file, start=False)
+    assert store.cancel(job.id).status == "cancelled"
+    assert isinstance(store.events(job.id)[-1], Cancelled)
+    with pytest.raises(JobError, match="already ended"):
+        store.cancel(job.id)
+
+
+def test_a_worker_that_vanished_is_reported_failed_with_a_reason_never_done(store: JobStore, data_file) -> None:
+    job = store.submit(TrainConfig(), data_file, start=False)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store._update(job.id, status="running", pid=gone.pid, started_at=1.0, last_step=3, total_steps=10)
+    record = store.get(job.id)
+    assert record.status == "failed"
+    assert "stopped unexpectedly at step 3 of 10" in record.error
+    failed = [e for e in store.events(job.id) if isinstance(e, Failed)]
+    assert len(failed) == 1 and failed[0].resumable
+    store.get(job.id)  # a second look must not report it twice
+    assert len([e for e in store.events(job.id) if isinstance(e, Failed)]) == 1
+
+
+def test_a_failed_run_can_be_queued_again(store: JobStore, data_file) -> None:
+    job = store.submit(TrainConfig(), data_file, start=False)
+    store.finish(job.id, "failed", error="boom")
+    store._update(job.id, status="failed")
+    # Another job holds the device, so the resumed one waits in the queue instead of starting.
+    blocker = store.submit(TrainConfig(), data_file, start=False)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import psutil
+
+        store._update(blocker.id, status="running", pid=sleeper.pid,
+                      pid_started=psutil.Process(sleeper.pid).create_time())
+        resumed = store.resume(job.id)
+        assert resumed.status == "queued" and resumed.resume_from is None
+        assert store.queue_position(job.id) == 1
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_only_finished_or_stopped_runs_resume_and_missing_data_is_refused(store: JobStore, data_file, tmp_path) -> None:
+    job = store.submit(TrainConfig(), data_file, start=False)
+    with pytest.raises(JobError, match="only stopped or failed"):
+        store.resume(job.id)
+    with pytest.raises(JobError, match="does not exist"):
+        store.submit(TrainConfig(), tmp_path / "missing.json", start=False)
+    with pytest.raises(JobError, match="no run with id"):
+        store.get("nope")
+
+
+def test_runs_are_listed_per_owner(store: JobStore, data_file) -> None:
+    store.submit(TrainConfig(), data_file, start=False, owner="ada")
+    store.submit(TrainConfig(), data_file, start=False, owner="bob")
+    assert [j.owner for j in store.list("ada")] == ["ada"]
+    assert len(store.list()) == 2
+
+
+def test_the_config_is_stored_with_the_run(store: JobStore, data_file) -> None:
+    job = store.submit(TrainConfig(lora_r=4), data_file, start=False, mapping={"format": "alpaca"},
+                       data_options={"placeholders": {"name": "Ada"}})
+    record = store.get(job.id)
+    assert record.config.lora_r == 4
+    assert record.mapping == {"format": "alpaca"} and record.data_options == {"placeholders": {"name": "Ada"}}
+    assert TrainConfig.from_yaml(record.run_dir / "config.yaml") == record.config
