@@ -9,6 +9,7 @@ step, and records checkpoints so any run can be resumed.
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
 from dataclasses import dataclass
@@ -38,7 +39,15 @@ def resolve_optimizer(config: TrainConfig, device: str) -> str:
 
 
 def auto_eval_steps(config: TrainConfig, total_steps: int) -> int:
-    return config.eval_steps or max(1, total_steps // 5)
+    return config.eval_steps or max(1, math.ceil(total_steps / 5))
+
+
+def planned_steps(config: TrainConfig, sequences: int) -> int:
+    """Optimizer steps the run will take: max steps, or epochs over the (packed) training sequences."""
+    if config.max_steps > 0:
+        return config.max_steps
+    per_epoch = max(1, math.ceil(sequences / (config.batch_size * config.grad_accum)))
+    return max(1, math.ceil(per_epoch * config.num_epochs))
 
 
 def build_datasets(job: JobRecord, tokenizer: Any, config: TrainConfig, log: EventLog) -> tuple[Any, Any, dict]:
@@ -193,7 +202,7 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
         save_steps=config.save_steps,
         save_total_limit=2,
         eval_strategy="steps" if eval_dataset is not None else "no",
-        eval_steps=auto_eval_steps(config, total_steps_hint or 50),
+        eval_steps=auto_eval_steps(config, total_steps_hint or 50),  # refined below once packed
         report_to="none",
         use_cpu=device == "cpu",
         bf16=device == "cuda" and dtype == torch.bfloat16,
@@ -208,6 +217,11 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
     callback = EventCallback(job.id, log, store, meta)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=lora, callbacks=[callback])
+    if dtype == torch.float32:
+        _adapter_to_float32(trainer.model)
+    if eval_dataset is not None and not config.eval_steps:
+        # Packing decides how many steps an epoch has; only now can "about 5 evaluations" be placed.
+        trainer.args.eval_steps = auto_eval_steps(config, planned_steps(config, len(trainer.train_dataset)))
     trainer.train(resume_from_checkpoint=job.resume_from)
     steps = trainer.state.global_step
     if callback.cancelled:
@@ -223,6 +237,16 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
                "log_history": trainer.state.log_history}
     (job.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return TrainResult("done", steps, callback.last_loss, eval_loss)
+
+
+def _adapter_to_float32(model: Any) -> None:
+    """TRL stores LoRA weights of quantised models in bf16; on CPUs without bf16 units that is
+    emulated and slow, and it mismatches the fp32 compute dtype we pick there. Keep them fp32."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.to(torch.float32)
 
 
 OOM_FIXES = [
