@@ -182,7 +182,10 @@ def load_tokenizer(model_id: str | None = None, token: str | None = None) -> Any
 
     model_id = model_id or BUNDLED_ID
     kwargs = {} if model_id == BUNDLED_ID else hub_kwargs(model_id, token)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_id), **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_id), **kwargs)
+    except OSError as exc:
+        raise ModelError(_explain_load_failure(model_id, exc)) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

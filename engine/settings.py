@@ -87,12 +87,12 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _base_type(tp: Any) -> Any:
+def base_type(tp: Any) -> Any:
     """``int | None`` -> ``int``; ``list[str]`` -> ``list``; anything else unchanged."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _base_type(args[0]) if len(args) == 1 else tp
+        return base_type(args[0]) if len(args) == 1 else tp
     return origin or tp
 
 
@@ -119,7 +119,7 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if _allows_none(tp):
             return None
         raise SettingsError(name, "a value is required.")
-    base = _base_type(tp)
+    base = base_type(tp)
     try:
         if base is bool:
             if isinstance(value, str):

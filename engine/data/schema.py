@@ -211,6 +211,7 @@ class ValidationReport:
     token_stats: TokenStats
     issues: list[Issue] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    token_lengths: list[int] = field(default_factory=list)  # one per example, for the Data tab's histogram
 
     @property
     def ok(self) -> bool:

@@ -98,6 +98,7 @@ def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: 
         token_stats=stats,
         issues=issues,
         warnings=warnings,
+        token_lengths=lengths,
     )
 
 

@@ -1,0 +1,30 @@
+"""Start the Tune Studio web app: ``python app.py`` serves http://127.0.0.1:7860.
+
+Environment overrides: ``TUNE_STUDIO_HOST`` / ``TUNE_STUDIO_PORT`` (or Gradio's own
+``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``), ``TUNE_STUDIO_HOME`` for the data directory.
+On a Hugging Face Space, set ``TUNE_STUDIO_HOST=0.0.0.0``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ui.app import build_app, launch_kwargs
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+
+
+def server_address() -> tuple[str, int]:
+    host = os.environ.get("TUNE_STUDIO_HOST") or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
+    port = os.environ.get("TUNE_STUDIO_PORT") or os.environ.get("GRADIO_SERVER_PORT") or DEFAULT_PORT
+    return host, int(port)
+
+
+demo = build_app()
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = server_address()
+    demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, **launch_kwargs())

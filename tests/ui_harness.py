@@ -1,0 +1,114 @@
+"""Drive a real Tune Studio app in headless Chromium: reusable by every tab's browser test.
+
+    with running_app(REPO / "tests/apps/rag_only.py", home=tmp_path) as url, browser_page(url) as page:
+        page.get_by_role("button", name="Build index").click()
+        screenshot(page, "rag-built")
+
+The app runs in a subprocess on a free port with its own ``TUNE_STUDIO_HOME``; Chromium is the
+Debian package (``apt-get install -y chromium``), driven by the ``playwright`` pip package. We never
+run ``playwright install``: the system browser is what CI has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def require_browser() -> None:
+    """Skip (not fail) where no Chromium or playwright is installed; CI installs both."""
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    pytest.importorskip("playwright.sync_api")
+
+
+@contextlib.contextmanager
+def running_app(script: str | Path, *, home: Path, timeout: float = 180, env: dict[str, str] | None = None,
+                log_name: str = "app") -> Iterator[str]:
+    """Start ``python script`` serving on a free port; yield its URL; stop it (and keep its log)."""
+    port = free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / f"{log_name}.log"
+    full_env = {**os.environ, "TUNE_STUDIO_HOME": str(home), "GRADIO_SERVER_PORT": str(port),
+                "GRADIO_SERVER_NAME": "127.0.0.1", "TUNE_STUDIO_PORT": str(port), "TUNE_STUDIO_HOST": "127.0.0.1",
+                "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO),
+                "PYTHONUNBUFFERED": "1", **(env or {})}
+    url = f"http://127.0.0.1:{port}/"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            _wait_for(url, proc, timeout, log_path)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_for(url: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"the app did not answer at {url} within {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def browser_page(url: str, *, viewport: tuple[int, int] = (1400, 1000), timeout_ms: int = 60_000) -> Iterator[Any]:
+    """A Chromium page opened at ``url`` with the Gradio app loaded; console errors are kept on ``page.errors``."""
+    from playwright.sync_api import sync_playwright
+
+    require_browser()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            page.set_default_timeout(timeout_ms)
+            page.errors = []  # type: ignore[attr-defined]
+            page.on("pageerror", lambda exc: page.errors.append(str(exc)))  # type: ignore[attr-defined]
+            page.goto(url)
+            # Not "networkidle": Gradio keeps a heartbeat connection open, so the network is never idle.
+            page.wait_for_selector(".gradio-container", state="visible")
+            page.wait_for_load_state("load")
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """Save a full-page screenshot under test-artifacts/ (kept by CI for failures and reviews)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

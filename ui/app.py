@@ -1,0 +1,117 @@
+"""The app shell: a first-run guide, then one tab per job (Data, Train, RAG).
+
+Why this shape: each tab file builds its components and then registers its events, so tabs can
+share a few components (the loaded dataset, the Train settings the Data check depends on) without
+knowing each other's layout. The RAG tab belongs to another module and is optional: the app must
+work whether or not it is present or healthy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import gradio as gr
+
+from ui import data_tab, train_tab
+
+log = logging.getLogger("tune_studio.ui")
+
+TITLE = "Tune Studio"
+CSS = """
+.ts-progress progress { height: 14px; }
+.ts-progress-text { font-size: 0.95em; margin-top: 4px; }
+"""
+
+GUIDE_STEPS = (
+    ("Load data", "Start with the demo dataset (41 questions and answers about this app), or drop your own file "
+                  "in the **Data** tab. Tune Studio shows the format it detected, any problems row by row, and "
+                  "a preview of what the model will learn."),
+    ("Pick settings", "The quick CPU preset trains the bundled SmolLM2 model in a few minutes on a laptop. "
+                      "The memory estimate tells you whether the run fits before you start."),
+    ("Train", "In the **Train** tab press **Start training**. Watch the loss fall; you may close the page — "
+              "the run continues and reappears when you come back."),
+    ("Try and download", "When the run is finished, ask it a question under *Try it*, and download the adapter "
+                         "or the merged model."),
+)
+
+
+def build_app() -> gr.Blocks:
+    """The whole web app. Per-visitor state lives in gr.State / component values, never in module globals."""
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nFine-tune an open language model on your own examples — no code needed.")
+        with gr.Accordion("New here? Follow these four steps", open=True, elem_id="guide"):
+            guide, guide_buttons = build_guide()
+        dataset = gr.State(None)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Data", id="data"):
+                data = data_tab.build(dataset)
+            with gr.Tab("Train", id="train"):
+                train = train_tab.build(dataset)
+            add_rag_tab()
+        data_tab.register(data, check_with=[train.control(name) for name in data_tab.CHECK_SETTINGS],
+                          extra_demo_triggers=[guide_buttons["demo"]])
+        train_tab.register(train)
+        train_tab.register_page_load(demo, train)
+        register_guide(guide, guide_buttons, tabs, train)
+    return demo
+
+
+def build_guide() -> tuple[gr.Walkthrough, dict[str, gr.Button]]:
+    """A gr.Walkthrough whose steps each say what to do and offer the one click that does it."""
+    buttons: dict[str, gr.Button] = {}
+    with gr.Walkthrough(selected=0) as guide:
+        for index, (label, text) in enumerate(GUIDE_STEPS):
+            with gr.Step(label, id=index):
+                gr.Markdown(text)
+                with gr.Row():
+                    if index == 0:
+                        buttons["demo"] = gr.Button("Load the demo dataset", variant="primary", elem_id="guide-demo")
+                    if index == 1:
+                        buttons["preset"] = gr.Button("Use the quick CPU preset", variant="primary",
+                                                      elem_id="guide-preset")
+                    if index == 2:
+                        buttons["to_train"] = gr.Button("Open the Train tab", variant="primary")
+                    if index < len(GUIDE_STEPS) - 1:
+                        buttons[f"next{index}"] = gr.Button("Next step →", elem_id=f"guide-next-{index}")
+    return guide, buttons
+
+
+def register_guide(guide: gr.Walkthrough, buttons: dict[str, gr.Button], tabs: gr.Tabs,
+                   train: train_tab.TrainTabComponents) -> None:
+    for index in range(len(GUIDE_STEPS) - 1):
+        buttons[f"next{index}"].click(lambda i=index: gr.Walkthrough(selected=i + 1), None, guide,
+                                      api_visibility="private")
+    buttons["demo"].click(lambda: gr.Walkthrough(selected=1), None, guide, api_visibility="private")
+    quick = "quick-cpu-demo"
+    buttons["preset"].click(lambda: (gr.Dropdown(value=quick), gr.Walkthrough(selected=2), gr.Tabs(selected="train")),
+                            None, [train.preset, guide, tabs], api_visibility="private")
+    buttons["to_train"].click(lambda: gr.Tabs(selected="train"), None, tabs, api_visibility="private")
+
+
+def add_rag_tab() -> None:
+    """Add the RAG tab when ``ui/rag_tab.py`` exists and builds; otherwise say so, and keep the app up."""
+    try:
+        rag_tab: Any = importlib.import_module("ui.rag_tab")
+    except ModuleNotFoundError as exc:
+        if exc.name != "ui.rag_tab":
+            log.warning("RAG tab not added: %s", exc)
+        return
+    except Exception:
+        log.exception("RAG tab not added: ui/rag_tab.py failed to import")
+        return
+    with gr.Tab("RAG", id="rag"):
+        try:
+            rag_tab.register(rag_tab.build())
+        except Exception:
+            log.exception("RAG tab failed to build")
+            gr.Markdown("⚠️ The RAG tab could not be built on this server; the other tabs work. "
+                        "See the server log for details.")
+
+
+def launch_kwargs() -> dict[str, Any]:
+    """Settings that Gradio 6 takes at launch (theme, css) rather than in gr.Blocks."""
+    from engine.paths import data_dir
+
+    return {"css": CSS, "theme": gr.themes.Soft(), "allowed_paths": [str(data_dir())]}

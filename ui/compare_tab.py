@@ -1,0 +1,424 @@
+"""The Compare tab: base vs fine-tuned vs RAG vs fine-tuned+RAG, on one question or a whole question set.
+
+Same shape as the other tabs: :func:`build` makes the components, :func:`register` wires the events,
+every event has a stable ``api_name`` prefixed ``compare_``, and a visitor's report and blind-vote
+progress live in ``gr.State``. All the work is in :mod:`engine.compare`; this file only formats.
+The arms share one copy of the model, so they answer one after another; each pane streams as it goes.
+"""
+
+from __future__ import annotations
+
+import html
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from engine.compare import (
+    ARM_LABELS,
+    ARMS,
+    VOTE_CHOICES,
+    ArmAnswer,
+    Comparer,
+    CompareSettings,
+    Progress,
+    Question,
+    Report,
+    Vote,
+    blind_pairs,
+    holdout_questions,
+    leakage_check,
+    load_questions,
+    parse_arms,
+    training_prompts,
+    win_rates,
+)
+from engine.config import GenerationSettings
+from engine.models import BUNDLED_ID
+from engine.paths import subdir
+from ui.common import SettingsForm, build_settings_form, friendly_errors, owner_of
+
+NO_RUN = "(none)"
+SUMMARY_HEADERS = ["metric", *[ARM_LABELS[a] for a in ARMS]]
+SUMMARY_METRICS = ["questions", "exact_match", "f1", "contained", "rouge_l", "retrieval_hit", "latency_s", "ttft_s",
+                   "tokens_per_s", "retrieval_failures", "generation_failures"]
+TABLE_HEADERS = ["#", "question", "reference", "arm", "answer", "contained", "F1", "ROUGE-L", "retrieval hit",
+                 "failure", "seconds"]
+CHUNK_HEADERS = ["[n]", "source", "score", "text"]
+WIN_HEADERS = ["arm", "votes", "wins", "ties", "losses", "both bad", "win rate", "95% CI"]
+
+
+@dataclass
+class ComparePane:
+    column: gr.Column
+    answer: gr.Markdown
+    stats: gr.Markdown
+    chunks: gr.Dataframe
+
+
+@dataclass
+class CompareTabComponents:
+    report_state: gr.State
+    blind_state: gr.State
+    arms: gr.CheckboxGroup
+    run: gr.Dropdown
+    collection: gr.Dropdown
+    refresh_button: gr.Button
+    generation: SettingsForm
+    options: SettingsForm
+    question: gr.Textbox
+    ask_button: gr.Button
+    panes: dict[str, ComparePane]
+    questions_file: gr.File
+    holdout_file: gr.File
+    limit: gr.Number
+    run_button: gr.Button
+    status: gr.HTML
+    summary: gr.Dataframe
+    table: gr.Dataframe
+    blind_button: gr.Button
+    blind_question: gr.Markdown
+    blind_a: gr.Markdown
+    blind_b: gr.Markdown
+    vote_buttons: dict[str, gr.Button]
+    blind_status: gr.Markdown
+    wins: gr.Dataframe
+    export_button: gr.Button
+    exports: gr.File
+
+
+# ----------------------------------------------------------------------------------------- choices
+
+
+def run_choices(owner: str | None = None) -> list[tuple[str, str]]:
+    """Finished runs with an adapter, as (label, adapter folder)."""
+    from engine.jobs import JobStore
+
+    out = [(NO_RUN, NO_RUN)]
+    for job in JobStore().list(owner=owner):
+        if job.status == "done" and (job.adapter_dir / "adapter_config.json").exists():
+            out.append((f"{job.name} ({job.config.base_model.split('/')[-1]})", str(job.adapter_dir)))
+    return out
+
+
+def collection_choices() -> list[str]:
+    return sorted(p.name for p in subdir("indexes").iterdir() if (p / "manifest.json").exists())
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+def build() -> CompareTabComponents:
+    gr.Markdown("Ask the same question to each model you pick and see which answers best. **One copy of the "
+                "model serves every arm**: the fine-tuned adapter is switched on and off, so the arms answer one "
+                "after another (each pane streams as it goes) with the same generation settings.")
+    report_state = gr.State(None)
+    blind_state = gr.State(None)
+    with gr.Row(equal_height=True):
+        arms = gr.CheckboxGroup(choices=[(ARM_LABELS[a], a) for a in ARMS], value=["base", "rag"], label="Arms",
+                                elem_id="compare-arms", scale=3)
+        run = gr.Dropdown(choices=run_choices(), value=NO_RUN, label="Fine-tuned run (for the fine-tuned arms)",
+                          elem_id="compare-run", scale=2)
+        collection = gr.Dropdown(choices=collection_choices(), value=None, label="RAG collection (for the RAG arms)",
+                                 elem_id="compare-collection", scale=2)
+        refresh_button = gr.Button("↻ Refresh lists", elem_id="compare-refresh", scale=1)
+    with gr.Accordion("Generation settings (shared by every arm)", open=False, elem_id="compare-settings"):
+        generation = build_settings_form(GenerationSettings, prefix="compare-gen", advanced_label="More")
+        options = build_settings_form(CompareSettings, prefix="compare-opt", advanced_label="Prompts and checks")
+
+    gr.Markdown("### Side by side")
+    with gr.Row(equal_height=True):
+        question = gr.Textbox(label="Question", placeholder="Ask something your data or documents cover…",
+                              elem_id="compare-question", scale=5)
+        ask_button = gr.Button("Ask every arm", variant="primary", elem_id="compare-ask", scale=1)
+    panes: dict[str, ComparePane] = {}
+    with gr.Row(equal_height=False):
+        for arm in ARMS:
+            slug = arm.replace("+", "-")
+            with gr.Column(visible=arm in ("base", "rag"), min_width=240, elem_id=f"compare-pane-{slug}") as column:
+                gr.Markdown(f"**{ARM_LABELS[arm]}**")
+                answer = gr.Markdown("", elem_id=f"compare-answer-{slug}")
+                stats = gr.Markdown("", elem_id=f"compare-stats-{slug}")
+                chunks = gr.Dataframe(headers=CHUNK_HEADERS, interactive=False, wrap=True, max_height=260,
+                                      visible="rag" in arm, elem_id=f"compare-chunks-{slug}")
+            panes[arm] = ComparePane(column, answer, stats, chunks)
+
+    gr.Markdown("### Question set\nUpload questions (CSV or JSONL with `question`, optional `answer`, optional "
+                "`gold_doc_id`), or hold out part of a fine-tuning file. Every chosen arm answers every question.")
+    with gr.Row(equal_height=True):
+        questions_file = gr.File(label="Question set (CSV / JSONL)", file_types=[".csv", ".jsonl", ".json"],
+                                 elem_id="compare-questions", height=110)
+        holdout_file = gr.File(label="…or a fine-tuning file to hold out from (also checked for leakage)",
+                               file_types=[".csv", ".jsonl", ".json", ".parquet", ".txt"],
+                               elem_id="compare-holdout", height=110)
+        limit = gr.Number(value=20, precision=0, minimum=0, label="Questions (0 = all)", elem_id="compare-limit")
+        run_button = gr.Button("Run the question set", variant="primary", elem_id="compare-run-set")
+    status = gr.HTML("", elem_id="compare-status")
+    summary = gr.Dataframe(headers=SUMMARY_HEADERS, interactive=False, elem_id="compare-summary")
+    table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, max_height=500,
+                         elem_id="compare-table")
+
+    gr.Markdown("### Blind vote\nArm names are hidden and left/right positions are shuffled per question.")
+    blind_button = gr.Button("Start blind voting on the last question set", elem_id="compare-blind-start")
+    blind_question = gr.Markdown("", elem_id="compare-blind-question")
+    with gr.Row(equal_height=False):
+        blind_a = gr.Markdown("", elem_id="compare-blind-a")
+        blind_b = gr.Markdown("", elem_id="compare-blind-b")
+    with gr.Row():
+        vote_buttons = {
+            "A": gr.Button("A is better", elem_id="compare-vote-a"),
+            "B": gr.Button("B is better", elem_id="compare-vote-b"),
+            "tie": gr.Button("Tie", elem_id="compare-vote-tie"),
+            "both_bad": gr.Button("Both bad", elem_id="compare-vote-both-bad"),
+        }
+    blind_status = gr.Markdown("", elem_id="compare-blind-status")
+    wins = gr.Dataframe(headers=WIN_HEADERS, interactive=False, elem_id="compare-wins")
+    with gr.Row(equal_height=True):
+        export_button = gr.Button("Export report (JSON, CSV, HTML)", elem_id="compare-export")
+        exports = gr.File(label="Report files", file_count="multiple", interactive=False, elem_id="compare-exports")
+    return CompareTabComponents(report_state, blind_state, arms, run, collection, refresh_button, generation, options,
+                                question, ask_button, panes, questions_file, holdout_file, limit, run_button, status,
+                                summary, table, blind_button, blind_question, blind_a, blind_b, vote_buttons,
+                                blind_status, wins, export_button, exports)
+
+
+# ----------------------------------------------------------------------------------------- logic
+
+
+def _path(file: Any) -> str | None:
+    if not file:
+        return None
+    return str(getattr(file, "name", None) or file)
+
+
+def make_comparer(arms: list[str] | None, run: str | None, collection: str | None, gen_values: list[Any],
+                  opt_values: list[Any], c: CompareTabComponents) -> Comparer:
+    """Turn the form into a Comparer on the shared, process-wide model of the run's base."""
+    from engine.__main__ import base_model_of_adapter
+    from rag.index import RagIndex
+    from ui.common import chat_model_for
+
+    chosen = parse_arms(arms or [])
+    adapter = run if run and run != NO_RUN else None
+    index = None
+    if any("rag" in a for a in chosen):
+        if not collection:
+            raise ValueError("The RAG arms need a collection: build one in the RAG tab, then pick it here "
+                             "(press ↻ Refresh lists if it is new).")
+        index = RagIndex.open(subdir("indexes") / collection)
+    generation = c.generation.to_settings(gen_values)
+    options = c.options.to_settings(opt_values)
+    base = (base_model_of_adapter(adapter) if adapter else None) or BUNDLED_ID
+    return Comparer(chat_model_for(base), arms=chosen, adapter=adapter, index=index,
+                    generation=generation, settings=options)  # type: ignore[arg-type]
+
+
+def pane_stats(a: ArmAnswer) -> str:
+    if not a.done:
+        return "*answering…*" if a.text else "*waiting for the first token…*"
+    ttft = "–" if a.ttft_s is None else f"{a.ttft_s:.2f} s"
+    text = (f"first token {ttft} · {a.tokens_per_s:.1f} tokens/s · total {a.total_s:.2f} s · {a.tokens} tokens")
+    if a.error:
+        text += f"\n\n⚠️ {a.error}"
+    return text
+
+
+def chunk_rows(a: ArmAnswer) -> list[list[Any]]:
+    cited = set(a.cited)
+    return [[f"[{n}]{' ✓' if n in cited else ''}", r["location"], r["score"], r["text"][:400]]
+            for n, r in enumerate(a.retrieved, start=1)]
+
+
+def summary_rows(report: Report) -> list[list[Any]]:
+    summary = report.summary()
+    rows = []
+    for metric in SUMMARY_METRICS:
+        row: list[Any] = [metric]
+        for arm in ARMS:
+            value = summary.get(arm, {}).get(metric)
+            row.append("" if value is None else round(value, 3) if isinstance(value, float) else value)
+        rows.append(row)
+    return rows
+
+
+def table_rows(report: Report) -> list[list[Any]]:
+    rows = []
+    for i, r in enumerate(report.rows, start=1):
+        q = r.question
+        label = q.question + (f"  ⚠ {q.leak}" if q.leak else "")
+        for arm, a in r.answers.items():
+            s = a.scores
+
+            def fmt(v: float | None) -> str:
+                return "" if v is None else f"{v:.2f}"
+
+            rows.append([i, label, " | ".join(q.references), ARM_LABELS[arm], a.text, fmt(s.get("contained")),
+                         fmt(s.get("f1")), fmt(s.get("rouge_l")), fmt(s.get("retrieval_hit")), a.failure,
+                         round(a.total_s, 2)])
+    return rows
+
+
+def win_rows(report: Report | None) -> list[list[Any]]:
+    if report is None:
+        return []
+    return [[ARM_LABELS.get(arm, arm), r["votes"], r["wins"], r["ties"], r["losses"], r["both_bad"],
+             f"{r['win_rate']:.2f}", f"{r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}"]
+            for arm, r in win_rates(report.votes).items()]
+
+
+def load_question_set(questions_file: Any, holdout_file: Any, limit: int, opts: CompareSettings
+                      ) -> tuple[list[Question], int]:
+    """Questions from the uploaded set or the held-out part of a fine-tuning file; flags leaks when it can."""
+    qpath, hpath = _path(questions_file), _path(holdout_file)
+    if not qpath and not hpath:
+        raise ValueError("Upload a question set, or a fine-tuning file to hold out questions from.")
+    limit = int(limit or 0)
+    if qpath:
+        questions = load_questions(qpath, limit)
+        prompts = training_prompts(hpath) if hpath else []
+    else:
+        questions, prompts = holdout_questions(hpath, opts.holdout_fraction)  # type: ignore[arg-type]
+        questions = questions[:limit] if limit > 0 else questions
+    leaks = leakage_check(questions, prompts, opts.near_duplicate) if prompts else 0
+    return questions, leaks
+
+
+def blind_view(report: Report, blind: dict[str, Any]) -> list[Any]:
+    """The current anonymous pair, or the end-of-voting message."""
+    pairs = blind["pairs"]
+    i = blind["position"]
+    if i >= len(pairs):
+        return ["**All questions voted.** Win rates are below; export the report to keep them.", "", "",
+                f"{len(report.votes)} vote(s) recorded.", win_rows(report)]
+    qid, arm_a, arm_b = pairs[i]
+    row = next(r for r in report.rows if r.question.qid == qid)
+    return [f"**Question {i + 1} of {len(pairs)}:** {row.question.question}",
+            f"**Answer A**\n\n{row.answers[arm_a].text or '*(empty)*'}",
+            f"**Answer B**\n\n{row.answers[arm_b].text or '*(empty)*'}",
+            f"{len(report.votes)} vote(s) recorded.", win_rows(report)]
+
+
+def record_vote(report: Report | None, blind: dict[str, Any] | None, choice: str) -> None:
+    if report is None or not blind:
+        raise ValueError("Start blind voting first (after running a question set).")
+    if choice not in VOTE_CHOICES:
+        raise ValueError(f"A vote is one of {', '.join(VOTE_CHOICES)}.")
+    if blind["position"] >= len(blind["pairs"]):
+        raise ValueError("Every question has a vote already; start blind voting again for a new round.")
+    qid, arm_a, arm_b = blind["pairs"][blind["position"]]
+    report.votes.append(Vote(qid, arm_a, arm_b, choice))
+    blind["position"] += 1
+
+
+def progress_html(p: Progress) -> str:
+    """A real progress bar (the Markdown status cannot draw one) plus what is being answered now."""
+    return (f"<div class='ts-progress'><progress value='{p.done}' max='{max(p.total, 1)}' style='width:100%'>"
+            f"</progress><div class='ts-progress-text'>{p.done}/{p.total} answers · {html.escape(p.what)}</div></div>")
+
+
+def export_files(report: Report | None) -> list[str]:
+    if report is None:
+        raise ValueError("Run a question set first; the report is what gets exported.")
+    folder = Path(tempfile.mkdtemp(prefix="compare-report-", dir=subdir("reports")))
+    return [str(report.save(folder / f"comparison.{ext}")) for ext in ("json", "csv", "html")]
+
+
+# ----------------------------------------------------------------------------------------- events
+
+
+def register(c: CompareTabComponents) -> None:
+    settings_inputs = [*c.generation.components, *c.options.components]
+    n_gen = len(c.generation.components)
+    pane_outputs: list[Any] = []
+    for arm in ARMS:
+        p = c.panes[arm]
+        pane_outputs += [p.column, p.answer, p.stats, p.chunks]
+
+    def on_refresh(request: gr.Request) -> list[Any]:
+        owner = owner_of(request)
+        return [gr.Dropdown(choices=run_choices(owner)), gr.Dropdown(choices=collection_choices())]
+
+    c.refresh_button.click(on_refresh, None, [c.run, c.collection], api_name="compare_refresh")
+
+    def on_arms(arms: list[str] | None) -> list[Any]:
+        return [gr.Column(visible=arm in (arms or [])) for arm in ARMS]
+
+    c.arms.change(on_arms, c.arms, [c.panes[a].column for a in ARMS], api_visibility="private")
+
+    @friendly_errors("Could not compare")
+    def on_ask(arms: list[str] | None, run: str | None, collection: str | None, question: str,
+               *values: Any) -> Iterator[list[Any]]:
+        if not (question or "").strip():
+            raise ValueError("Type a question first.")
+        comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c)
+        q = Question(question.strip())
+        current: dict[str, list[Any]] = {}
+        for arm in ARMS:
+            chosen = arm in comparer.arms
+            current[arm] = [gr.Column(visible=chosen), "*waiting for its turn…*" if chosen else "", "", []]
+
+        def flat() -> list[Any]:
+            return [x for arm in ARMS for x in current[arm]]
+
+        yield flat()
+        for arm, partial in comparer.answer_all(q):
+            current[arm] = [gr.skip(), partial.text or "…", pane_stats(partial), chunk_rows(partial)]
+            yield flat()
+
+    c.ask_button.click(on_ask, [c.arms, c.run, c.collection, c.question, *settings_inputs], pane_outputs,
+                       api_name="compare_ask")
+
+    @friendly_errors("Could not run the question set")
+    def on_run(arms: list[str] | None, run: str | None, collection: str | None, questions_file: Any,
+               holdout_file: Any, limit: float | None, *values: Any) -> Iterator[list[Any]]:
+        comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c)
+        questions, leaks = load_question_set(questions_file, holdout_file, int(limit or 0), comparer.settings)
+        for item in comparer.iter_run(questions):
+            if isinstance(item, Progress):
+                yield [gr.skip(), None, progress_html(item), gr.skip(), gr.skip()]
+                continue
+            note = (f" ⚠ {leaks} question(s) appear (exactly or nearly) in the training data; scores on them "
+                    "measure memory, not skill." if leaks else "")
+            text = (f"<p>Done: {len(questions)} question(s) × {len(comparer.arms)} arm(s).{html.escape(note)} "
+                    "Below: the per-arm summary and every answer; a RAG miss is a <i>retrieval failure</i> when the "
+                    "gold document was not retrieved, a <i>generation failure</i> when it was.</p>")
+            yield [item, None, text, summary_rows(item), table_rows(item)]
+
+    c.run_button.click(on_run, [c.arms, c.run, c.collection, c.questions_file, c.holdout_file, c.limit,
+                                *settings_inputs],
+                       [c.report_state, c.blind_state, c.status, c.summary, c.table], api_name="compare_run")
+
+    blind_outputs = [c.blind_question, c.blind_a, c.blind_b, c.blind_status, c.wins]
+
+    @friendly_errors("Could not start blind voting")
+    def on_blind(report: Report | None, seed: Any) -> list[Any]:
+        if report is None:
+            raise ValueError("Run a question set first; blind voting compares its answers.")
+        blind = {"pairs": blind_pairs([r.question.qid for r in report.rows], report.arms, int(seed or 0)),
+                 "position": 0}
+        return [blind, *blind_view(report, blind)]
+
+    seed_input = c.options.controls["seed"]
+    c.blind_button.click(on_blind, [c.report_state, seed_input], [c.blind_state, *blind_outputs],
+                         api_name="compare_blind_start")
+
+    def vote_handler(choice: str) -> Any:
+        @friendly_errors("Could not record the vote")
+        def on_vote(report: Report | None, blind: dict[str, Any] | None) -> list[Any]:
+            record_vote(report, blind, choice)
+            return [report, blind, *blind_view(report, blind)]  # type: ignore[arg-type]
+
+        return on_vote
+
+    for choice, button in c.vote_buttons.items():
+        button.click(vote_handler(choice), [c.report_state, c.blind_state],
+                     [c.report_state, c.blind_state, *blind_outputs], api_name=f"compare_vote_{choice.lower()}")
+
+    @friendly_errors("Could not export")
+    def on_export(report: Report | None) -> list[str]:
+        return export_files(report)
+
+    c.export_button.click(on_export, c.report_state, c.exports, api_name="compare_export")

@@ -1,0 +1,487 @@
+"""Train tab: pick a model and settings, start a run, watch it live, stop/resume it, try the result.
+
+Why this shape: training runs in a detached worker process (``engine.jobs``), never inside a web
+request, so this tab only submits jobs and then *reads* them — a 1 s ``gr.Timer`` re-reads the job
+record and its event log while a run is active. Because everything shown is rebuilt from the log,
+a refreshed page, a closed tab or a second browser show the same run with its whole curve.
+The form is generated from ``TrainConfig``; no default is typed here.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from engine import events as ev
+from engine.config import GenerationSettings, TrainConfig, load_preset, preset_names
+from engine.jobs import ACTIVE, JobRecord, JobStore
+from engine.models import BUNDLED_ID, MODELS, hub_kwargs, model_info, pick_device
+from engine.settings import SettingInfo, SettingsError
+from ui.common import (
+    SettingsForm,
+    build_settings_form,
+    chat_model_for,
+    format_duration,
+    friendly_errors,
+    named_parameters,
+    owner_of,
+)
+
+LOG_LINES_SHOWN = 300
+VIEW_SIZE = 7  # outputs of view(): status, progress, plot, log, runs, timer, plotted
+RUN_HEADERS = ["Run", "Name", "Status", "Model", "Steps", "Duration", "Final loss"]
+EMPTY_CURVE = pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
+                            "split": pd.Series(dtype=str)})
+STATUS_ICONS = {"queued": "⏳", "running": "🏃", "cancelling": "⏹", "done": "✅", "failed": "❌", "cancelled": "⏹"}
+
+
+@dataclass
+class TrainTabComponents:
+    preset: gr.Dropdown
+    form: SettingsForm
+    model_notes: gr.Markdown
+    hf_token: gr.Textbox
+    memory: gr.Markdown
+    run_name: gr.Textbox
+    start: gr.Button
+    stop: gr.Button
+    resume: gr.Button
+    run_picker: gr.Dropdown  # the run this visitor is looking at (per browser session)
+    refresh_runs: gr.Button
+    status: gr.Markdown
+    progress: gr.HTML
+    loss_plot: gr.LinePlot
+    log: gr.Textbox
+    runs_table: gr.Dataframe
+    try_prompt: gr.Textbox
+    try_button: gr.Button
+    try_answer: gr.Textbox
+    generation: SettingsForm
+    download_adapter: gr.Button
+    download_merged: gr.Button
+    download_file: gr.File
+    timer: gr.Timer
+    plotted: gr.State  # which curve this browser already shows, so ticks only re-send a changed chart
+    dataset: gr.State
+
+    def control(self, name: str) -> gr.components.Component:
+        """A generated setting control by name (the Data tab re-checks with some of them)."""
+        return self.form.controls[name]
+
+
+def store() -> JobStore:
+    """The job store of the data directory; cheap to create, holds no per-visitor state."""
+    return JobStore()
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+def build(dataset: gr.State) -> TrainTabComponents:
+    gr.Markdown("### 1 · Model and settings\nPick a preset to fill everything in, or change single settings. "
+                "Every setting explains itself; the less common ones are under *Advanced*.")
+    with gr.Row():
+        preset = gr.Dropdown(choices=preset_names(), value=None, label="Preset",
+                             info="Fills in the settings below for a typical situation; you can still change them.",
+                             elem_id="train-preset")
+        hf_token = gr.Textbox("", label="Hugging Face token (only for gated models)", type="password",
+                              info="Needed for gated models such as Llama. Used only to download the model; "
+                                   "never saved or logged.", elem_id="train-hf-token")
+    form = build_settings_form(TrainConfig, prefix="train", custom={"base_model": _model_picker})
+    model_notes = gr.Markdown(model_notes_text(form_default("base_model")), elem_id="train-model-notes")
+    memory = gr.Markdown(elem_id="train-memory")
+    gr.Markdown("### 2 · Train")
+    with gr.Row():
+        run_name = gr.Textbox("", label="Run name (optional)", placeholder="defaults to the data file's name", scale=2)
+        start = gr.Button("Start training", variant="primary", elem_id="train-start", scale=1)
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop", scale=1)
+        resume = gr.Button("Resume", elem_id="train-resume", scale=1)
+    with gr.Row():
+        run_picker = gr.Dropdown(choices=[], value=None, label="Run shown below", allow_custom_value=True,
+                                 info="Your runs, newest first. Pick one to see its curve, try it or download it.",
+                                 elem_id="train-run-picker", scale=4)
+        refresh_runs = gr.Button("Refresh", size="sm", scale=1, elem_id="train-refresh")
+    status = gr.Markdown("No run yet. Load data in the **Data** tab, then press **Start training**.",
+                         elem_id="train-status")
+    progress = gr.HTML(progress_html(None, None), elem_id="train-progress")
+    loss_plot = gr.LinePlot(EMPTY_CURVE, x="step", y="loss", color="split", title="Loss (lower is better)",
+                            x_title="step", y_title="loss", color_map={"train": "#1f77b4", "eval": "#ff7f0e"},
+                            height=300, elem_id="train-loss-plot")
+    log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True, elem_id="train-log")
+    gr.Markdown("### 3 · Your runs")
+    runs_table = gr.Dataframe(pd.DataFrame(columns=RUN_HEADERS), interactive=False, elem_id="train-runs")
+    gr.Markdown("### 4 · Try it and take it home (finished runs)")
+    with gr.Row():
+        with gr.Column(scale=2):
+            try_prompt = gr.Textbox("", label="Ask your fine-tuned model", lines=2, elem_id="train-try-prompt")
+            try_button = gr.Button("Ask", elem_id="train-try")
+            try_answer = gr.Textbox(label="Answer (from the selected run's adapter)", lines=6, interactive=False,
+                                    elem_id="train-try-answer")
+            with gr.Accordion("Answer settings", open=False):
+                generation = build_settings_form(GenerationSettings, advanced_label="More answer settings",
+                                                 prefix="generation")
+        with gr.Column(scale=1):
+            download_adapter = gr.Button("Download adapter (.zip)", elem_id="train-download-adapter")
+            download_merged = gr.Button("Download merged model (.zip)", elem_id="train-download-merged")
+            gr.Markdown("The adapter is small and needs the base model; the merged model loads anywhere but takes "
+                        "a minute to build.")
+            download_file = gr.File(label="Your download", interactive=False, elem_id="train-download-file")
+    timer = gr.Timer(1.0, active=False)
+    return TrainTabComponents(
+        preset=preset, form=form, model_notes=model_notes, hf_token=hf_token, memory=memory, run_name=run_name,
+        start=start, stop=stop, resume=resume, run_picker=run_picker, refresh_runs=refresh_runs, status=status,
+        progress=progress, loss_plot=loss_plot, log=log, runs_table=runs_table, try_prompt=try_prompt,
+        try_button=try_button, try_answer=try_answer, generation=generation, download_adapter=download_adapter,
+        download_merged=download_merged, download_file=download_file, timer=timer, plotted=gr.State(None),
+        dataset=dataset,
+    )
+
+
+def _model_picker(info: SettingInfo) -> gr.Dropdown:
+    """The registry's models by name; any other Hub id can be typed in."""
+    return gr.Dropdown(choices=[(m.label, m.id) for m in MODELS], value=info.default, allow_custom_value=True,
+                       label=info.label, info=info.spec.help, elem_id="train-base-model")
+
+
+def form_default(name: str) -> Any:
+    return getattr(TrainConfig(), name)
+
+
+# ----------------------------------------------------------------------------------------- events
+
+
+def register(c: TrainTabComponents) -> None:
+    view_outputs = [c.status, c.progress, c.loss_plot, c.log, c.runs_table, c.timer, c.plotted]
+    picker_and_view = [c.run_picker, *view_outputs]
+    form = c.form.components
+
+    c.preset.change(friendly_errors("This preset could not be loaded")(lambda name: apply_preset(c.form, name)),
+                    c.preset, form, api_name="train_apply_preset")
+    c.form.controls["base_model"].change(model_notes_text, c.form.controls["base_model"], c.model_notes,
+                                         api_visibility="private")
+    gr.on([control.change for control in form],
+          named_parameters(lambda *v: memory_text(c.form, v), c.form.names), form, c.memory,
+          api_name="train_estimate_memory", show_progress="hidden", trigger_mode="always_last")
+
+    def start(run_name: str, token: str, dataset: dict | None, *values: Any, request: gr.Request) -> list[Any]:
+        job = start_run(c.form, values, dataset, run_name, token, owner_of(request))
+        return [picker_update(owner_of(request), job.id), *view(job.id, owner_of(request))]
+
+    c.start.click(named_parameters(friendly_errors("Training could not start")(start),
+                                   ["run_name", "hf_token", "dataset", *c.form.names], request=True),
+                  [c.run_name, c.hf_token, c.dataset, *form],
+                  picker_and_view, api_name="train_start", show_progress_on=c.status)
+    c.stop.click(friendly_errors("The run could not be stopped")(stop_run), [c.run_picker], view_outputs,
+                 api_name="train_stop", show_progress_on=c.status)
+    c.resume.click(friendly_errors("The run could not be resumed")(resume_run), [c.run_picker, c.hf_token],
+                   view_outputs, api_name="train_resume", show_progress_on=c.status)
+    c.run_picker.select(friendly_errors("The run could not be shown")(view_for_request), [c.run_picker],
+                        view_outputs, api_name="train_show_run", show_progress_on=c.status)
+    c.refresh_runs.click(friendly_errors("The runs could not be listed")(restore_view), [c.run_picker],
+                         picker_and_view, api_name="train_refresh", show_progress_on=c.status)
+    c.timer.tick(tick_view, [c.run_picker, c.plotted], view_outputs, api_visibility="private",
+                 show_progress="hidden")
+    def ask(run_id: str | None, prompt: str, token: str | None, *values: Any) -> Any:
+        yield from try_run(c.generation, run_id, prompt, token, values)
+
+    c.try_button.click(
+        named_parameters(friendly_errors("The model could not answer")(ask),
+                         ["run_id", "prompt", "hf_token", *c.generation.names]),
+        [c.run_picker, c.try_prompt, c.hf_token, *c.generation.components], c.try_answer, api_name="train_try")
+    c.download_adapter.click(friendly_errors("The adapter could not be packed")(adapter_download), c.run_picker,
+                             c.download_file, api_name="train_download_adapter")
+    c.download_merged.click(friendly_errors("The merged model could not be built")(merged_download),
+                            [c.run_picker, c.hf_token], c.download_file, api_name="train_download_merged")
+    gr.api(run_status, api_name="train_status")
+
+
+def register_page_load(demo: gr.Blocks, c: TrainTabComponents) -> None:
+    """On every page load: re-find this visitor's running (or latest) run and replay its curve."""
+    demo.load(restore_view, [c.run_picker], [c.run_picker, c.status, c.progress, c.loss_plot, c.log, c.runs_table,
+                                             c.timer, c.plotted], api_visibility="private")
+    demo.load(lambda *v: memory_text(c.form, v), c.form.components, c.memory, api_visibility="private")
+
+
+# ----------------------------------------------------------------------------------------- actions
+
+
+def apply_preset(form: SettingsForm, name: str | None) -> list[Any]:
+    if not name:
+        return [gr.skip()] * len(form.names)
+    return form.updates_for(load_preset(name))
+
+
+def start_run(form: SettingsForm, values: tuple[Any, ...], dataset: dict | None, run_name: str, token: str,
+              owner: str) -> JobRecord:
+    """Check everything a person can get wrong before a worker is spawned, then queue the run."""
+    if not dataset:
+        raise gr.Error("Load your data first: open the Data tab and drop a file, or press 'Use the demo dataset'.",
+                       title="No data loaded", duration=None)
+    config: TrainConfig = form.to_settings(values)  # type: ignore[assignment]
+    check_device_and_access(config, token)
+    return store().submit(config, dataset["path"], mapping=dataset.get("mapping"), owner=owner,
+                          name=(run_name or "").strip(), hf_token=(token or "").strip() or None)
+
+
+def check_device_and_access(config: TrainConfig, token: str | None) -> None:
+    """GPU-only settings without a GPU, or a gated model without a token, fail here and not in the worker."""
+    device = pick_device(config.device)  # raises ModelError with the fix when 'cuda' is asked for on CPU
+    if device == "cpu" and config.quantization in ("4bit", "8bit") and config.base_model != BUNDLED_ID:
+        gr.Warning("No GPU here: training a Hub model with 4-bit/8-bit quantization on the CPU is very slow. "
+                   "For real runs use a GPU Space; the bundled model is fine on a CPU.")
+    if config.base_model != BUNDLED_ID:
+        hub_kwargs(config.base_model, (token or "").strip() or None)  # raises ModelError for a gated model
+
+
+def stop_run(run_id: str | None, request: gr.Request) -> list[Any]:
+    store().cancel(require_run(run_id))
+    return view(run_id, owner_of(request))
+
+
+def resume_run(run_id: str | None, hf_token: str | None, request: gr.Request) -> list[Any]:
+    job = store().get(require_run(run_id))
+    check_device_and_access(job.config, hf_token)
+    store().resume(job.id, hf_token=(hf_token or "").strip() or None)
+    return view(run_id, owner_of(request))
+
+
+def try_run(generation: SettingsForm, run_id: str | None, prompt: str, token: str | None,
+            values: tuple[Any, ...]) -> Any:
+    """Stream the selected finished run's answer, piece by piece."""
+    job = finished_job(run_id)
+    if not (prompt or "").strip():
+        raise gr.Error("Type a question first.", title="Nothing to answer")
+    settings = generation.to_settings(values)
+    chat = chat_model_for(job.config.base_model, (token or "").strip() or None)
+    answer = ""
+    for piece in chat.stream(prompt, adapter=job.adapter_dir, settings=settings):
+        answer += piece
+        yield answer
+
+
+def adapter_download(run_id: str | None) -> str:
+    from engine.export import adapter_zip
+
+    return str(adapter_zip(finished_job(run_id)))
+
+
+def merged_download(run_id: str | None, hf_token: str | None) -> str:
+    from engine.export import merged_zip
+
+    return str(merged_zip(finished_job(run_id), (hf_token or "").strip() or None))
+
+
+def require_run(run_id: str | None) -> str:
+    if not run_id:
+        raise gr.Error("No run is selected: start one, or pick one in 'Run shown below'.", title="No run selected")
+    return run_id
+
+
+def finished_job(run_id: str | None) -> JobRecord:
+    job = store().get(require_run(run_id))
+    if job.status != "done":
+        raise gr.Error(f"Run {job.id} is {job.status}; only a finished run has an adapter to try or download.",
+                       title="This run has not finished")
+    return job
+
+
+def run_status(run_id: str) -> dict:
+    """A run's state as plain data, for scripts (gradio_client) polling a run they started."""
+    job = store().get(run_id)
+    return {
+        "id": job.id, "name": job.name, "status": job.status, "step": job.last_step,
+        "total_steps": job.total_steps, "final_loss": job.final_loss, "error": job.error,
+        "queue_position": store().queue_position(job.id), "resumable": job.resumable,
+        "loss_curve": ev.loss_curve(store().events(job.id)),
+    }
+
+
+# ----------------------------------------------------------------------------------------- views
+
+
+def restore_view(run_id: str | None, request: gr.Request) -> list[Any]:
+    """Keep the run this browser shows; after a reload pick the owner's active run, else the newest."""
+    owner = owner_of(request)
+    jobs = store().list(owner)
+    ids = {j.id for j in jobs}
+    if not run_id or run_id not in ids:
+        active = [j for j in jobs if j.status in ("queued", *ACTIVE)]
+        run_id = (active or jobs)[0].id if jobs else None
+    return [picker_update(owner, run_id, jobs), *view(run_id, owner, jobs)]
+
+
+def view_for_request(run_id: str | None, request: gr.Request) -> list[Any]:
+    return view(run_id, owner_of(request))
+
+
+def tick_view(run_id: str | None, plotted: str | None, request: gr.Request) -> list[Any]:
+    """The 1 s refresh: the chart is only re-sent when it gained points (no flicker), and a passing
+    hiccup (a locked database, a half-written file) just waits for the next tick."""
+    try:
+        return view(run_id, owner_of(request), plotted=plotted)
+    except Exception:
+        logging.getLogger("tune_studio.ui").warning("Refresh of run %s failed; retrying", run_id, exc_info=True)
+        return [gr.skip()] * VIEW_SIZE
+
+
+def picker_update(owner: str, run_id: str | None, jobs: list[JobRecord] | None = None) -> Any:
+    jobs = jobs if jobs is not None else store().list(owner)
+    return gr.Dropdown(choices=[(run_label(j), j.id) for j in jobs], value=run_id)
+
+
+def run_label(job: JobRecord) -> str:
+    return f"{job.name} · {job.id}"  # no status here: the list is not refreshed every second
+
+
+def view(run_id: str | None, owner: str | None, jobs: list[JobRecord] | None = None,
+         plotted: str | None = None) -> list[Any]:
+    """Status, progress, curve, log, history and timer state, all rebuilt from the job record and its log.
+
+    ``plotted`` identifies the curve this browser already shows; an unchanged curve is not re-sent.
+    """
+    the_store = store()
+    history = runs_table(jobs if jobs is not None else the_store.list(owner))
+    if not run_id:
+        return ["No run yet. Load data in the **Data** tab, then press **Start training**.",
+                progress_html(None, None), EMPTY_CURVE, "", history, gr.Timer(active=False), None]
+    job = the_store.get(run_id)
+    events = the_store.events(run_id)
+    points = ev.loss_curve(events)
+    signature = f"{run_id}:{len(points)}:{points[-1] if points else ''}"
+    return [
+        status_text(job, events, the_store.queue_position(job.id)),
+        progress_html(job, events),
+        gr.skip() if signature == plotted else (pd.DataFrame(points) if points else EMPTY_CURVE),
+        log_text(events),
+        history,
+        gr.Timer(active=job.status in ("queued", *ACTIVE)),
+        signature,
+    ]
+
+
+def status_text(job: JobRecord, events: list[ev.JobEvent], queue_position: int | None) -> str:
+    icon = STATUS_ICONS.get(job.status, "")
+    cfg = job.config
+    steps = f"max steps {cfg.max_steps}" if cfg.max_steps > 0 else f"{cfg.num_epochs:g} epoch(s)"
+    head = (f"### {icon} {job.name} — {job.status}\nRun `{job.id}` · model `{cfg.base_model}` · {steps} · "
+            f"batch {cfg.batch_size} × {cfg.grad_accum} · max length {cfg.max_length} · LR {cfg.learning_rate:g}")
+    if job.status == "queued":
+        where = f"position **{queue_position}** in the queue" if queue_position else "in the queue"
+        return f"{head}\n\nWaiting: another run is using the device; this run is {where} and starts by itself."
+    if job.status == "running":
+        return f"{head}\n\nTraining. You can close this page: the run continues and shows up again when you return."
+    if job.status == "cancelling":
+        return f"{head}\n\nStopping after the current step and saving a checkpoint…"
+    if job.status == "done":
+        return (f"{head}\n\nFinished in {format_duration(job.duration_seconds)}, final loss "
+                f"**{_fmt_loss(job.final_loss)}**. **Next:** ask it something below, or download the adapter.")
+    if job.status == "cancelled":
+        return f"{head}\n\nStopped at step {job.last_step}. Press **Resume** to continue from the last checkpoint."
+    failed = next((e for e in reversed(events) if isinstance(e, ev.Failed)), None)
+    reason = failed.reason if failed else (job.error or "The run failed.")
+    fixes = "".join(f"\n- {fix}" for fix in (failed.fixes if failed else []))
+    return f"{head}\n\n**What went wrong:** {reason}" + (f"\n\n**How to fix it:**{fixes}" if fixes else "") + (
+        "\n\nPress **Resume** to try again." if job.resumable else "")
+
+
+def progress_html(job: JobRecord | None, events: list[ev.JobEvent] | None) -> str:
+    """A progress bar with step/total, ETA and speed, built from the last Step event."""
+    if job is None:
+        return "<div class='ts-progress'><div class='ts-progress-text'>No run selected.</div></div>"
+    step_event = next((e for e in reversed(events or []) if isinstance(e, ev.Step)), None)
+    total = (step_event.total_steps if step_event else 0) or job.total_steps
+    done_steps = step_event.step if step_event else job.last_step
+    if job.status == "done":
+        done_steps = total = max(total, done_steps, 1)
+    fraction = min(1.0, done_steps / total) if total else 0.0
+    parts = [f"Step {done_steps} / {total or '?'}"]
+    if step_event and job.status in ACTIVE:
+        if step_event.eta_seconds is not None:
+            parts.append(f"ETA {format_duration(step_event.eta_seconds)}")
+        if step_event.tokens_per_second:
+            parts.append(f"{step_event.tokens_per_second:,.0f} tokens/s")
+    if job.duration_seconds is not None:
+        parts.append(f"elapsed {format_duration(job.duration_seconds)}")
+    text = html.escape(" · ".join(parts))
+    return (f"<div class='ts-progress' data-status='{job.status}' data-step='{done_steps}' data-total='{total}'>"
+            f"<progress max='100' value='{fraction * 100:.0f}' style='width:100%'></progress>"
+            f"<div class='ts-progress-text'>{text}</div></div>")
+
+
+def log_text(events: list[ev.JobEvent]) -> str:
+    lines = [line for line in map(event_line, events) if line]
+    return "\n".join(lines[-LOG_LINES_SHOWN:])
+
+
+def event_line(event: ev.JobEvent) -> str:
+    """One readable line per event; the UI only formats typed events, it never parses worker output."""
+    if isinstance(event, ev.Queued):
+        return f"Queued (position {event.position})." if event.position else "Queued."
+    if isinstance(event, ev.Started):
+        resumed = f", resuming from step {event.resumed_from_step}" if event.resumed_from_step else ""
+        return (f"Started on {event.device}: {event.train_rows} training / {event.eval_rows} validation examples, "
+                f"{event.total_steps} steps{resumed}.")
+    if isinstance(event, ev.Step):
+        return f"step {event.step}/{event.total_steps}  loss {_fmt_loss(event.loss)}"
+    if isinstance(event, ev.Eval):
+        return f"eval at step {event.step}: loss {_fmt_loss(event.eval_loss)}"
+    if isinstance(event, ev.Checkpoint):
+        return f"Checkpoint saved at step {event.step}."
+    if isinstance(event, ev.Done):
+        return f"Done: {event.steps} steps in {format_duration(event.duration_seconds)}, final loss " \
+               f"{_fmt_loss(event.final_loss)}."
+    if isinstance(event, ev.Failed):
+        return f"Failed: {event.reason}"
+    if isinstance(event, ev.Cancelled):
+        return f"Stopped at step {event.step}."
+    if isinstance(event, ev.Log):
+        return f"[{event.level}] {event.message}"
+    return ""
+
+
+def runs_table(jobs: list[JobRecord]) -> pd.DataFrame:
+    rows = [[j.id, j.name, f"{STATUS_ICONS.get(j.status, '')} {j.status}", model_info(j.config.base_model).label,
+             f"{j.last_step}/{j.total_steps or '?'}", format_duration(j.duration_seconds), _fmt_loss(j.final_loss)]
+            for j in jobs]
+    return pd.DataFrame(rows, columns=RUN_HEADERS)
+
+
+def model_notes_text(model_id: str | None) -> str:
+    info = model_info(model_id or BUNDLED_ID)
+    gated = " · 🔒 gated: paste your Hugging Face token above" if info.gated else ""
+    size = f"{info.params_b:.2f} B parameters · " if info.params_b else ""
+    return f"*{info.label}:* {size}{info.notes}{gated}"
+
+
+def memory_text(form: SettingsForm, values: tuple[Any, ...]) -> str:
+    """The memory estimate and a fits / does-not-fit verdict, or the reason the settings are invalid."""
+    try:
+        config: TrainConfig = form.to_settings(values)  # type: ignore[assignment]
+    except SettingsError as exc:
+        return f"⚠️ **These settings cannot be used:** {exc}"
+    try:
+        from engine.memory import estimate_memory
+    except ImportError:  # MEMORY-ESTIMATE-SPOT: engine/memory.py not available yet
+        return "Memory estimate not available yet."
+    try:
+        est = estimate_memory(config)
+    except Exception as exc:  # an estimate must never block the form
+        return f"Memory estimate unavailable for these settings ({exc})."
+    capacity = f"{est.capacity_gb:.1f} GB" if est.capacity_gb is not None else "unknown"
+    verdict = {True: "✅ **fits on this device**", False: "❌ **does not fit on this device**",
+               None: "❔ device memory unknown"}[est.fits]
+    text = (f"**Memory estimate ({est.device}):** about **{est.total_gb:.1f} GB** of {capacity} — {verdict}  \n"
+            f"weights {est.weights_gb:.2f} · adapter {est.adapter_gb:.2f} · optimizer {est.optimizer_gb:.2f} · "
+            f"activations {est.activations_gb:.2f} · overhead {est.overhead_gb:.2f} GB")
+    if est.advice:
+        text += "\n\n**To make it fit:**" + "".join(f"\n- {tip}" for tip in est.advice)
+    return text
+
+
+def _fmt_loss(loss: float | None) -> str:
+    return "–" if loss is None else f"{loss:.4f}"
