@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
+from engine.jobs import JobStore
 from ui.app import build_app, launch_kwargs
 
 DEFAULT_HOST = "127.0.0.1"
@@ -27,4 +28,6 @@ demo = build_app()
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = server_address()
+    # After a restart: runs whose worker is gone become resumable failures; queued runs start.
+    JobStore().dispatch()
     demo.queue(default_concurrency_limit=4).launch(server_name=host, server_port=port, **launch_kwargs())

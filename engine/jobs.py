@@ -241,12 +241,12 @@ class JobStore:
         return self._fetch(job_id)
 
     def get(self, job_id: str) -> JobRecord:
-        self.reconcile()
+        self._reconcile_and_continue()
         return self._fetch(job_id)
 
     def list(self, owner: str | None = None) -> list[JobRecord]:
         """Newest first; only the owner's runs when an owner is given."""
-        self.reconcile()
+        self._reconcile_and_continue()
         query, args = "SELECT * FROM jobs", ()
         if owner is not None:
             query, args = query + " WHERE owner = ?", (owner,)
@@ -335,15 +335,19 @@ class JobStore:
         self._update(job.id, **values)
 
     # -- queue -----------------------------------------------------------------------------------
-    def reconcile(self) -> None:
+    def reconcile(self) -> int:
         """Turn runs whose worker vanished into failed runs with a reason (and a Failed event)."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM jobs WHERE status IN ('running', 'cancelling')").fetchall()
-        for job in map(_row_to_record, rows):
-            if not process_alive(job.pid, job.pid_started):
-                self._mark_vanished(job)
+        return sum(self._mark_vanished(job) for job in map(_row_to_record, rows)
+                   if not process_alive(job.pid, job.pid_started))
 
-    def _mark_vanished(self, job: JobRecord) -> None:
+    def _reconcile_and_continue(self) -> None:
+        """After a worker vanished nobody else will start the queue's next job: do it here."""
+        if self.reconcile():
+            self.dispatch()
+
+    def _mark_vanished(self, job: JobRecord) -> bool:
         checkpoint = job.latest_checkpoint()
         where = f"at step {job.last_step} of {job.total_steps}" if job.total_steps else "before its first step"
         kept = (f"The checkpoint from step {checkpoint.name.split('-')[-1]} is kept: press Resume to continue "
@@ -359,6 +363,7 @@ class JobStore:
             ).rowcount
         if claimed:
             EventLog(job.events_path).append(Failed(job.id, reason=reason, fixes=fixes, resumable=True))
+        return bool(claimed)
 
     def dispatch(self, hf_token: str | None = None) -> JobRecord | None:
         """Start the oldest queued job if no job is running; returns the job started, if any."""

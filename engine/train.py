@@ -157,27 +157,13 @@ class EventCallback(TrainerCallback):
         self.log.append(Checkpoint(self.job_id, step=state.global_step, path=str(path)))
 
 
-def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = None) -> TrainResult:
-    """Run one job to completion (or to a stop request) and write its adapter and records."""
+def build_sft_config(job: JobRecord, device: str, dtype: Any, has_eval: bool) -> Any:
+    """Translate our settings into TRL's ``SFTConfig`` (the one place the two vocabularies meet)."""
     import torch
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
-
-    from engine.models import load_base_model, load_tokenizer, pick_device, pick_dtype
+    from trl import SFTConfig
 
     config = job.config
-    log = EventLog(job.events_path)
-    device = pick_device(config.device)
-    dtype = pick_dtype(device, config.dtype)
-    if device == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-    tokenizer = load_tokenizer(config.base_model, hf_token)
-    train_dataset, eval_dataset, fingerprint = build_datasets(job, tokenizer, config, log)
-    (job.run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
-    model = load_base_model(config.base_model, quantization=config.quantization, device=config.device,
-                            dtype=config.dtype, token=hf_token)
-    total_steps_hint = config.max_steps if config.max_steps > 0 else 0
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=str(job.checkpoints_dir),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
@@ -193,7 +179,7 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         packing=config.packing,
-        packing_strategy="bfd",
+        packing_strategy="bfd",  # best-fit packing, padding-free: examples never attend to each other
         max_length=config.max_length,
         seed=config.seed,
         data_seed=config.seed,
@@ -201,8 +187,8 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=2,
-        eval_strategy="steps" if eval_dataset is not None else "no",
-        eval_steps=auto_eval_steps(config, total_steps_hint or 50),  # refined below once packed
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=auto_eval_steps(config, config.max_steps if config.max_steps > 0 else 50),
         report_to="none",
         use_cpu=device == "cpu",
         bf16=device == "cuda" and dtype == torch.bfloat16,
@@ -210,6 +196,26 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = None) -> TrainResult:
+    """Run one job to completion (or to a stop request) and write its adapter and records."""
+    import torch
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    from engine.models import load_base_model, load_tokenizer, pick_device, pick_dtype
+
+    config = job.config
+    log = EventLog(job.events_path)
+    device = pick_device(config.device)
+    dtype = pick_dtype(device, config.dtype)
+    tokenizer = load_tokenizer(config.base_model, hf_token)
+    train_dataset, eval_dataset, fingerprint = build_datasets(job, tokenizer, config, log)
+    (job.run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
+    model = load_base_model(config.base_model, quantization=config.quantization, device=config.device,
+                            dtype=config.dtype, token=hf_token)
+    args = build_sft_config(job, device, dtype, has_eval=eval_dataset is not None)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.target_modules_value(), task_type="CAUSAL_LM")
     meta = {"device": device, "base_model": config.base_model, "train_rows": fingerprint["train_rows"],

@@ -98,3 +98,20 @@ def test_the_config_is_stored_with_the_run(store: JobStore, data_file) -> None:
     assert record.config.lora_r == 4
     assert record.mapping == {"format": "alpaca"} and record.data_options == {"placeholders": {"name": "Ada"}}
     assert TrainConfig.from_yaml(record.run_dir / "config.yaml") == record.config
+
+
+def test_the_queue_moves_on_when_the_running_worker_vanished(store: JobStore, tmp_path) -> None:
+    # The next job's data is refused at once, so its real worker starts, fails fast and records why.
+    bad = tmp_path / "images.json"
+    bad.write_text('[{"messages": [{"role": "user", "content": "<image>hi"}, {"role": "assistant", '
+                   '"content": "ok"}], "images": ["a.jpg"]}]')
+    first = store.submit(TrainConfig(), bad, start=False)
+    second = store.submit(TrainConfig(), bad, start=False)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store._update(first.id, status="running", pid=gone.pid, started_at=1.0)
+    assert store.get(first.id).status == "failed"
+    finished = store.wait(second.id, timeout=120)
+    assert finished.status == "failed"
+    reason = [e for e in store.events(second.id) if isinstance(e, Failed)][-1].reason
+    assert "image" in reason.lower()
