@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import TrainConfig, load_preset, preset_names
-from engine.settings import SettingsError, _base_type, describe
+from engine.settings import SettingsError, base_type, describe
 
 ALIASES = {"base_model": ["--base"]}
 
@@ -22,7 +22,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training settings (override the preset/config file)")
     for info in describe(TrainConfig):
         flag = "--" + info.name.replace("_", "-")
-        kind = _base_type(info.type)
+        kind = base_type(info.type)
         extra: dict[str, Any] = {"type": str if kind is bool else kind}
         if info.spec.choices:
             extra["choices"] = list(info.spec.choices)
@@ -61,6 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for name in ("cancel", "resume"):
         cmd = sub.add_parser(name, help=f"{name} a run")
         cmd.add_argument("job_id")
+    _add_compare_parser(sub)
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("job_id")
     return parser
@@ -155,6 +156,84 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare_parser(sub: Any) -> None:
+    """``compare``: every chosen arm over a question set; generation flags come from GenerationSettings."""
+    from engine.config import GenerationSettings
+
+    cmp = sub.add_parser("compare", help="base vs fine-tuned vs RAG vs fine-tuned+RAG on a question set; "
+                         "prints the per-arm summary as JSON and writes the report")
+    cmp.add_argument("--questions", help="CSV or JSONL: question, optional answer(s), optional gold_doc_id")
+    cmp.add_argument("--holdout", help="fine-tuning data file: hold out part of it as the question set instead")
+    cmp.add_argument("--arms", default="base,rag", help="comma-separated: base, rag, ft, ft+rag")
+    cmp.add_argument("--corpus", help="JSONL corpus {doc_id,title,text} to index for the RAG arms")
+    cmp.add_argument("--index", help="existing RAG index folder for the RAG arms")
+    cmp.add_argument("--adapter", help="adapter folder of a finished run for the ft arms")
+    cmp.add_argument("--base", help="base model id (default: the adapter's, else the bundled model)")
+    cmp.add_argument("--train-data", help="fine-tuning data to check the questions against for leakage")
+    cmp.add_argument("--limit", type=int, default=0, help="use only the first N questions")
+    cmp.add_argument("--out", required=True, help="report file: .json (default), .csv or .html")
+    cmp.add_argument("--html", help="also write the self-contained HTML report here")
+    cmp.add_argument("--csv", help="also write the per-question CSV here")
+    group = cmp.add_argument_group("generation settings (shared by every arm)")
+    for info in describe(GenerationSettings):
+        group.add_argument("--" + info.name.replace("_", "-"), dest="gen_" + info.name, type=base_type(info.type),
+                           default=None, help=f"{info.spec.help} (default: {info.default})")
+    from engine.compare import CompareSettings
+
+    options = cmp.add_argument_group("comparison settings")
+    for info in describe(CompareSettings):
+        flag = "--blind-seed" if info.name == "seed" else "--" + info.name.replace("_", "-")
+        options.add_argument(flag, dest="cmp_" + info.name, type=base_type(info.type), default=None,
+                             help=f"{info.spec.help} (default: {info.default!r})")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine import compare
+    from engine.config import GenerationSettings
+    from engine.infer import ChatModel
+
+    if bool(args.questions) == bool(args.holdout):
+        raise ValueError("Give exactly one of --questions FILE or --holdout TRAINING_FILE.")
+    arms = compare.parse_arms(args.arms)
+    settings = compare.CompareSettings.from_dict({k[4:]: v for k, v in vars(args).items()
+                                                  if k.startswith("cmp_") and v is not None})
+    train_prompts: list[str] = []
+    if args.holdout:
+        questions, train_prompts = compare.holdout_questions(args.holdout, settings.holdout_fraction)
+        questions = questions[: args.limit] if args.limit > 0 else questions
+    else:
+        questions = compare.load_questions(args.questions, args.limit)
+    if args.train_data:
+        train_prompts = compare.training_prompts(args.train_data)
+    leaks = compare.leakage_check(questions, train_prompts, settings.near_duplicate) if train_prompts else 0
+    index = None
+    if any("rag" in a for a in arms):
+        if args.index:
+            from rag.index import RagIndex
+
+            index = RagIndex.open(args.index)
+        elif args.corpus:
+            print(f"indexing {args.corpus} ...", file=sys.stderr, flush=True)
+            index = compare.build_corpus_index(args.corpus)
+        else:
+            raise ValueError("The rag arms need --corpus CORPUS.jsonl or --index DIR.")
+    generation = GenerationSettings.from_dict({k[4:]: v for k, v in vars(args).items()
+                                               if k.startswith("gen_") and v is not None})
+    base = args.base or (base_model_of_adapter(args.adapter) if args.adapter else None)
+    chat = ChatModel(base) if base else ChatModel()
+    comparer = compare.Comparer(chat, arms=arms, adapter=args.adapter, index=index, generation=generation,
+                                settings=settings)
+    report = comparer.run(questions, on_progress=lambda done, total, what: print(
+        f"[{done}/{total}] {what}", file=sys.stderr, flush=True))
+    report.save(args.out)
+    for extra in (args.html, args.csv):
+        if extra:
+            report.save(extra)
+    print(json.dumps({"arms": report.summary(), "questions": len(questions), "leakage_flagged": leaks,
+                      "report": str(args.out)}, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
@@ -166,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_inspect(args)
         if args.command == "runs":
             return cmd_runs(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         if args.command in ("cancel", "resume"):
             from engine.jobs import JobStore
 

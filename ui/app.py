@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from ui import data_tab, train_tab
+from ui import compare_tab, data_tab, train_tab
 
 log = logging.getLogger("tune_studio.ui")
 
@@ -50,6 +50,8 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 train = train_tab.build(dataset)
             add_rag_tab()
+            with gr.Tab("Compare", id="compare"):
+                compare_tab.register(compare_tab.build())
         data_tab.register(data, check_with=[train.control(name) for name in data_tab.CHECK_SETTINGS],
                           extra_demo_triggers=[guide_buttons["demo"]])
         train_tab.register(train)

@@ -1,0 +1,744 @@
+"""Compare base, fine-tuned, RAG and fine-tuned+RAG answers on the user's own questions.
+
+Why this module exists: users come to learn whether fine-tuning or RAG (or both) helps *their*
+questions. Every arm is served by one :class:`~engine.infer.ChatModel` (one copy of the base
+weights; the adapter is switched on per request), with the same :class:`GenerationSettings`, so the
+arms differ only by the adapter and the retrieved context. Generation is serialised on that one
+model, so "side by side" means the arms answer one after another while each pane streams.
+
+Everything here is UI-free (no gradio import): the web tab, the CLI and the tests all drive the
+same generators and report objects.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import html
+import io
+import json
+import math
+import random
+import re
+import string
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engine.config import GenerationSettings
+from engine.settings import Settings, SettingsError, setting
+
+if TYPE_CHECKING:
+    from rag.index import RagIndex
+    from rag.pipeline import PipelineSpec
+
+ARMS = ("base", "ft", "rag", "ft+rag")
+ARM_LABELS = {"base": "Base model", "ft": "Fine-tuned", "rag": "RAG (base + index)", "ft+rag": "Fine-tuned + RAG"}
+VOTE_CHOICES = ("A", "B", "tie", "both_bad")
+VOTE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+
+SHORT_BASE_TEMPLATE = "Answer the question with a short phrase.\n\nQuestion: {question}\nAnswer:"
+SHORT_RAG_TEMPLATE = (
+    "Answer the question with a short phrase taken from the context.\n\n"
+    "Context:\n{context}\n\n"
+    "Question: {question}\nAnswer:"
+)
+
+
+class CompareError(ValueError):
+    """A comparison cannot start as asked; the message says what to change."""
+
+
+class CompareSettings(Settings):
+    """How questions are prompted and scored; generation itself uses the shared GenerationSettings."""
+
+    base_template: str = setting(
+        SHORT_BASE_TEMPLATE,
+        "Prompt for the arms without retrieval (base, fine-tuned); must contain {question}. "
+        "Write '{question}' alone to send the question unchanged.",
+        advanced=True,
+    )
+    rag_template: str = setting(
+        SHORT_RAG_TEMPLATE,
+        "Prompt for the RAG arms; must contain {context} and {question}. Leave empty to use the index's own "
+        "pipeline prompt (which asks for [n] citations).",
+        advanced=True,
+    )
+    top_k: int = setting(1, "Chunks retrieved for the RAG arms (0 = the index's pipeline setting). Small models "
+                         "answer better from one passage (bundled model on SQuAD-small: 5/20 answers with 1 chunk, "
+                         "3/20 with 3); raise it for larger models.", label="Retrieved chunks", minimum=0,
+                         maximum=50, step=1)
+    max_context_chars: int = setting(2500, "Context budget for the RAG arms' prompt, in characters.",
+                                     minimum=200, maximum=200000, step=100, advanced=True)
+    near_duplicate: float = setting(0.8, "Leakage check: a question whose word overlap (Jaccard) or character "
+                                    "similarity with a training prompt reaches this is flagged.",
+                                    minimum=0.5, maximum=1.0, step=0.01, advanced=True)
+    holdout_fraction: float = setting(0.1, "Share of a fine-tuning file held out as a question set.",
+                                      minimum=0.01, maximum=0.9, step=0.01, advanced=True)
+    seed: int = setting(0, "Seed for blind-mode pairing and position shuffling.", minimum=0,
+                        maximum=2**31 - 1, step=1, advanced=True)
+
+    def validate(self) -> None:
+        if "{question}" not in self.base_template:
+            raise SettingsError("base_template", "must contain {question}.")
+        if self.rag_template and not all(p in self.rag_template for p in ("{context}", "{question}")):
+            raise SettingsError("rag_template", "must contain {context} and {question}, or be empty.")
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation and articles, squeeze whitespace."""
+    text = (text or "").lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _tokens(text: str) -> list[str]:
+    return normalize_answer(text).split()
+
+
+def exact_match(prediction: str, references: Iterable[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(r) for r in references))
+
+
+def token_f1(prediction: str, references: Iterable[str]) -> float:
+    """Best SQuAD token F1 over the references."""
+    pred = _tokens(prediction)
+    best = 0.0
+    for ref in references:
+        gold = _tokens(ref)
+        if not pred or not gold:
+            best = max(best, float(pred == gold))
+            continue
+        common = sum((Counter(pred) & Counter(gold)).values())
+        if common:
+            precision, recall = common / len(pred), common / len(gold)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def answer_contained(prediction: str, references: Iterable[str]) -> float:
+    """1 when a normalised reference occurs in the normalised answer (on word boundaries)."""
+    pred = f" {normalize_answer(prediction)} "
+    return float(any(normalize_answer(r) and f" {normalize_answer(r)} " in pred for r in references))
+
+
+def _lcs(a: list[str], b: list[str]) -> int:
+    if not a or not b:
+        return 0
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b, start=1):
+            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(prediction: str, references: Iterable[str]) -> float:
+    """Best ROUGE-L F-measure (longest common subsequence of normalised tokens) over the references."""
+    pred = _tokens(prediction)
+    best = 0.0
+    for ref in references:
+        gold = _tokens(ref)
+        lcs = _lcs(pred, gold)
+        if lcs:
+            p, r = lcs / len(pred), lcs / len(gold)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval: sane for small n and rates near 0 or 1, unlike the normal approximation."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ---------------------------------------------------------------------------------- questions
+
+
+@dataclass
+class Question:
+    question: str
+    references: list[str] = field(default_factory=list)
+    gold_doc_id: str | None = None
+    qid: str = ""
+    leak: str | None = None  # why the leakage check flagged it, if it did
+
+
+def _references(row: dict[str, Any]) -> list[str]:
+    for key in ("answers", "references", "reference", "answer", "reference_answer", "expected"):
+        value = row.get(key)
+        if value is None or value == "":
+            continue
+        if isinstance(value, list):
+            return [str(v) for v in value if str(v).strip()]
+        text = str(value).strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+                if isinstance(parsed, list):
+                    return [str(v) for v in parsed]
+            except json.JSONDecodeError:
+                pass
+        return [v.strip() for v in text.split("|") if v.strip()] if "|" in text else [text]
+    return []
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+
+
+def load_questions(path: str | Path, limit: int = 0) -> list[Question]:
+    """Read a CSV or JSONL question set: ``question``, optional reference answer(s), optional ``gold_doc_id``.
+
+    SQuAD-style ``is_impossible`` rows are skipped: they have no answer to score.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Question set {path} does not exist.")
+    text = path.read_text(encoding="utf-8-sig")
+    rows: list[dict[str, Any]] = []
+    if path.suffix.lower() == ".csv":
+        rows = [dict(r) for r in csv.DictReader(io.StringIO(text))]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CompareError(f"{path.name}, line {number}: not valid JSON ({exc.msg}). Use one JSON object "
+                                   "per line, or a CSV with a 'question' column.") from None
+            if not isinstance(row, dict):
+                raise CompareError(f"{path.name}, line {number}: expected an object with a 'question' field.")
+            rows.append(row)
+    questions = []
+    for number, row in enumerate(rows, start=1):
+        lowered = {str(k).strip().lower(): v for k, v in row.items()}
+        q = str(lowered.get("question") or lowered.get("prompt") or lowered.get("query") or "").strip()
+        if not q:
+            raise CompareError(f"{path.name}, row {number}: no 'question' value. The question set needs a "
+                               "'question' column (and optionally 'answer' and 'gold_doc_id').")
+        if _truthy(lowered.get("is_impossible")):
+            continue
+        gold = lowered.get("gold_doc_id") or lowered.get("gold_doc") or lowered.get("doc_id")
+        questions.append(Question(q, _references(lowered), str(gold) if gold else None,
+                                  str(lowered.get("qid") or lowered.get("id") or number)))
+    if not questions:
+        raise CompareError(f"{path.name} has no answerable questions.")
+    return questions[:limit] if limit and limit > 0 else questions
+
+
+def _prompt_and_answer(example: Any) -> tuple[str, str]:
+    users = [m.content for m in example.messages if m.role == "user"]
+    answers = [m.content for m in example.messages if m.role == "assistant"]
+    return (users[-1] if users else (example.text or "")), (answers[-1] if answers else "")
+
+
+def holdout_questions(data_path: str | Path, fraction: float = 0.1, seed: int = 42) -> tuple[list[Question], list[str]]:
+    """Hold out part of a fine-tuning file as a question set; also return the training prompts kept.
+
+    Uses the engine's deterministic split, so identical examples never straddle the two sides.
+    """
+    from engine.data import prepare, split_train_validation
+
+    prepared = prepare(data_path)
+    train, held = split_train_validation(prepared.examples, fraction, seed)
+    questions = []
+    for i, ex in enumerate(held, start=1):
+        prompt, reply = _prompt_and_answer(ex)
+        if prompt.strip():
+            questions.append(Question(prompt, [reply] if reply.strip() else [], None, f"holdout-{i}"))
+    if not questions:
+        raise CompareError("The held-out part has no usable questions; raise the held-out share or use a larger file.")
+    return questions, [_prompt_and_answer(ex)[0] for ex in train]
+
+
+def training_prompts(data_path: str | Path) -> list[str]:
+    """Every user prompt of a fine-tuning file (what the leakage check compares against)."""
+    from engine.data import prepare
+
+    return [_prompt_and_answer(ex)[0] for ex in prepare(data_path).examples]
+
+
+def leakage_check(questions: list[Question], prompts: Iterable[str], threshold: float = 0.8) -> int:
+    """Flag questions that appear, exactly or nearly, among the training prompts; return how many.
+
+    A fine-tuned model that saw the question in training is being tested on memory, not skill.
+    """
+    normalized = [(p, normalize_answer(p)) for p in prompts if p and p.strip()]
+    exact = {n for _, n in normalized}
+    token_sets = [(p, n, set(n.split())) for p, n in normalized]
+    flagged = 0
+    for q in questions:
+        nq = normalize_answer(q.question)
+        q.leak = None
+        if nq in exact:
+            q.leak = "exact match in the training data"
+        else:
+            qset = set(nq.split())
+            for prompt, n, tokens in token_sets:
+                jaccard = len(qset & tokens) / len(qset | tokens) if qset | tokens else 0.0
+                if jaccard >= threshold or (abs(len(n) - len(nq)) <= len(nq) * 0.5
+                                            and difflib.SequenceMatcher(None, nq, n).ratio() >= threshold):
+                    q.leak = f"near-duplicate of a training prompt: {prompt[:80]!r}"
+                    break
+        flagged += q.leak is not None
+    return flagged
+
+
+# ------------------------------------------------------------------------------------ answers
+
+
+class ChatLike(Protocol):
+    """What the comparison needs from a model: the engine's ChatModel has exactly this."""
+
+    tokenizer: Any
+    base_model: str
+
+    def stream(self, messages: Any, *, adapter: str | Path | None = None,
+               settings: GenerationSettings | None = None) -> Iterator[str]: ...
+
+
+@dataclass
+class ArmAnswer:
+    """One arm's answer to one question, with its timings and (for RAG arms) the retrieved chunks."""
+
+    arm: str
+    text: str = ""
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    tokens: int = 0
+    tokens_per_s: float = 0.0
+    retrieved: list[dict[str, Any]] = field(default_factory=list)  # source, location, score, text
+    cited: list[int] = field(default_factory=list)
+    done: bool = False
+    error: str | None = None
+    scores: dict[str, float | None] = field(default_factory=dict)
+    failure: str = ""  # "", "retrieval failure", "generation failure", "wrong answer"
+
+    @property
+    def sources(self) -> list[str]:
+        return [r["source"] for r in self.retrieved]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_arms(arms: str | Iterable[str]) -> list[str]:
+    names = [a.strip().lower() for a in (arms.split(",") if isinstance(arms, str) else arms) if a.strip()]
+    names = ["ft+rag" if a in ("rag+ft", "ft_rag", "ftrag") else a for a in names]
+    bad = [a for a in names if a not in ARMS]
+    if bad or not names:
+        raise CompareError(f"Unknown arm(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ARMS)}.")
+    return list(dict.fromkeys(names))
+
+
+def adapter_hash(adapter_dir: str | Path | None) -> str | None:
+    """Short SHA-256 of the adapter weights, so a report names exactly which fine-tune it measured."""
+    if not adapter_dir:
+        return None
+    digest = hashlib.sha256()
+    for path in [*sorted(Path(adapter_dir).glob("adapter_model.*")), Path(adapter_dir) / "adapter_config.json"]:
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_corpus_index(corpus: str | Path, path: str | Path | None = None,
+                       spec: PipelineSpec | None = None) -> RagIndex:
+    """Index a ``{doc_id,title,text}`` JSONL corpus the way ``rag.evaluate`` does (doc ids become sources)."""
+    from rag.evaluate import build_index, load_corpus
+    from rag.pipeline import PipelineSpec
+
+    docs, titles = load_corpus(corpus)
+    target = Path(path) if path else Path(tempfile.mkdtemp(prefix="compare-index-")) / "index"
+    index, _ = build_index(docs, titles, spec or PipelineSpec(), target)
+    return index
+
+
+class Comparer:
+    """Runs the chosen arms on one shared model, with one set of generation settings."""
+
+    def __init__(self, chat: ChatLike, *, arms: Iterable[str], adapter: str | Path | None = None,
+                 index: RagIndex | None = None, generation: GenerationSettings | None = None,
+                 settings: CompareSettings | None = None):
+        self.chat = chat
+        self.arms = parse_arms(list(arms))
+        self.adapter = str(adapter) if adapter else None
+        self.index = index
+        self.generation = generation or GenerationSettings()
+        self.settings = settings or CompareSettings()
+        if any("ft" in a.split("+") for a in self.arms) and not self.adapter:
+            raise CompareError("The fine-tuned arms need an adapter: pick a finished run (or pass --adapter DIR).")
+        if any("rag" in a for a in self.arms) and index is None:
+            raise CompareError("The RAG arms need documents: pick an index (or pass --corpus FILE / --index DIR).")
+        if index is not None and any("rag" in a for a in self.arms) and not index.chunks:
+            raise CompareError(f"The index {index.path} is empty; add documents in the RAG tab first.")
+
+    @property
+    def spec(self) -> PipelineSpec | None:
+        """The index's pipeline with this comparison's retrieval depth and prompt applied."""
+        if self.index is None:
+            return None
+        spec = self.index.spec
+        if self.settings.top_k:
+            spec = spec.with_params("retrieve", top_k=self.settings.top_k)
+        params: dict[str, Any] = {"max_context_chars": self.settings.max_context_chars}
+        if self.settings.rag_template:
+            params["template"] = self.settings.rag_template
+        return spec.with_params("prompt", **params)
+
+    def config(self) -> dict[str, Any]:
+        """What the report is stamped with: enough to reproduce every number in it."""
+        spec = self.spec
+        return {
+            "base_model": getattr(self.chat, "base_model", "?"),
+            "adapter": self.adapter,
+            "adapter_hash": adapter_hash(self.adapter),
+            "index": str(self.index.path) if self.index is not None else None,
+            "pipeline": spec.to_dict() if spec is not None else None,
+            "generation": self.generation.to_dict(),
+            "compare": self.settings.to_dict(),
+            "arms": self.arms,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def _count_tokens(self, text: str) -> int:
+        try:
+            return len(self.chat.tokenizer.encode(text, add_special_tokens=False))
+        except Exception:  # a test double without a tokenizer still gets a rough count
+            return len(text.split())
+
+    def stream_arm(self, arm: str, question: Question) -> Iterator[ArmAnswer]:
+        """Yield the growing answer of one arm (same object, updated), ending with ``done=True`` and scores."""
+        from rag.answer import answer as rag_answer
+        from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
+
+        result = ArmAnswer(arm)
+        adapter = self.adapter if arm.startswith("ft") else None
+        start = time.perf_counter()
+
+        def add(piece: str) -> None:
+            if piece and result.ttft_s is None:
+                result.ttft_s = time.perf_counter() - start
+            result.text += piece
+
+        try:
+            if "rag" in arm:
+                generate = lambda prompt: self.chat.stream(prompt, adapter=adapter, settings=self.generation)  # noqa: E731
+                for event in rag_answer(self.index, question.question, generate, self.spec):  # type: ignore[arg-type]
+                    if isinstance(event, RetrievedEvent):
+                        result.retrieved = [{"source": h.chunk.source, "location": h.chunk.location,
+                                             "score": round(float(h.score), 4), "text": h.chunk.text}
+                                            for h in event.hits]
+                        yield result
+                    elif isinstance(event, TokenEvent):
+                        add(event.text)
+                        yield result
+                    elif isinstance(event, AnswerEvent):
+                        result.text = event.text
+                        result.cited = [c.number for c in event.citations]
+            else:
+                prompt = self.settings.base_template.replace("{question}", question.question.strip())
+                for piece in self.chat.stream(prompt, adapter=adapter, settings=self.generation):
+                    add(piece)
+                    yield result
+        except Exception as exc:  # one arm failing must not lose the others' answers
+            result.error = f"{type(exc).__name__}: {exc}"
+        result.text = result.text.strip()
+        result.total_s = time.perf_counter() - start
+        result.tokens = self._count_tokens(result.text)
+        gen_time = result.total_s - (result.ttft_s or 0.0)
+        result.tokens_per_s = (result.tokens - 1) / gen_time if result.tokens > 1 and gen_time > 0 else 0.0
+        score_answer(result, question)
+        result.done = True
+        yield result
+
+    def answer_all(self, question: Question) -> Iterator[tuple[str, ArmAnswer]]:
+        """Every arm in turn on one question (they share one model, so they run one after another)."""
+        for arm in self.arms:
+            for partial in self.stream_arm(arm, question):
+                yield arm, partial
+
+    def iter_run(self, questions: list[Question]) -> Iterator[Progress | Report]:
+        """Run every arm over the question set, yielding progress before each answer and the report last."""
+        rows = []
+        total = len(questions) * len(self.arms)
+        done = 0
+        for q in questions:
+            answers: dict[str, ArmAnswer] = {}
+            for arm in self.arms:
+                yield Progress(done, total, f"{ARM_LABELS[arm]}: {q.question[:60]}")
+                final = None
+                for final in self.stream_arm(arm, q):  # noqa: B007 - the last yield is the finished answer
+                    pass
+                assert final is not None
+                answers[arm] = final
+                done += 1
+            rows.append(ReportRow(q, answers))
+        yield Progress(total, total, "done")
+        yield Report(self.config(), self.arms, rows)
+
+    def run(self, questions: list[Question],
+            on_progress: Callable[[int, int, str], None] | None = None) -> Report:
+        """Run every arm over the question set and return the scored report."""
+        for item in self.iter_run(questions):
+            if isinstance(item, Report):
+                return item
+            if on_progress:
+                on_progress(item.done, item.total, item.what)
+        raise AssertionError("iter_run always ends with a report")
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    what: str
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.total == 0 else self.done / self.total
+
+
+def score_answer(result: ArmAnswer, question: Question) -> None:
+    """Fill the metrics and, for a wrong RAG answer, say whether retrieval or generation failed."""
+    refs = question.references
+    hit = (question.gold_doc_id in result.sources) if (question.gold_doc_id and "rag" in result.arm) else None
+    if refs:
+        result.scores = {"exact_match": exact_match(result.text, refs), "f1": token_f1(result.text, refs),
+                         "contained": answer_contained(result.text, refs), "rouge_l": rouge_l(result.text, refs)}
+    else:
+        result.scores = {"exact_match": None, "f1": None, "contained": None, "rouge_l": None}
+    result.scores["retrieval_hit"] = None if hit is None else float(hit)
+    result.failure = ""
+    if refs and not result.scores["contained"]:
+        if hit is False:
+            result.failure = "retrieval failure"
+        elif hit is True:
+            result.failure = "generation failure"
+        else:
+            result.failure = "wrong answer"
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class ReportRow:
+    question: Question
+    answers: dict[str, ArmAnswer]
+
+
+@dataclass
+class Vote:
+    """One blind judgement: which of two anonymous answers (A left, B right) was better."""
+
+    qid: str
+    arm_a: str
+    arm_b: str
+    choice: str
+
+    def __post_init__(self) -> None:
+        if self.choice not in VOTE_CHOICES:
+            raise CompareError(f"A vote is one of {', '.join(VOTE_CHOICES)}, not {self.choice!r}.")
+
+
+def blind_pairs(qids: list[str], arms: list[str], seed: int = 0) -> list[tuple[str, str, str]]:
+    """For each question, two of the arms in random left/right positions (seeded, so a reload shows the same)."""
+    if len(arms) < 2:
+        raise CompareError("Blind mode needs at least two arms.")
+    rng = random.Random(seed)
+    out = []
+    for qid in qids:
+        a, b = rng.sample(arms, 2)
+        out.append((qid, a, b))
+    return out
+
+
+def win_rates(votes: Iterable[Vote]) -> dict[str, dict[str, Any]]:
+    """Per arm: wins, ties, losses, both-bad and win rate (wins / votes it took part in) with a 95% Wilson CI."""
+    table: dict[str, Counter] = {}
+    for v in votes:
+        for arm in (v.arm_a, v.arm_b):
+            table.setdefault(arm, Counter())["votes"] += 1
+        if v.choice in ("A", "B"):
+            winner, loser = (v.arm_a, v.arm_b) if v.choice == "A" else (v.arm_b, v.arm_a)
+            table[winner]["wins"] += 1
+            table[loser]["losses"] += 1
+        else:
+            key = "ties" if v.choice == "tie" else "both_bad"
+            table[v.arm_a][key] += 1
+            table[v.arm_b][key] += 1
+    out = {}
+    for arm, c in table.items():
+        low, high = wilson_interval(c["wins"], c["votes"])
+        out[arm] = {"votes": c["votes"], "wins": c["wins"], "ties": c["ties"], "losses": c["losses"],
+                    "both_bad": c["both_bad"], "win_rate": c["wins"] / c["votes"], "ci95": [low, high]}
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+@dataclass
+class Report:
+    config: dict[str, Any]
+    arms: list[str]
+    rows: list[ReportRow]
+    votes: list[Vote] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Mean of each metric per arm, plus latency and (for RAG arms) failure counts."""
+        out: dict[str, dict[str, Any]] = {}
+        for arm in self.arms:
+            answers = [r.answers[arm] for r in self.rows if arm in r.answers]
+            entry: dict[str, Any] = {"questions": len(answers)}
+            for metric in ("exact_match", "f1", "contained", "rouge_l", "retrieval_hit"):
+                entry[metric] = _mean([a.scores.get(metric) for a in answers])
+            entry["latency_s"] = _mean([a.total_s for a in answers])
+            entry["ttft_s"] = _mean([a.ttft_s for a in answers])
+            entry["tokens_per_s"] = _mean([a.tokens_per_s for a in answers if a.tokens_per_s])
+            entry["errors"] = sum(a.error is not None for a in answers)
+            if "rag" in arm:
+                entry["retrieval_failures"] = sum(a.failure == "retrieval failure" for a in answers)
+                entry["generation_failures"] = sum(a.failure == "generation failure" for a in answers)
+            out[arm] = entry
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "summary": self.summary(),
+            "questions": [{**asdict(r.question), "answers": {a: ans.to_dict() for a, ans in r.answers.items()}}
+                          for r in self.rows],
+            "votes": [asdict(v) for v in self.votes],
+            "win_rates": win_rates(self.votes),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
+
+    def to_csv(self) -> str:
+        """One line per question and arm: the per-question table a spreadsheet user wants."""
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["qid", "question", "references", "gold_doc_id", "leak", "arm", "answer", "exact_match",
+                         "f1", "contained", "rouge_l", "retrieval_hit", "failure", "ttft_s", "total_s", "tokens",
+                         "tokens_per_s", "retrieved_sources", "error"])
+        for r in self.rows:
+            q = r.question
+            for arm, a in r.answers.items():
+                s = a.scores
+                writer.writerow([q.qid, q.question, " | ".join(q.references), q.gold_doc_id or "", q.leak or "",
+                                 arm, a.text, s.get("exact_match"), s.get("f1"), s.get("contained"),
+                                 s.get("rouge_l"), s.get("retrieval_hit"), a.failure,
+                                 None if a.ttft_s is None else round(a.ttft_s, 3), round(a.total_s, 3), a.tokens,
+                                 round(a.tokens_per_s, 2), ";".join(a.sources), a.error or ""])
+        return buf.getvalue()
+
+    def to_html(self) -> str:
+        """A single self-contained page (inline CSS, no scripts or links) to share or archive."""
+        return render_html(self)
+
+    def save(self, path: str | Path) -> Path:
+        """Write by extension: .json, .csv or .html."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = {".csv": self.to_csv, ".html": self.to_html, ".htm": self.to_html}.get(path.suffix.lower(),
+                                                                                         self.to_json)
+        path.write_text(writer(), encoding="utf-8")
+        return path
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}th{background:#f3f3f3}
+.ans{white-space:pre-wrap;max-width:36em}.fail{color:#b00}.ok{color:#070}pre{background:#f6f6f6;padding:1em;
+overflow:auto}.leak{color:#a60}"""
+
+
+def render_html(report: Report) -> str:
+    e = html.escape
+    summary = report.summary()
+    metrics = ["questions", "exact_match", "f1", "contained", "rouge_l", "retrieval_hit", "latency_s", "ttft_s",
+               "tokens_per_s", "retrieval_failures", "generation_failures"]
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Tune Studio comparison</title>"
+             f"<style>{_CSS}</style></head><body><h1>Tune Studio comparison</h1>",
+             "<h2>Configuration</h2>",
+             f"<table id='config'><tr><th>Base model</th><td>{e(str(report.config.get('base_model')))}</td></tr>"
+             f"<tr><th>Adapter</th><td>{e(str(report.config.get('adapter') or '–'))}</td></tr>"
+             f"<tr><th>Adapter hash</th><td>{e(str(report.config.get('adapter_hash') or '–'))}</td></tr>"
+             f"<tr><th>Index</th><td>{e(str(report.config.get('index') or '–'))}</td></tr>"
+             f"<tr><th>Generation settings</th><td>{e(json.dumps(report.config.get('generation')))}</td></tr>"
+             f"<tr><th>Created</th><td>{e(str(report.config.get('created')))}</td></tr></table>",
+             f"<details><summary>Pipeline spec</summary><pre>{e(json.dumps(report.config.get('pipeline'), indent=2))}"
+             "</pre></details>",
+             "<h2>Summary</h2><table id='summary'><tr><th>metric</th>"
+             + "".join(f"<th>{e(ARM_LABELS.get(a, a))}</th>" for a in report.arms) + "</tr>"]
+    for m in metrics:
+        parts.append(f"<tr><th>{e(m)}</th>" + "".join(f"<td>{_fmt(summary[a].get(m))}</td>" for a in report.arms)
+                     + "</tr>")
+    parts.append("</table>")
+    rates = win_rates(report.votes)
+    if rates:
+        parts.append("<h2>Blind votes</h2><table id='votes'><tr><th>arm</th><th>votes</th><th>wins</th><th>ties</th>"
+                     "<th>losses</th><th>both bad</th><th>win rate (95% CI)</th></tr>")
+        for arm, r in rates.items():
+            parts.append(f"<tr><td>{e(ARM_LABELS.get(arm, arm))}</td><td>{r['votes']}</td><td>{r['wins']}</td>"
+                         f"<td>{r['ties']}</td><td>{r['losses']}</td><td>{r['both_bad']}</td>"
+                         f"<td>{r['win_rate']:.2f} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f})</td></tr>")
+        parts.append("</table><table><tr><th>question</th><th>A</th><th>B</th><th>vote</th></tr>")
+        for v in report.votes:
+            parts.append(f"<tr><td>{e(v.qid)}</td><td>{e(v.arm_a)}</td><td>{e(v.arm_b)}</td>"
+                         f"<td>{e(VOTE_LABELS[v.choice])}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Questions</h2><table id='questions'><tr><th>#</th><th>question</th><th>reference</th>"
+                 + "".join(f"<th>{e(ARM_LABELS.get(a, a))}</th>" for a in report.arms) + "</tr>")
+    for i, r in enumerate(report.rows, start=1):
+        q = r.question
+        leak = f"<div class='leak'>⚠ {e(q.leak)}</div>" if q.leak else ""
+        gold = f"<div>gold doc: {e(q.gold_doc_id)}</div>" if q.gold_doc_id else ""
+        cells = []
+        for arm in report.arms:
+            a = r.answers.get(arm)
+            if a is None:
+                cells.append("<td>–</td>")
+                continue
+            ok = a.scores.get("contained")
+            verdict = ("<span class='ok'>✓ contains the answer</span>" if ok else
+                       f"<span class='fail'>✗ {e(a.failure or 'no reference')}</span>" if ok is not None else "")
+            scores = " · ".join(f"{k} {_fmt(v, 2)}" for k, v in a.scores.items() if v is not None)
+            src = f"<div>retrieved: {e(', '.join(a.sources))}</div>" if a.retrieved else ""
+            cells.append(f"<td><div class='ans'>{e(a.text)}</div>{verdict}<div>{e(scores)}</div>{src}"
+                         f"<div>{a.total_s:.2f} s, {a.tokens} tokens</div></td>")
+        parts.append(f"<tr><td>{i}</td><td>{e(q.question)}{leak}{gold}</td><td>{e(' | '.join(q.references))}</td>"
+                     + "".join(cells) + "</tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
