@@ -1,0 +1,30 @@
+"""Benchmarks: ``python -m bench rag`` (retrieval quality and speed) or ``python -m bench train``.
+
+Each subcommand's module is imported only when chosen, so one benchmark's heavy dependencies never
+slow the other down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("benchmark", choices=("rag", "train"))
+    args, rest = parser.parse_known_args(argv[:1])
+    rest += argv[1:]
+    if args.benchmark == "rag":
+        from bench import rag
+
+        return rag.main(rest) or 0
+    from bench import train
+
+    sys.argv = ["python -m bench train", *rest]  # train.main() parses its own arguments
+    return train.main() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

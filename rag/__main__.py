@@ -1,0 +1,138 @@
+"""Command line: ``python -m rag eval|index|query`` — JSON on stdout, progress on stderr.
+
+    python -m rag eval --corpus CORPUS.jsonl --questions QUESTIONS.jsonl [--pipeline SPEC.json]
+    python -m rag index --docs DIR --out INDEX_DIR [--pipeline SPEC.json]
+    python -m rag query --index INDEX_DIR --question TEXT [--top-k N]
+
+Bad input ends with a one-line message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.settings import SettingsError
+from rag.evaluate import EvalDataError, evaluate
+from rag.events import EmbedProgress, FileLoaded, FileRefused, FileRemoved, FileUnchanged, IndexUpdated
+from rag.index import EmbedderMismatchError, IndexError_, RagIndex
+from rag.ingest import iter_files
+from rag.pipeline import PipelineSpec, PipelineSpecError
+from rag.retrieve import search
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _progress(event: Any) -> None:
+    if isinstance(event, FileRefused):
+        _log(f"refused  {event.source}: {event.message}")
+    elif isinstance(event, FileLoaded):
+        _log(f"loaded   {event.source} ({event.sections} section(s), {event.chars} chars)")
+    elif isinstance(event, FileUnchanged):
+        _log(f"same     {event.source}")
+    elif isinstance(event, FileRemoved):
+        _log(f"{'replaced' if event.replaced else 'removed '} {event.source} ({event.chunks} chunks)")
+    elif isinstance(event, EmbedProgress) and event.total:
+        _log(f"embedded {event.done}/{event.total}")
+
+
+def _spec(path: str | None) -> PipelineSpec:
+    return PipelineSpec.load(path) if path else PipelineSpec()
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    report = evaluate(args.corpus, args.questions, _spec(args.pipeline), on_event=_progress if args.verbose else None)
+    out = report.to_dict()
+    if not args.full:
+        out.pop("pipeline")
+    return out
+
+
+def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
+    docs = Path(args.docs)
+    if not docs.is_dir():
+        raise FileNotFoundError(f"--docs {docs} is not a folder.")
+    spec = _spec(args.pipeline)
+    out = Path(args.out)
+    if (out / "manifest.json").exists():
+        index = RagIndex.open(out)
+        if args.pipeline:
+            if spec.embed.model != index.embedder_name and not args.reindex:
+                raise EmbedderMismatchError(out, index.embedder_name, spec.embed.model)
+            if spec.embed.model != index.embedder_name or index.set_spec(spec):
+                for event in index.reindex(spec):
+                    _progress(event)
+    else:
+        index = RagIndex.create(out, spec)
+    files = list(iter_files(docs))
+    names = {str(p.relative_to(docs)) for p in files}
+    final: IndexUpdated | None = None
+    for event in index.add_files([(str(p.relative_to(docs)), p) for p in files]):
+        _progress(event)
+        if isinstance(event, IndexUpdated):
+            final = event
+    gone = [s for s in index.files if s not in names]
+    if gone and args.prune:
+        for event in index.remove(gone):
+            _progress(event)
+    assert final is not None
+    return {"index": str(out), "files": len(index.files), "chunks": len(index.chunks),
+            "added": final.added_files, "embedded": final.embedded, "reused": final.reused,
+            "refused": [{"file": r.source, "reason": str(r.reason), "message": r.message} for r in final.refused],
+            "seconds": round(final.seconds, 3)}
+
+
+def cmd_query(args: argparse.Namespace) -> dict[str, Any]:
+    index = RagIndex.open(args.index)
+    result = search(index, args.question, top_k=args.top_k)
+    return {"question": args.question, "seconds": round(result.seconds, 4), "steps": result.log,
+            "hits": [h.to_dict() for h in result.hits]}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rag", description="Tune Studio RAG: evaluate, index, query.")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("eval", help="retrieval quality on a corpus with gold documents")
+    e.add_argument("--corpus", required=True, help="JSONL of {doc_id, title, text}")
+    e.add_argument("--questions", required=True, help="JSONL of {qid, question, answers[], gold_doc_id}")
+    e.add_argument("--pipeline", help="pipeline spec JSON (default: the app's default pipeline)")
+    e.add_argument("--full", action="store_true", help="include the pipeline spec in the output")
+    e.add_argument("--verbose", action="store_true", help="progress on stderr")
+    e.set_defaults(func=cmd_eval)
+    i = sub.add_parser("index", help="index every file in a folder (incremental)")
+    i.add_argument("--docs", required=True)
+    i.add_argument("--out", required=True)
+    i.add_argument("--pipeline")
+    i.add_argument("--reindex", action="store_true", help="allow re-embedding everything when --pipeline names "
+                   "another embedder than the index's")
+    i.add_argument("--prune", action="store_true", help="remove indexed files no longer in --docs")
+    i.set_defaults(func=cmd_index)
+    q = sub.add_parser("query", help="ranked chunks for a question")
+    q.add_argument("--index", required=True)
+    q.add_argument("--question", required=True)
+    q.add_argument("--top-k", type=int, default=None)
+    q.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except (EvalDataError, PipelineSpecError, SettingsError, IndexError_, FileNotFoundError) as exc:
+        _log(f"error: {exc}")
+        return 2
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Prompting with numbered context, citation parsing, and the answer protocol the engine plugs into.
+
+Generation is not this package's job: :func:`answer` takes ``generate``, any callable that turns a
+prompt into a stream of text pieces (the engine's model, an API, a test double written by hand).
+Everything else — retrieval, numbering the context [1], [2]..., mapping the answer's [n] back to
+chunks — happens here, as typed events the UI only formats.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from rag.events import AnswerEvent, AnswerStreamEvent, PromptEvent, RetrievedEvent, TokenEvent
+from rag.pipeline import PipelineSpec
+from rag.retrieve import Citation, Hit, search
+
+if TYPE_CHECKING:
+    from rag.index import RagIndex
+
+Generate = Callable[[str], Iterable[str]]
+"""Prompt in, text pieces out (tokens or larger deltas); the engine provides it."""
+
+
+def format_context(hits: list[Hit], max_chars: int) -> str:
+    """Number each passage and name its source, so the model can cite it and the user can check it."""
+    blocks: list[str] = []
+    used = 0
+    for number, hit in enumerate(hits, start=1):
+        header = f"[{number}] ({hit.chunk.location})\n"
+        room = max_chars - used - len(header)
+        if room <= 50:
+            break
+        text = hit.chunk.text if len(hit.chunk.text) <= room else hit.chunk.text[:room].rsplit(" ", 1)[0] + " …"
+        blocks.append(header + text)
+        used += len(header) + len(text) + 2
+    return "\n\n".join(blocks)
+
+
+def build_prompt(question: str, hits: list[Hit], spec: PipelineSpec | None = None) -> str:
+    """Fill the template's ``{context}`` and ``{question}``; other braces in the template stay literal."""
+    settings = (spec or PipelineSpec()).stages["prompt"]
+    context = format_context(hits, settings.max_context_chars)
+    # str.format would choke on literal braces a user types (e.g. JSON examples), so substitute by hand.
+    return settings.template.replace("{context}", context).replace("{question}", question.strip())
+
+
+_CITATION = re.compile(r"\[(\s*\d+\s*(?:(?:,|;|-|–|and)\s*\d+\s*)*)\]")
+
+
+def cited_numbers(text: str) -> list[int]:
+    """Numbers cited as [1], [1, 2], [1][3], [2-4] or [1; 3], in order of first appearance."""
+    numbers: list[int] = []
+    for match in _CITATION.finditer(text):
+        body = match.group(1)
+        for part in re.split(r",|;|and", body):
+            part = part.strip()
+            range_match = re.fullmatch(r"(\d+)\s*[-–]\s*(\d+)", part)
+            if range_match:
+                lo, hi = int(range_match.group(1)), int(range_match.group(2))
+                values = range(lo, hi + 1) if 0 < hi - lo < 20 else [lo, hi]
+            else:
+                values = [int(part)] if part.isdigit() else []
+            for value in values:
+                if value not in numbers:
+                    numbers.append(value)
+    return numbers
+
+
+def parse_citations(text: str, hits: list[Hit]) -> tuple[list[Citation], list[int]]:
+    """Map [n] in an answer to ``hits[n-1]``; numbers with no such passage are returned separately."""
+    citations, invalid = [], []
+    for number in cited_numbers(text):
+        if 1 <= number <= len(hits):
+            citations.append(Citation(number, hits[number - 1]))
+        else:
+            invalid.append(number)
+    return citations, invalid
+
+
+def answer(index: RagIndex, question: str, generate: Generate,
+           spec: PipelineSpec | None = None) -> Iterator[AnswerStreamEvent]:
+    """Retrieve, prompt, stream the generated answer, then resolve its citations.
+
+    Yields ``RetrievedEvent`` → ``PromptEvent`` → ``TokenEvent``* → ``AnswerEvent``.
+    """
+    spec = spec or index.spec
+    result = search(index, question, spec)
+    yield RetrievedEvent(result.hits)
+    prompt = build_prompt(question, result.hits, spec)
+    yield PromptEvent(prompt)
+    pieces: list[str] = []
+    for piece in generate(prompt):
+        pieces.append(piece)
+        yield TokenEvent(piece)
+    text = "".join(pieces).strip()
+    citations, invalid = parse_citations(text, result.hits)
+    yield AnswerEvent(text, citations, invalid)

@@ -1,0 +1,103 @@
+"""Typed events emitted by indexing and answering; the UI and CLI only format them.
+
+Long operations are generators of these events, so the same code drives a Gradio progress view,
+a CLI log line and a test assertion, and none of them needs to know about the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rag.ingest import RefusalReason
+
+if TYPE_CHECKING:
+    from rag.chunking import ChunkPreview
+    from rag.retrieve import Citation, Hit
+
+
+@dataclass(frozen=True)
+class FileLoaded:
+    source: str
+    sections: int
+    chars: int
+    encoding: str | None = None
+
+
+@dataclass(frozen=True)
+class FileRefused:
+    source: str
+    reason: RefusalReason
+    message: str
+
+
+@dataclass(frozen=True)
+class FileUnchanged:
+    """Same name and same content hash as what the index holds: nothing to do."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class FileRemoved:
+    source: str
+    chunks: int
+    replaced: bool = False
+
+
+@dataclass(frozen=True)
+class Chunked:
+    preview: ChunkPreview
+
+
+@dataclass(frozen=True)
+class EmbedProgress:
+    done: int
+    total: int
+    reused: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.total == 0 else self.done / self.total
+
+
+@dataclass(frozen=True)
+class IndexUpdated:
+    """Final event of an indexing run: what the index holds now and what this run changed."""
+
+    files: int
+    chunks: int
+    added_files: list[str] = field(default_factory=list)
+    removed_files: list[str] = field(default_factory=list)
+    refused: list[FileRefused] = field(default_factory=list)
+    embedded: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+
+IndexEvent = FileLoaded | FileRefused | FileUnchanged | FileRemoved | Chunked | EmbedProgress | IndexUpdated
+
+
+@dataclass(frozen=True)
+class RetrievedEvent:
+    hits: list[Hit]
+
+
+@dataclass(frozen=True)
+class PromptEvent:
+    prompt: str
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerEvent:
+    text: str
+    citations: list[Citation]
+    invalid_citations: list[int] = field(default_factory=list)
+
+
+AnswerStreamEvent = RetrievedEvent | PromptEvent | TokenEvent | AnswerEvent

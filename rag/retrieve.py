@@ -1,0 +1,182 @@
+"""Hybrid retrieval: dense (FAISS) + BM25 fused by reciprocal rank, then the user's post-steps in order.
+
+Every hit carries its dense, BM25 and fused scores (and ranks) so hit testing can show *why* a chunk
+came up. Post-retrieval steps (threshold, dedupe, MMR, rerank) run in the order of the pipeline
+spec, each only if enabled, and each leaves a line in ``RetrievalResult.log``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rag.chunking import Chunk
+from rag.pipeline import PipelineSpec
+from rag.stages import DedupeSettings, MMRSettings, RerankSettings, ThresholdSettings
+
+if TYPE_CHECKING:
+    from rag.index import RagIndex
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with every score that decided its place."""
+
+    chunk: Chunk
+    position: int
+    score: float
+    rank: int = 0
+    dense_score: float | None = None
+    bm25_score: float | None = None
+    fused_score: float | None = None
+    dense_rank: int | None = None
+    bm25_rank: int | None = None
+    rerank_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "source": self.chunk.source, "page": self.chunk.page,
+                "section": self.chunk.section, "score": self.score, "dense_score": self.dense_score,
+                "bm25_score": self.bm25_score, "fused_score": self.fused_score, "dense_rank": self.dense_rank,
+                "bm25_rank": self.bm25_rank, "rerank_score": self.rerank_score, "text": self.chunk.text}
+
+
+@dataclass(frozen=True)
+class Citation:
+    """``[number]`` in an answer, resolved to the hit it refers to."""
+
+    number: int
+    hit: Hit
+
+
+@dataclass
+class RetrievalResult:
+    query: str
+    hits: list[Hit]
+    candidates: list[Hit]
+    log: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def search(index: RagIndex, query: str, spec: PipelineSpec | None = None, top_k: int | None = None) -> RetrievalResult:
+    """Retrieve the ``top_k`` best chunks for ``query`` under ``spec`` (default: the index's own)."""
+    start = time.perf_counter()
+    spec = spec or index.spec
+    settings = spec.retrieve
+    top_k = top_k or settings.top_k
+    query = query.strip()
+    if not query or not index.chunks:
+        return RetrievalResult(query, [], [], ["empty question" if not query else "the index is empty"])
+    steps = spec.enabled_post_steps()
+    needs_vector = settings.mode != "bm25" or any(s.name in ("threshold", "mmr") for s in steps)
+    qvec = index.embedder.embed_query(query) if needs_vector else None
+    candidates = _candidates(index, query, qvec, spec)
+    log = [f"{settings.mode}: {len(candidates)} candidates"]
+    hits = candidates
+    for step in steps:
+        before = len(hits)
+        hits = POST_STEPS[step.name](hits, step.settings, index=index, query=query, qvec=qvec, top_k=top_k)
+        log.append(f"{step.name}: {before} → {len(hits)}")
+    final = [replace(h, rank=r) for r, h in enumerate(hits[:top_k], start=1)]
+    return RetrievalResult(query, final, candidates, log, time.perf_counter() - start)
+
+
+def _candidates(index: RagIndex, query: str, qvec: np.ndarray | None, spec: PipelineSpec) -> list[Hit]:
+    settings = spec.retrieve
+    n = settings.candidates
+    dense: dict[int, tuple[int, float]] = {}
+    lexical: dict[int, tuple[int, float]] = {}
+    if settings.mode in ("dense", "hybrid") and qvec is not None:
+        ids, scores = index.dense_search(qvec, n)
+        dense = {int(i): (r, float(s)) for r, (i, s) in enumerate(zip(ids, scores, strict=True), start=1)}
+    if settings.mode in ("bm25", "hybrid"):
+        ids, scores = index.bm25.search(query, n)
+        lexical = {int(i): (r, float(s)) for r, (i, s) in enumerate(zip(ids, scores, strict=True), start=1)}
+    positions = list(dict.fromkeys([*dense, *lexical]))
+    # Cosine similarity for every candidate (BM25-only ones too) so threshold and MMR can use it.
+    cosine = index.vectors[positions] @ qvec if qvec is not None and positions else None
+    hits = []
+    for j, pos in enumerate(positions):
+        d_rank, d_score = dense.get(pos, (None, None))
+        b_rank, b_score = lexical.get(pos, (None, None))
+        fused = 0.0
+        if d_rank is not None:
+            fused += settings.dense_weight / (settings.rrf_k + d_rank)
+        if b_rank is not None:
+            fused += 1.0 / (settings.rrf_k + b_rank)
+        dense_score = float(cosine[j]) if cosine is not None else d_score
+        score = {"dense": dense_score, "bm25": b_score}.get(settings.mode, fused)
+        hits.append(Hit(index.chunks[pos], pos, float(score if score is not None else 0.0), 0, dense_score,
+                        b_score, fused, d_rank, b_rank))
+    hits.sort(key=lambda h: (-h.score, h.position))
+    return hits
+
+
+# ---------------------------------------------------------------------- post-retrieval steps
+
+
+def _threshold(hits: list[Hit], settings: ThresholdSettings, **_: Any) -> list[Hit]:
+    return [h for h in hits if h.dense_score is None or h.dense_score >= settings.min_dense_score]
+
+
+def _dedupe(hits: list[Hit], settings: DedupeSettings, *, index: RagIndex, **_: Any) -> list[Hit]:
+    """Keep the best ``max_per_source`` chunks of each document and drop near-identical chunks."""
+    kept: list[Hit] = []
+    per_source: dict[str, int] = {}
+    for hit in hits:
+        if settings.max_per_source and per_source.get(hit.chunk.source, 0) >= settings.max_per_source:
+            continue
+        if settings.near_duplicate < 1.0 and kept:
+            sims = index.vectors[[k.position for k in kept]] @ index.vectors[hit.position]
+            if float(sims.max()) >= settings.near_duplicate:
+                continue
+        kept.append(hit)
+        per_source[hit.chunk.source] = per_source.get(hit.chunk.source, 0) + 1
+    return kept
+
+
+def _mmr(hits: list[Hit], settings: MMRSettings, *, index: RagIndex, qvec: np.ndarray | None, top_k: int,
+         **_: Any) -> list[Hit]:
+    """Maximal marginal relevance: trade query similarity against similarity to already chosen chunks."""
+    if qvec is None or len(hits) < 2:
+        return hits
+    vectors = index.vectors[[h.position for h in hits]]
+    relevance = vectors @ qvec
+    chosen: list[int] = []
+    remaining = list(range(len(hits)))
+    while remaining and len(chosen) < max(top_k, 1):
+        redundancy = (vectors[remaining] @ vectors[chosen].T).max(axis=1) if chosen else np.zeros(len(remaining))
+        mmr = settings.lambda_mult * relevance[remaining] - (1 - settings.lambda_mult) * redundancy
+        best = remaining[int(np.argmax(mmr))]
+        chosen.append(best)
+        remaining.remove(best)
+    return [hits[i] for i in chosen] + [hits[i] for i in remaining]
+
+
+_RERANKERS: dict[str, Any] = {}
+_RERANK_LOCK = threading.Lock()
+
+
+def _rerank(hits: list[Hit], settings: RerankSettings, *, query: str, **_: Any) -> list[Hit]:
+    """Re-score the first ``top_n`` candidates with a cross-encoder (downloaded from the Hub on first use)."""
+    if not hits:
+        return hits
+    with _RERANK_LOCK:
+        if settings.model not in _RERANKERS:
+            from sentence_transformers import CrossEncoder
+
+            _RERANKERS[settings.model] = CrossEncoder(settings.model)
+    model = _RERANKERS[settings.model]
+    head, tail = hits[: settings.top_n], hits[settings.top_n:]
+    scores = model.predict([(query, h.chunk.text) for h in head], show_progress_bar=False)
+    rescored = [replace(h, rerank_score=float(s), score=float(s)) for h, s in zip(head, scores, strict=True)]
+    rescored.sort(key=lambda h: -h.score)
+    return rescored + tail
+
+
+PostStepFn = Callable[..., list[Hit]]
+POST_STEPS: dict[str, PostStepFn] = {"threshold": _threshold, "dedupe": _dedupe, "mmr": _mmr, "rerank": _rerank}
