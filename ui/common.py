@@ -13,6 +13,7 @@ import html
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from engine.data.errors import DatasetError
 from engine.jobs import JobError
 from engine.models import ModelError
 from engine.settings import SettingInfo, Settings, SettingsError, base_type, describe
+from engine.workspace import AccessError, AccessPolicy, Workspace
 
 log = logging.getLogger("tune_studio.ui")
 
@@ -31,7 +33,7 @@ MAX_SLIDER_POSITIONS = 2000
 
 #: Exceptions whose message is already written for the user (engine convention).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    SettingsError, DatasetError, JobError, ModelError, FileNotFoundError, ValueError,
+    SettingsError, DatasetError, JobError, ModelError, AccessError, FileNotFoundError, ValueError,
 )
 
 
@@ -81,14 +83,46 @@ def friendly_errors(title: str) -> Callable[[Callable[..., Any]], Callable[..., 
     return wrap
 
 
+def signed_in_user(request: gr.Request | None) -> str | None:
+    """The visitor's user name: password sign-in (``request.username``) or "Sign in with Hugging Face"."""
+    if request is None:
+        return None
+    username = getattr(request, "username", None)
+    if username:
+        return str(username)
+    try:
+        session = request.session  # only present when OAuth's session middleware is installed
+    except (AssertionError, AttributeError, KeyError):
+        return None
+    info = (session or {}).get("oauth_info") or {}
+    if info.get("expires_at") and float(info["expires_at"]) < time.time():
+        return None
+    return (info.get("userinfo") or {}).get("preferred_username")
+
+
 def owner_of(request: gr.Request | None) -> str:
-    """Who owns a run: the signed-in user on a Space, else one shared local owner.
+    """Whose workspace a request works in: the signed-in user, the demo's workspace, or one local owner.
 
-    A shared local owner is what lets a second browser (or a refreshed page) see the running job.
+    A shared local owner (no sign-in configured) is what lets a second browser or a refreshed page see
+    the running job. With sign-in configured, an anonymous request is refused with a clear message.
     """
-    username = getattr(request, "username", None) if request is not None else None
-    return username or "local"
+    try:
+        return AccessPolicy.from_env().owner_for(signed_in_user(request))
+    except AccessError as exc:
+        raise gr.Error(str(exc), title="Please sign in") from exc
 
+
+def workspace_of(request: gr.Request | None) -> Workspace:
+    """The visitor's workspace: every handler that reads or writes user data goes through this."""
+    return Workspace(owner_of(request))
+
+
+def require_write(action: str) -> None:
+    """Refuse training/indexing in the read-only demo with a message that says why."""
+    try:
+        AccessPolicy.from_env().require_write(action)
+    except AccessError as exc:
+        raise gr.Error(str(exc), title="Read-only demo") from exc
 
 # ----------------------------------------------------------------------------------------- forms
 

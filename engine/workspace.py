@@ -1,0 +1,166 @@
+"""Per-user workspaces and who may do what.
+
+Several people share one Space. Each signed-in user gets a workspace: their uploaded datasets,
+RAG indexes, comparison reports and exports live in their own folder, and runs carry their owner
+in the job database. Every UI handler and API endpoint goes through :class:`Workspace`, so
+"someone else's run" is indistinguishable from "no such run" (no id probing).
+
+The access policy (password users from the environment, HF OAuth on a Space, read-only demo mode)
+is plain data read from the environment here, so the engine, the CLI and the UI agree on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.jobs import JobError, JobRecord, JobStore
+from engine.paths import data_dir
+
+LOCAL_OWNER = "local"
+USERS_ENV = "TUNE_STUDIO_USERS"  # "alice:secret1,bob:secret2"
+USERS_FILE_ENV = "TUNE_STUDIO_USERS_FILE"  # one "name:password" per line
+DEMO_ENV = "TUNE_STUDIO_DEMO"  # "1": read-only demo (chat and compare only)
+DEMO_WORKSPACE_ENV = "TUNE_STUDIO_DEMO_WORKSPACE"  # whose runs and indexes the demo shows
+SHARE_ENV = "TUNE_STUDIO_SHARE"  # "1": a public gradio.live link for a local run
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class AccessError(PermissionError):
+    """The user may not do this here (not signed in, read-only demo, someone else's item)."""
+
+
+def safe_owner(owner: str) -> str:
+    """A folder name for an owner. Distinct owners never collide: a short hash is added when cleaning changed it."""
+    cleaned = _SAFE.sub("_", owner).strip("._") or "user"
+    if cleaned != owner:
+        cleaned += "-" + hashlib.sha256(owner.encode()).hexdigest()[:8]
+    return cleaned[:80]
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _parse_users(text: str, where: str) -> dict[str, str]:
+    users: dict[str, str] = {}
+    for number, raw in enumerate(re.split(r"[,\n]", text), start=1):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        name, sep, password = entry.partition(":")
+        if not sep or not name.strip() or not password:
+            raise AccessError(f"{where}: entry {number} is not 'name:password'. Write users as "
+                              "name:password, separated by commas or new lines.")
+        users[name.strip()] = password
+    return users
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """How people get in and what they may do; read once from the environment at start-up."""
+
+    users: dict[str, str] = field(default_factory=dict, repr=False)  # password sign-in (never logged: repr=False)
+    oauth: bool = False  # "Sign in with Hugging Face" on a Space with hf_oauth: true
+    demo: bool = False  # read-only: chat and compare, no training, no indexing
+    demo_workspace: str = LOCAL_OWNER
+    share: bool = False
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> AccessPolicy:
+        env = dict(os.environ if env is None else env)
+        users = _parse_users(env.get(USERS_ENV, ""), USERS_ENV)
+        users_file = env.get(USERS_FILE_ENV)
+        if users_file:
+            path = Path(users_file).expanduser()
+            if not path.is_file():
+                raise AccessError(f"{USERS_FILE_ENV} points to {path}, which does not exist.")
+            users.update(_parse_users(path.read_text(encoding="utf-8"), str(path)))
+        oauth = bool(env.get("SPACE_ID") and env.get("OAUTH_CLIENT_ID"))
+        return cls(users=users, oauth=oauth, demo=_truthy(env.get(DEMO_ENV)),
+                   demo_workspace=env.get(DEMO_WORKSPACE_ENV) or LOCAL_OWNER, share=_truthy(env.get(SHARE_ENV)))
+
+    @property
+    def requires_sign_in(self) -> bool:
+        return bool(self.users) or self.oauth
+
+    def check_password(self, username: str, password: str) -> bool:
+        """Gradio's ``auth=`` callback. Constant-time comparison; unknown users compare against a dummy."""
+        expected = self.users.get(username)
+        ok = hmac.compare_digest((expected or "\0").encode(), (password or "").encode())
+        return expected is not None and ok
+
+    def owner_for(self, username: str | None) -> str:
+        """The workspace a visitor works in. Raises when sign-in is required and they have not signed in."""
+        if self.demo:
+            return self.demo_workspace
+        if username:
+            return username
+        if self.requires_sign_in:
+            raise AccessError("Sign in first: each person's datasets, runs and indexes are kept in their own "
+                              "workspace.")
+        return LOCAL_OWNER
+
+    def require_write(self, action: str) -> None:
+        """Refuse anything that trains, indexes or writes models in the read-only demo."""
+        if self.demo:
+            raise AccessError(f"{action} is turned off: this Space is a read-only demo (chat and compare only). "
+                              f"Run Tune Studio yourself, or ask the Space owner to unset {DEMO_ENV}, to do this.")
+
+
+class Workspace:
+    """One owner's files and runs. Cheap to create per request."""
+
+    def __init__(self, owner: str, root: str | Path | None = None):
+        self.owner = owner
+        self.data_root = Path(root) if root else data_dir()
+        self.root = self.data_root / "workspaces" / safe_owner(owner)
+
+    def _dir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def datasets(self) -> Path:
+        return self._dir("datasets")
+
+    @property
+    def indexes(self) -> Path:
+        return self._dir("indexes")
+
+    @property
+    def reports(self) -> Path:
+        return self._dir("reports")
+
+    @property
+    def exports(self) -> Path:
+        return self._dir("exports")
+
+    def store(self) -> JobStore:
+        return JobStore(self.data_root)
+
+    def runs(self) -> list[JobRecord]:
+        return self.store().list(owner=self.owner)
+
+    def run(self, run_id: str) -> JobRecord:
+        """The owner's run; someone else's run reads as missing, so ids cannot be probed."""
+        job = self.store().get(run_id)
+        if job.owner != self.owner:
+            raise JobError(f"There is no run with id {run_id!r} in your workspace.")
+        return job
+
+    def index_names(self) -> list[str]:
+        return sorted(p.name for p in self.indexes.iterdir() if (p / "manifest.json").exists())
+
+    def index_path(self, name: str) -> Path:
+        """The folder of one of the owner's indexes (may not exist yet). Names cannot climb out of the workspace."""
+        cleaned = _SAFE.sub("_", (name or "").strip()).strip("._")
+        if not cleaned:
+            raise ValueError("Give the collection a name (letters, digits, '-', '_').")
+        return self.indexes / cleaned[:80]
