@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui_harness import REPO, browser_page, require_browser, running_app, screenshot
+from tests.ui_harness import REPO, browser_page, require_browser, running_app, screenshot, set_number
 
 SQUAD = REPO.parent / "shared" / "testdata" / "rag" / "squad_small" / "derived"
 APP = REPO / "tests" / "apps" / "compare_only.py"
@@ -25,11 +25,13 @@ def _text(page, elem_id: str) -> str:
 def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
     require_browser()
     from engine.compare import build_corpus_index
+    from engine.workspace import LOCAL_OWNER, Workspace
 
     home = tmp_path / "home"
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join((SQUAD / "corpus.jsonl").read_text().splitlines()[:10]) + "\n")
-    build_corpus_index(corpus, home / "indexes" / "squad")  # what the RAG tab would have built
+    workspace = Workspace(LOCAL_OWNER, home)  # no sign-in configured: everyone is the local owner
+    build_corpus_index(corpus, workspace.index_path("squad"))  # what the RAG tab would have built
     rows = [json.loads(line) for line in (SQUAD / "questions.jsonl").read_text().splitlines()[:2]]
     qfile = tmp_path / "questions.jsonl"
     qfile.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -38,9 +40,7 @@ def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
         page.locator("#compare-collection input").click()
         page.get_by_role("option", name="squad").click()
         page.get_by_text("Generation settings (shared by every arm)").click()
-        tokens = page.locator("#compare-gen-max_new_tokens input").first
-        tokens.fill("12")
-        tokens.press("Tab")
+        set_number(page, "compare-gen-max_new_tokens", 12)
 
         page.locator("#compare-question textarea").fill("In what country is Normandy located?")
         page.locator("#compare-ask").click()
@@ -80,7 +80,7 @@ def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
         assert not page.errors, page.errors
 
     # The exported HTML report: self-contained, stamped with the configuration, holding answers and votes.
-    pages = list((home / "reports").glob("*/comparison.html"))
+    pages = list(workspace.reports.glob("*/comparison.html"))
     assert len(pages) == 1
     report_html = html.unescape(pages[0].read_text())
     assert "<script" not in report_html and not re.search(r"(src|href)=", report_html)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui_harness import REPO, browser_page, require_browser, running_app, screenshot
+from tests.ui_harness import REPO, browser_page, require_browser, running_app, screenshot, set_number
 
 SHARED = REPO.parent / "shared" / "testdata" / "ft" / "llama_factory"
 ALPACA = SHARED / "alpaca_en_demo.json"
@@ -107,14 +107,6 @@ def close_toasts(page) -> None:
     for button in page.locator(".toast-close").all():
         if button.is_visible():
             button.click()
-
-
-def set_number(page, elem_id: str, value: object) -> None:
-    """Type into a generated setting's number box (sliders have one too) and commit it."""
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
 
 
 def open_train_tab(page) -> None:

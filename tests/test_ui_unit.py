@@ -159,6 +159,7 @@ def queued_job(home: Path, name: str = "demo") -> tuple[JobStore, str]:
 
 
 def test_page_load_finds_the_visitors_active_run_and_replays_its_curve(isolated_home: Path) -> None:
+    from engine.workspace import LOCAL_OWNER, Workspace
     from ui.train_tab import restore_view, view
 
     store, job_id = queued_job(isolated_home)
@@ -175,7 +176,7 @@ def test_page_load_finds_the_visitors_active_run_and_replays_its_curve(isolated_
     assert "Step 2 / 4" in progress
     assert list(runs["Run"]) == [job_id]
     assert timer.active is True
-    again = view(job_id, None, plotted=plotted)
+    again = view(job_id, Workspace(LOCAL_OWNER), plotted=plotted)
     assert isinstance(again[2], type(gr.skip())), "an unchanged curve must not be re-sent every second"
 
 
@@ -195,7 +196,7 @@ def test_try_it_refuses_unfinished_runs(isolated_home: Path) -> None:
 
     _, job_id = queued_job(isolated_home)
     with pytest.raises(gr.Error, match="only a finished run"):
-        adapter_download(job_id)
+        adapter_download(job_id, SimpleNamespace(username=None))
 
 
 def test_analysis_shows_format_split_histogram_and_learned_preview() -> None:

@@ -106,6 +106,23 @@ def browser_page(url: str, *, viewport: tuple[int, int] = (1400, 1000), timeout_
             browser.close()
 
 
+def set_number(page: Any, elem_id: str, value: object, attempts: int = 5) -> None:
+    """Type into a generated setting's number box (sliders have one too), commit it, and check it stuck.
+
+    Why the re-check: a component that mounts late (an accordion opened just before) can re-render
+    once after the first fill and show its default again; a test must never go on with the wrong value.
+    """
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    for _ in range(attempts):
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        page.wait_for_timeout(300)
+        if float(box.input_value() or "nan") == float(value):  # type: ignore[arg-type]
+            return
+    raise AssertionError(f"#{elem_id} did not keep the value {value!r} (shows {box.input_value()!r})")
+
+
 def screenshot(page: Any, name: str) -> Path:
     """Save a full-page screenshot under test-artifacts/ (kept by CI for failures and reviews)."""
     ARTIFACTS.mkdir(exist_ok=True)

@@ -14,7 +14,9 @@ from typing import Any
 
 import gradio as gr
 
+from engine.workspace import AccessPolicy
 from ui import compare_tab, data_tab, train_tab
+from ui.common import signed_in_user
 
 log = logging.getLogger("tune_studio.ui")
 
@@ -37,19 +39,32 @@ GUIDE_STEPS = (
 )
 
 
-def build_app() -> gr.Blocks:
-    """The whole web app. Per-visitor state lives in gr.State / component values, never in module globals."""
+def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
+    """The whole web app. Per-visitor state lives in gr.State / component values, never in module globals.
+
+    ``policy`` (default: from the environment) decides sign-in and the read-only demo: in the demo the
+    building tabs are hidden *and* their handlers refuse, so the API cannot train either.
+    """
+    policy = policy or AccessPolicy.from_env()
+    writable = not policy.demo
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\nFine-tune an open language model on your own examples — no code needed.")
-        with gr.Accordion("New here? Follow these four steps", open=True, elem_id="guide"):
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"# {TITLE}\nFine-tune an open language model on your own examples — no code needed.")
+            if policy.oauth:
+                gr.LoginButton(scale=0, min_width=220)
+        who = gr.Markdown(elem_id="signed-in-as")
+        if policy.demo:
+            gr.Markdown("**Read-only demo:** chat with the models and compare them. Training and indexing are "
+                        "turned off here.", elem_id="demo-banner")
+        with gr.Accordion("New here? Follow these four steps", open=True, elem_id="guide", visible=writable):
             guide, guide_buttons = build_guide()
         dataset = gr.State(None)
         with gr.Tabs() as tabs:
-            with gr.Tab("Data", id="data"):
+            with gr.Tab("Data", id="data", visible=writable):
                 data = data_tab.build(dataset)
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train", visible=writable):
                 train = train_tab.build(dataset)
-            add_rag_tab()
+            add_rag_tab(visible=writable)
             with gr.Tab("Compare", id="compare"):
                 compare_tab.register(compare_tab.build())
         data_tab.register(data, check_with=[train.control(name) for name in data_tab.CHECK_SETTINGS],
@@ -57,7 +72,14 @@ def build_app() -> gr.Blocks:
         train_tab.register(train)
         train_tab.register_page_load(demo, train)
         register_guide(guide, guide_buttons, tabs, train)
+        demo.load(signed_in_text, None, who, api_visibility="private")
     return demo
+
+
+def signed_in_text(request: gr.Request) -> str:
+    """Whose workspace this page shows, so two people on one Space know they are apart."""
+    user = signed_in_user(request)
+    return f"Signed in as **{user}** — your datasets, runs and indexes are yours only." if user else ""
 
 
 def build_guide() -> tuple[gr.Walkthrough, dict[str, gr.Button]]:
@@ -92,7 +114,7 @@ def register_guide(guide: gr.Walkthrough, buttons: dict[str, gr.Button], tabs: g
     buttons["to_train"].click(lambda: gr.Tabs(selected="train"), None, tabs, api_visibility="private")
 
 
-def add_rag_tab() -> None:
+def add_rag_tab(visible: bool = True) -> None:
     """Add the RAG tab when ``ui/rag_tab.py`` exists and builds; otherwise say so, and keep the app up."""
     try:
         rag_tab: Any = importlib.import_module("ui.rag_tab")
@@ -103,7 +125,7 @@ def add_rag_tab() -> None:
     except Exception:
         log.exception("RAG tab not added: ui/rag_tab.py failed to import")
         return
-    with gr.Tab("RAG", id="rag"):
+    with gr.Tab("RAG", id="rag", visible=visible):
         try:
             rag_tab.register(rag_tab.build())
         except Exception:
@@ -112,8 +134,15 @@ def add_rag_tab() -> None:
                         "See the server log for details.")
 
 
-def launch_kwargs() -> dict[str, Any]:
-    """Settings that Gradio 6 takes at launch (theme, css) rather than in gr.Blocks."""
-    from engine.paths import data_dir
+def launch_kwargs(policy: AccessPolicy | None = None, share: bool = False) -> dict[str, Any]:
+    """Settings that Gradio 6 takes at launch (theme, css, sign-in, share link) rather than in gr.Blocks.
 
-    return {"css": CSS, "theme": gr.themes.Soft(), "allowed_paths": [str(data_dir())]}
+    No ``allowed_paths``: the data directory is never served. Downloads are copies the handlers
+    hand out (``served_copy``), so one visitor cannot fetch another's files by path.
+    """
+    policy = policy or AccessPolicy.from_env()
+    kwargs: dict[str, Any] = {"css": CSS, "theme": gr.themes.Soft(), "share": share or policy.share}
+    if policy.users:
+        kwargs["auth"] = policy.check_password
+        kwargs["auth_message"] = "Sign in to your Tune Studio workspace."
+    return kwargs

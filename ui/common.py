@@ -12,10 +12,13 @@ import functools
 import html
 import inspect
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -115,6 +118,18 @@ def owner_of(request: gr.Request | None) -> str:
 def workspace_of(request: gr.Request | None) -> Workspace:
     """The visitor's workspace: every handler that reads or writes user data goes through this."""
     return Workspace(owner_of(request))
+
+
+def served_copy(path: str | Path) -> str:
+    """Hand a file to the browser as a copy in a fresh temporary folder.
+
+    Why: the data directory is not served (``allowed_paths`` does not include it), so one visitor can
+    never fetch another's files by guessing a path; Gradio serves only the files the app hands out.
+    """
+    source = Path(path)
+    target = Path(tempfile.mkdtemp(prefix="tune-studio-download-")) / source.name
+    shutil.copy2(source, target)
+    return str(target)
 
 
 def require_write(action: str) -> None:

@@ -38,8 +38,15 @@ from engine.compare import (
 )
 from engine.config import GenerationSettings
 from engine.models import BUNDLED_ID
-from engine.paths import subdir
-from ui.common import SettingsForm, build_settings_form, friendly_errors, owner_of
+from engine.workspace import Workspace
+from ui.common import (
+    SettingsForm,
+    build_settings_form,
+    friendly_errors,
+    named_parameters,
+    served_copy,
+    workspace_of,
+)
 
 NO_RUN = "(none)"
 SUMMARY_HEADERS = ["metric", *[ARM_LABELS[a] for a in ARMS]]
@@ -93,19 +100,17 @@ class CompareTabComponents:
 # ----------------------------------------------------------------------------------------- choices
 
 
-def run_choices(owner: str | None = None) -> list[tuple[str, str]]:
-    """Finished runs with an adapter, as (label, adapter folder)."""
-    from engine.jobs import JobStore
-
+def run_choices(ws: Workspace | None = None) -> list[tuple[str, str]]:
+    """The visitor's finished runs with an adapter, as (label, run id); none before we know who is asking."""
     out = [(NO_RUN, NO_RUN)]
-    for job in JobStore().list(owner=owner):
+    for job in ws.runs() if ws else []:
         if job.status == "done" and (job.adapter_dir / "adapter_config.json").exists():
-            out.append((f"{job.name} ({job.config.base_model.split('/')[-1]})", str(job.adapter_dir)))
+            out.append((f"{job.name} ({job.config.base_model.split('/')[-1]})", job.id))
     return out
 
 
-def collection_choices() -> list[str]:
-    return sorted(p.name for p in subdir("indexes").iterdir() if (p / "manifest.json").exists())
+def collection_choices(ws: Workspace | None = None) -> list[str]:
+    return ws.index_names() if ws else []
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -195,20 +200,24 @@ def _path(file: Any) -> str | None:
 
 
 def make_comparer(arms: list[str] | None, run: str | None, collection: str | None, gen_values: list[Any],
-                  opt_values: list[Any], c: CompareTabComponents) -> Comparer:
-    """Turn the form into a Comparer on the shared, process-wide model of the run's base."""
+                  opt_values: list[Any], c: CompareTabComponents, ws: Workspace) -> Comparer:
+    """Turn the form into a Comparer on the shared, process-wide model of the run's base.
+
+    The run and the collection are looked up in the visitor's workspace: an API client cannot point
+    the comparer at someone else's adapter or index by passing a path.
+    """
     from engine.__main__ import base_model_of_adapter
     from rag.index import RagIndex
     from ui.common import chat_model_for
 
     chosen = parse_arms(arms or [])
-    adapter = run if run and run != NO_RUN else None
+    adapter = str(ws.run(run).adapter_dir) if run and run != NO_RUN else None
     index = None
     if any("rag" in a for a in chosen):
         if not collection:
             raise ValueError("The RAG arms need a collection: build one in the RAG tab, then pick it here "
                              "(press ↻ Refresh lists if it is new).")
-        index = RagIndex.open(subdir("indexes") / collection)
+        index = RagIndex.open(ws.index_path(collection))
     generation = c.generation.to_settings(gen_values)
     options = c.options.to_settings(opt_values)
     base = (base_model_of_adapter(adapter) if adapter else None) or BUNDLED_ID
@@ -319,11 +328,12 @@ def progress_html(p: Progress) -> str:
             f"</progress><div class='ts-progress-text'>{p.done}/{p.total} answers · {html.escape(p.what)}</div></div>")
 
 
-def export_files(report: Report | None) -> list[str]:
+def export_files(report: Report | None, ws: Workspace) -> list[str]:
+    """Saved in the visitor's workspace (kept), handed out as copies (the data directory is not served)."""
     if report is None:
         raise ValueError("Run a question set first; the report is what gets exported.")
-    folder = Path(tempfile.mkdtemp(prefix="compare-report-", dir=subdir("reports")))
-    return [str(report.save(folder / f"comparison.{ext}")) for ext in ("json", "csv", "html")]
+    folder = Path(tempfile.mkdtemp(prefix="compare-report-", dir=ws.reports))
+    return [served_copy(report.save(folder / f"comparison.{ext}")) for ext in ("json", "csv", "html")]
 
 
 # ----------------------------------------------------------------------------------------- events
@@ -338,10 +348,13 @@ def register(c: CompareTabComponents) -> None:
         pane_outputs += [p.column, p.answer, p.stats, p.chunks]
 
     def on_refresh(request: gr.Request) -> list[Any]:
-        owner = owner_of(request)
-        return [gr.Dropdown(choices=run_choices(owner)), gr.Dropdown(choices=collection_choices())]
+        ws = workspace_of(request)
+        return [gr.Dropdown(choices=run_choices(ws)), gr.Dropdown(choices=collection_choices(ws))]
 
     c.refresh_button.click(on_refresh, None, [c.run, c.collection], api_name="compare_refresh")
+    # Lists are the visitor's own, so they are filled when the visitor opens them, not when the page is built.
+    c.run.focus(on_refresh, None, [c.run, c.collection], api_visibility="private", show_progress="hidden")
+    c.collection.focus(on_refresh, None, [c.run, c.collection], api_visibility="private", show_progress="hidden")
 
     def on_arms(arms: list[str] | None) -> list[Any]:
         return [gr.Column(visible=arm in (arms or [])) for arm in ARMS]
@@ -350,10 +363,11 @@ def register(c: CompareTabComponents) -> None:
 
     @friendly_errors("Could not compare")
     def on_ask(arms: list[str] | None, run: str | None, collection: str | None, question: str,
-               *values: Any) -> Iterator[list[Any]]:
+               *values: Any, request: gr.Request) -> Iterator[list[Any]]:
         if not (question or "").strip():
             raise ValueError("Type a question first.")
-        comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c)
+        comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c,
+                                 workspace_of(request))
         q = Question(question.strip())
         current: dict[str, list[Any]] = {}
         for arm in ARMS:
@@ -368,13 +382,19 @@ def register(c: CompareTabComponents) -> None:
             current[arm] = [gr.skip(), partial.text or "…", pane_stats(partial), chunk_rows(partial)]
             yield flat()
 
-    c.ask_button.click(on_ask, [c.arms, c.run, c.collection, c.question, *settings_inputs], pane_outputs,
+    # Both forms have a "seed" (sampling vs blind-pair shuffling): the option keeps a distinct API name.
+    setting_names = [*c.generation.names,
+                     *(f"compare_{n}" if n in c.generation.names else n for n in c.options.names)]
+    ask_names = ["arms", "run", "collection", "question", *setting_names]
+    c.ask_button.click(named_parameters(on_ask, ask_names, request=True),
+                       [c.arms, c.run, c.collection, c.question, *settings_inputs], pane_outputs,
                        api_name="compare_ask")
 
     @friendly_errors("Could not run the question set")
     def on_run(arms: list[str] | None, run: str | None, collection: str | None, questions_file: Any,
-               holdout_file: Any, limit: float | None, *values: Any) -> Iterator[list[Any]]:
-        comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c)
+               holdout_file: Any, limit: float | None, *values: Any, request: gr.Request) -> Iterator[list[Any]]:
+        comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c,
+                                 workspace_of(request))
         questions, leaks = load_question_set(questions_file, holdout_file, int(limit or 0), comparer.settings)
         for item in comparer.iter_run(questions):
             if isinstance(item, Progress):
@@ -387,8 +407,9 @@ def register(c: CompareTabComponents) -> None:
                     "gold document was not retrieved, a <i>generation failure</i> when it was.</p>")
             yield [item, None, text, summary_rows(item), table_rows(item)]
 
-    c.run_button.click(on_run, [c.arms, c.run, c.collection, c.questions_file, c.holdout_file, c.limit,
-                                *settings_inputs],
+    run_names = ["arms", "run", "collection", "questions_file", "holdout_file", "limit", *setting_names]
+    c.run_button.click(named_parameters(on_run, run_names, request=True),
+                       [c.arms, c.run, c.collection, c.questions_file, c.holdout_file, c.limit, *settings_inputs],
                        [c.report_state, c.blind_state, c.status, c.summary, c.table], api_name="compare_run")
 
     blind_outputs = [c.blind_question, c.blind_a, c.blind_b, c.blind_status, c.wins]
@@ -418,7 +439,7 @@ def register(c: CompareTabComponents) -> None:
                      [c.report_state, c.blind_state, *blind_outputs], api_name=f"compare_vote_{choice.lower()}")
 
     @friendly_errors("Could not export")
-    def on_export(report: Report | None) -> list[str]:
-        return export_files(report)
+    def on_export(report: Report | None, request: gr.Request) -> list[str]:
+        return export_files(report, workspace_of(request))
 
     c.export_button.click(on_export, c.report_state, c.exports, api_name="compare_export")

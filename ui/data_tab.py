@@ -20,7 +20,6 @@ import gradio as gr
 import pandas as pd
 
 from engine import data
-from engine.paths import subdir
 from engine.settings import SettingInfo
 from ui.common import (
     SettingsForm,
@@ -29,6 +28,7 @@ from ui.common import (
     friendly_errors,
     named_parameters,
     tokenizer_for,
+    workspace_of,
 )
 
 DEMO_DATASET = Path(__file__).parent / "demo_data" / "tune_studio_faq.json"
@@ -109,11 +109,11 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
     outputs = [c.dataset, c.examples, c.status, *c.mapping.components, c.report, c.issues, c.histogram,
                c.preview_index, c.preview_info, c.preview]
 
-    def on_upload(path: str | None, *check: Any) -> list[Any]:
+    def on_upload(path: str | None, *check: Any, request: gr.Request) -> list[Any]:
         """A new file is always detected afresh: the mapping shown belongs to the previous file."""
         if not path:
             return [gr.skip()] * len(outputs)
-        return analyse_file(store_upload(Path(path)), None, *check)
+        return analyse_file(store_upload(Path(path), workspace_of(request).datasets), None, *check)
 
     def on_demo(*check: Any) -> list[Any]:
         return analyse_file(DEMO_DATASET, None, *check)
@@ -133,7 +133,7 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
     form_and_check = [*c.mapping.components, *check_with]
     mapping_names, check_names = c.mapping.names, list(CHECK_SETTINGS)
     c.upload.upload(
-        named_parameters(friendly_errors("This file cannot be used")(on_upload), ["file", *check_names]),
+        named_parameters(friendly_errors("This file cannot be used")(on_upload), ["file", *check_names], request=True),
         [c.upload, *check_with], outputs, api_name="data_upload", show_progress_on=c.status)
     gr.on([b.click for b in [c.demo_button, *(extra_demo_triggers or [])]],
           named_parameters(friendly_errors("The demo dataset could not be loaded")(on_demo), check_names),
@@ -189,10 +189,10 @@ def show_preview(examples: list[data.Example], index: float, base_model: str, ma
     return preview_outputs(examples, int(index), tokenizer_for(base_model), int(max_length), train_on)
 
 
-def store_upload(path: Path) -> Path:
-    """Copy an upload out of Gradio's temporary cache into the data directory, where runs can find it later."""
+def store_upload(path: Path, folder: Path) -> Path:
+    """Copy an upload out of Gradio's temporary cache into the visitor's workspace, where runs find it later."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    target = subdir("datasets") / digest / path.name
+    target = folder / digest / path.name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)

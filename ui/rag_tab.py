@@ -8,7 +8,6 @@ Each stage card's form is generated from its settings class, so no default is ty
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.paths import subdir
+from engine.workspace import Workspace
 from rag.answer import Generate, answer
 from rag.chunking import preview, split_document
 from rag.events import (
@@ -37,7 +36,7 @@ from rag.ingest import SUPPORTED_EXTENSIONS, LoadedDocument, load_file
 from rag.pipeline import PipelineSpec
 from rag.retrieve import Hit, search
 from rag.stages import FIXED_STAGES, POST_STEPS, STAGE_TITLES
-from ui.common import SettingsForm, build_settings_form, friendly_errors
+from ui.common import SettingsForm, build_settings_form, friendly_errors, require_write, workspace_of
 
 DEFAULT_COLLECTION = "my-documents"
 POST_CONTAINER_ID = "rag-post-steps"
@@ -134,8 +133,9 @@ def _settings_cls(name: str) -> Any:
     return FIXED_STAGES.get(name) or POST_STEPS[name]
 
 
-def collections() -> list[str]:
-    return sorted(p.name for p in subdir("indexes").iterdir() if (p / "manifest.json").exists())
+def collection_choices(request: gr.Request) -> Any:
+    """The visitor's own collections, listed when they open the dropdown (never at build time: the page is shared)."""
+    return gr.Dropdown(choices=workspace_of(request).index_names())
 
 
 def build(generate_factory: GenerateFactory | None = None) -> RagTabComponents:
@@ -147,7 +147,7 @@ def build(generate_factory: GenerateFactory | None = None) -> RagTabComponents:
     index_state = gr.State(None)
     spec_state = gr.State(spec.to_dict())
     with gr.Row(equal_height=True):
-        collection = gr.Dropdown(choices=collections(), value=DEFAULT_COLLECTION, allow_custom_value=True,
+        collection = gr.Dropdown(choices=[], value=DEFAULT_COLLECTION, allow_custom_value=True,
                                  label="Collection", info="Pick one, or type a new name.", elem_id="rag-collection",
                                  scale=3)
         open_button = gr.Button("Open collection", elem_id="rag-open", scale=1)
@@ -256,13 +256,6 @@ def form_updates(c: RagTabComponents, spec: PipelineSpec) -> list[Any]:
     return out
 
 
-def _safe_name(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", (name or "").strip()).strip(".-")
-    if not cleaned:
-        raise ValueError("Give the collection a name (letters, digits, '-', '_' or '.').")
-    return cleaned[:80]
-
-
 def _status(index: RagIndex) -> str:
     return (f"**{index.path.name}**: {len(index.files)} file(s), {len(index.chunks)} chunks, embedder "
             f"`{index.embedder_name}`, saved in `{index.path}`.")
@@ -272,17 +265,18 @@ def _files_update(index: RagIndex | None) -> Any:
     return gr.Dropdown(choices=sorted(index.files) if index else [], value=[])
 
 
-def open_collection(name: str, spec_dict: dict[str, Any]) -> tuple[Any, ...]:
-    """Open (or create) a collection; an existing one brings its own pipeline spec with it."""
-    path = subdir("indexes") / _safe_name(name)
+def open_collection(name: str, spec_dict: dict[str, Any], ws: Workspace) -> tuple[Any, ...]:
+    """Open (or create) one of the visitor's collections; an existing one brings its own pipeline spec."""
+    path = ws.index_path(name)
     if (path / "manifest.json").exists():
         index = RagIndex.open(path)
         note = "Opened. Its saved pipeline is loaded into the cards."
     else:
+        require_write("Creating a collection")
         index = RagIndex.create(path, PipelineSpec.from_dict(spec_dict))
         note = "New collection created with the pipeline below. Drop files and press **Build index**."
     return (index, index.spec.to_dict(), f"{_status(index)}\n\n{note}", _files_update(index),
-            gr.Dropdown(choices=collections(), value=path.name))
+            gr.Dropdown(choices=ws.index_names(), value=path.name))
 
 
 def _uploads(files: list[Any] | None) -> list[tuple[str, str]]:
@@ -385,12 +379,13 @@ def register(c: RagTabComponents) -> None:
         return [spec.to_dict(), spec.to_json(), _spec_file(spec)]
 
     @friendly_errors("Could not open the collection")
-    def on_open(name: str, spec_dict: dict[str, Any]) -> list[Any]:
-        index, spec_dict, status, files, collection = open_collection(name, spec_dict)
+    def on_open(name: str, spec_dict: dict[str, Any], request: gr.Request) -> list[Any]:
+        index, spec_dict, status, files, collection = open_collection(name, spec_dict, workspace_of(request))
         spec = PipelineSpec.from_dict(spec_dict)
         return [index, status, files, collection, gr.Button(visible=False), *spec_views(spec),
                 *form_updates(c, spec)]
 
+    c.collection.focus(collection_choices, None, c.collection, api_visibility="private", show_progress="hidden")
     c.open_button.click(on_open, [c.collection, c.spec_state],
                         [c.index_state, c.status, c.indexed, c.collection, c.reindex_button, *spec_outputs, *form],
                         api_name="rag_open").then(
@@ -422,6 +417,7 @@ def register(c: RagTabComponents) -> None:
 
     @friendly_errors("Could not re-index")
     def on_reindex(index: RagIndex | None, spec_dict: dict[str, Any]) -> Iterator[list[Any]]:
+        require_write("Re-indexing")
         index = _require_index(index)
         spec = PipelineSpec.from_dict(spec_dict)
         log = ""
@@ -442,10 +438,11 @@ def register(c: RagTabComponents) -> None:
 
     @friendly_errors("Could not build the index")
     def on_build(files: list[Any] | None, index: RagIndex | None, name: str,
-                 spec_dict: dict[str, Any]) -> Iterator[list[Any]]:
+                 spec_dict: dict[str, Any], request: gr.Request) -> Iterator[list[Any]]:
+        require_write("Building an index")
         uploads = _uploads(files)
         if index is None:
-            index = open_collection(name, spec_dict)[0]
+            index = open_collection(name, spec_dict, workspace_of(request))[0]
         log = ""
         for log in format_index_events(index.add_files(uploads)):
             yield [index, log, gr.skip(), gr.skip()]
@@ -456,6 +453,7 @@ def register(c: RagTabComponents) -> None:
 
     @friendly_errors("Could not remove the files")
     def on_remove(index: RagIndex | None, selected: list[str] | None) -> list[Any]:
+        require_write("Removing files")
         index = _require_index(index)
         if not selected:
             raise ValueError("Pick the files to remove in 'Indexed files' first.")

@@ -22,6 +22,7 @@ from engine.config import GenerationSettings, TrainConfig, load_preset, preset_n
 from engine.jobs import ACTIVE, JobRecord, JobStore
 from engine.models import BUNDLED_ID, MODELS, hub_kwargs, model_info, pick_device
 from engine.settings import SettingInfo, SettingsError
+from engine.workspace import Workspace
 from ui.common import (
     SettingsForm,
     build_settings_form,
@@ -29,7 +30,9 @@ from ui.common import (
     format_duration,
     friendly_errors,
     named_parameters,
-    owner_of,
+    require_write,
+    served_copy,
+    workspace_of,
 )
 
 LOG_LINES_SHOWN = 300
@@ -75,7 +78,11 @@ class TrainTabComponents:
 
 
 def store() -> JobStore:
-    """The job store of the data directory; cheap to create, holds no per-visitor state."""
+    """The job store of the data directory; cheap to create, holds no per-visitor state.
+
+    Only for what every visitor may see (the device queue); a visitor's own runs go through
+    ``workspace_of(request)``, which refuses someone else's run id.
+    """
     return JobStore()
 
 
@@ -169,8 +176,10 @@ def register(c: TrainTabComponents) -> None:
           api_name="train_estimate_memory", show_progress="hidden", trigger_mode="always_last")
 
     def start(run_name: str, token: str, dataset: dict | None, *values: Any, request: gr.Request) -> list[Any]:
-        job = start_run(c.form, values, dataset, run_name, token, owner_of(request))
-        return [picker_update(owner_of(request), job.id), *view(job.id, owner_of(request))]
+        require_write("Training")
+        ws = workspace_of(request)
+        job = start_run(c.form, values, dataset, run_name, token, ws.owner)
+        return [picker_update(ws, job.id), *view(job.id, ws)]
 
     c.start.click(named_parameters(friendly_errors("Training could not start")(start),
                                    ["run_name", "hf_token", "dataset", *c.form.names], request=True),
@@ -186,12 +195,12 @@ def register(c: TrainTabComponents) -> None:
                          picker_and_view, api_name="train_refresh", show_progress_on=c.status)
     c.timer.tick(tick_view, [c.run_picker, c.plotted], view_outputs, api_visibility="private",
                  show_progress="hidden")
-    def ask(run_id: str | None, prompt: str, token: str | None, *values: Any) -> Any:
-        yield from try_run(c.generation, run_id, prompt, token, values)
+    def ask(run_id: str | None, prompt: str, token: str | None, *values: Any, request: gr.Request) -> Any:
+        yield from try_run(c.generation, workspace_of(request), run_id, prompt, token, values)
 
     c.try_button.click(
         named_parameters(friendly_errors("The model could not answer")(ask),
-                         ["run_id", "prompt", "hf_token", *c.generation.names]),
+                         ["run_id", "prompt", "hf_token", *c.generation.names], request=True),
         [c.run_picker, c.try_prompt, c.hf_token, *c.generation.components], c.try_answer, api_name="train_try")
     c.download_adapter.click(friendly_errors("The adapter could not be packed")(adapter_download), c.run_picker,
                              c.download_file, api_name="train_download_adapter")
@@ -239,21 +248,25 @@ def check_device_and_access(config: TrainConfig, token: str | None) -> None:
 
 
 def stop_run(run_id: str | None, request: gr.Request) -> list[Any]:
-    store().cancel(require_run(run_id))
-    return view(run_id, owner_of(request))
+    require_write("Stopping a run")
+    ws = workspace_of(request)
+    ws.store().cancel(ws.run(require_run(run_id)).id)
+    return view(run_id, ws)
 
 
 def resume_run(run_id: str | None, hf_token: str | None, request: gr.Request) -> list[Any]:
-    job = store().get(require_run(run_id))
+    require_write("Resuming a run")
+    ws = workspace_of(request)
+    job = ws.run(require_run(run_id))
     check_device_and_access(job.config, hf_token)
-    store().resume(job.id, hf_token=(hf_token or "").strip() or None)
-    return view(run_id, owner_of(request))
+    ws.store().resume(job.id, hf_token=(hf_token or "").strip() or None)
+    return view(run_id, ws)
 
 
-def try_run(generation: SettingsForm, run_id: str | None, prompt: str, token: str | None,
+def try_run(generation: SettingsForm, ws: Workspace, run_id: str | None, prompt: str, token: str | None,
             values: tuple[Any, ...]) -> Any:
     """Stream the selected finished run's answer, piece by piece."""
-    job = finished_job(run_id)
+    job = finished_job(ws, run_id)
     if not (prompt or "").strip():
         raise gr.Error("Type a question first.", title="Nothing to answer")
     settings = generation.to_settings(values)
@@ -264,16 +277,19 @@ def try_run(generation: SettingsForm, run_id: str | None, prompt: str, token: st
         yield answer
 
 
-def adapter_download(run_id: str | None) -> str:
+def adapter_download(run_id: str | None, request: gr.Request) -> str:
+    """A copy outside the data directory: only files the app hands out are served, never the data directory."""
     from engine.export import adapter_zip
 
-    return str(adapter_zip(finished_job(run_id)))
+    return served_copy(adapter_zip(finished_job(workspace_of(request), run_id)))
 
 
-def merged_download(run_id: str | None, hf_token: str | None) -> str:
+def merged_download(run_id: str | None, hf_token: str | None, request: gr.Request) -> str:
     from engine.export import merged_zip
 
-    return str(merged_zip(finished_job(run_id), (hf_token or "").strip() or None))
+    require_write("Building a merged model")
+    job = finished_job(workspace_of(request), run_id)
+    return served_copy(merged_zip(job, (hf_token or "").strip() or None))
 
 
 def require_run(run_id: str | None) -> str:
@@ -282,22 +298,24 @@ def require_run(run_id: str | None) -> str:
     return run_id
 
 
-def finished_job(run_id: str | None) -> JobRecord:
-    job = store().get(require_run(run_id))
+def finished_job(ws: Workspace, run_id: str | None) -> JobRecord:
+    job = ws.run(require_run(run_id))
     if job.status != "done":
         raise gr.Error(f"Run {job.id} is {job.status}; only a finished run has an adapter to try or download.",
                        title="This run has not finished")
     return job
 
 
-def run_status(run_id: str) -> dict:
+def run_status(run_id: str, request: gr.Request) -> dict:
     """A run's state as plain data, for scripts (gradio_client) polling a run they started."""
-    job = store().get(run_id)
+    ws = workspace_of(request)
+    job = ws.run(run_id)
+    the_store = ws.store()
     return {
         "id": job.id, "name": job.name, "status": job.status, "step": job.last_step,
         "total_steps": job.total_steps, "final_loss": job.final_loss, "error": job.error,
-        "queue_position": store().queue_position(job.id), "resumable": job.resumable,
-        "loss_curve": ev.loss_curve(store().events(job.id)),
+        "queue_position": the_store.queue_position(job.id), "resumable": job.resumable,
+        "loss_curve": ev.loss_curve(the_store.events(job.id)),
     }
 
 
@@ -306,31 +324,31 @@ def run_status(run_id: str) -> dict:
 
 def restore_view(run_id: str | None, request: gr.Request) -> list[Any]:
     """Keep the run this browser shows; after a reload pick the owner's active run, else the newest."""
-    owner = owner_of(request)
-    jobs = store().list(owner)
+    ws = workspace_of(request)
+    jobs = ws.runs()
     ids = {j.id for j in jobs}
     if not run_id or run_id not in ids:
         active = [j for j in jobs if j.status in ("queued", *ACTIVE)]
         run_id = (active or jobs)[0].id if jobs else None
-    return [picker_update(owner, run_id, jobs), *view(run_id, owner, jobs)]
+    return [picker_update(ws, run_id, jobs), *view(run_id, ws, jobs)]
 
 
 def view_for_request(run_id: str | None, request: gr.Request) -> list[Any]:
-    return view(run_id, owner_of(request))
+    return view(run_id, workspace_of(request))
 
 
 def tick_view(run_id: str | None, plotted: str | None, request: gr.Request) -> list[Any]:
     """The 1 s refresh: the chart is only re-sent when it gained points (no flicker), and a passing
     hiccup (a locked database, a half-written file) just waits for the next tick."""
     try:
-        return view(run_id, owner_of(request), plotted=plotted)
+        return view(run_id, workspace_of(request), plotted=plotted)
     except Exception:
         logging.getLogger("tune_studio.ui").warning("Refresh of run %s failed; retrying", run_id, exc_info=True)
         return [gr.skip()] * VIEW_SIZE
 
 
-def picker_update(owner: str, run_id: str | None, jobs: list[JobRecord] | None = None) -> Any:
-    jobs = jobs if jobs is not None else store().list(owner)
+def picker_update(ws: Workspace, run_id: str | None, jobs: list[JobRecord] | None = None) -> Any:
+    jobs = jobs if jobs is not None else ws.runs()
     return gr.Dropdown(choices=[(run_label(j), j.id) for j in jobs], value=run_id)
 
 
@@ -338,23 +356,24 @@ def run_label(job: JobRecord) -> str:
     return f"{job.name} · {job.id}"  # no status here: the list is not refreshed every second
 
 
-def view(run_id: str | None, owner: str | None, jobs: list[JobRecord] | None = None,
+def view(run_id: str | None, ws: Workspace, jobs: list[JobRecord] | None = None,
          plotted: str | None = None) -> list[Any]:
     """Status, progress, curve, log, history and timer state, all rebuilt from the job record and its log.
 
     ``plotted`` identifies the curve this browser already shows; an unchanged curve is not re-sent.
     """
-    the_store = store()
-    history = runs_table(jobs if jobs is not None else the_store.list(owner))
+    the_store = ws.store()
+    history = runs_table(jobs if jobs is not None else ws.runs())
+    queue = queue_text(the_store.list(), ws.owner)
     if not run_id:
-        return ["No run yet. Load data in the **Data** tab, then press **Start training**.",
+        return ["No run yet. Load data in the **Data** tab, then press **Start training**." + queue,
                 progress_html(None, None), EMPTY_CURVE, "", history, gr.Timer(active=False), None]
-    job = the_store.get(run_id)
+    job = ws.run(run_id)
     events = the_store.events(run_id)
     points = ev.loss_curve(events)
     signature = f"{run_id}:{len(points)}:{points[-1] if points else ''}"
     return [
-        status_text(job, events, the_store.queue_position(job.id)),
+        status_text(job, events, the_store.queue_position(job.id)) + queue,
         progress_html(job, events),
         gr.skip() if signature == plotted else (pd.DataFrame(points) if points else EMPTY_CURVE),
         log_text(events),
@@ -362,6 +381,20 @@ def view(run_id: str | None, owner: str | None, jobs: list[JobRecord] | None = N
         gr.Timer(active=job.status in ("queued", *ACTIVE)),
         signature,
     ]
+
+
+def queue_text(jobs: list[JobRecord], owner: str) -> str:
+    """The device queue as everyone sees it: one run trains at a time; other people's runs stay anonymous."""
+    waiting = sorted((j for j in jobs if j.status in ("queued", *ACTIVE)),
+                     key=lambda j: (j.status == "queued", j.created_at))
+    if not waiting:
+        return "\n\n**Device queue:** empty — a new run starts at once."
+    lines = []
+    for position, job in enumerate(waiting, start=1):
+        who = f"your run **{html.escape(job.name)}**" if job.owner == owner else "another person's run"
+        state = "training now" if job.status in ACTIVE else "waiting"
+        lines.append(f"{position}. {STATUS_ICONS.get(job.status, '')} {who} — {state}")
+    return "\n\n**Device queue** (one run trains at a time):\n" + "\n".join(lines)
 
 
 def status_text(job: JobRecord, events: list[ev.JobEvent], queue_position: int | None) -> str:
