@@ -17,6 +17,7 @@ import pytest
 from engine.config import TrainConfig
 from engine.jobs import JobError, JobStore
 from engine.workspace import LOCAL_OWNER, AccessError, AccessPolicy, Workspace, safe_owner
+from tests.conftest import FT_DATA
 from tests.ui_harness import REPO, running_app
 
 DEMO_DATA = REPO / "ui" / "demo_data" / "tune_studio_faq.json"
@@ -84,11 +85,15 @@ def _client(url: str, user: str | None = None):
     return Client(url, auth=(user, f"{user}-pass") if user else None, verbose=False)
 
 
-def _file_route(url: str, path: Path, cookie_user: str | None = None) -> int:
-    """HTTP status of asking the server for a file by its path on disk (what a curious visitor could try)."""
-    request = urllib.request.Request(url + "gradio_api/file=" + urllib.parse.quote(str(path)))
+def _file_route(url: str, path: Path, user: str) -> int:
+    """HTTP status of a signed-in visitor asking the server for a file by its path on disk."""
+    import http.cookiejar
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    login = urllib.parse.urlencode({"username": user, "password": f"{user}-pass"}).encode()
+    opener.open(url + "login", data=login, timeout=10)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with opener.open(url + "gradio_api/file=" + urllib.parse.quote(str(path)), timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -96,6 +101,7 @@ def _file_route(url: str, path: Path, cookie_user: str | None = None) -> int:
 
 @pytest.mark.slow
 def test_two_signed_in_users_cannot_see_each_others_runs_and_the_token_is_never_written(tmp_path: Path) -> None:
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     home = tmp_path / "home"
@@ -103,7 +109,9 @@ def test_two_signed_in_users_cannot_see_each_others_runs_and_the_token_is_never_
         with pytest.raises(ValueError):  # no password, no app
             _client(url)
         alice, bob = _client(url, "alice"), _client(url, "bob")
-        assert "Detected format" in alice.predict(api_name="/data_load_demo")[0]
+        uploaded = alice.predict(file=handle_file(str(FT_DATA / "alpaca_en_demo.json")), max_length=96,
+                                 api_name="/data_upload")
+        assert "Detected format: alpaca" in uploaded[0]
         picker, status, *_ = alice.predict(run_name="alice-run", hf_token=FAKE_TOKEN, **TINY_RUN,
                                            api_name="/train_start")
         run_id = picker["value"]
@@ -117,14 +125,14 @@ def test_two_signed_in_users_cannot_see_each_others_runs_and_the_token_is_never_
                                ("/train_stop", (run_id,)), ("/train_download_adapter", (run_id,))):
             with pytest.raises(AppError, match="no run with id"):
                 bob.predict(*args, api_name=api_name)
-        assert "Run a question set" not in str(bob.predict(api_name="/compare_refresh"))
 
         deadline = time.monotonic() + 900
         while (state := alice.predict(run_id, api_name="/train_status"))["status"] not in ("done", "failed"):
             assert time.monotonic() < deadline, state
             time.sleep(3)
         assert state["status"] == "done", state
-        assert alice.predict(api_name="/train_refresh")[0]["value"] == run_id
+        assert alice.predict(None, api_name="/train_refresh")[0]["value"] == run_id
+        assert run_id in str(alice.predict(api_name="/compare_refresh"))  # Alice can compare with her run
         zip_path = Path(alice.predict(run_id, api_name="/train_download_adapter"))
         assert zip_path.stat().st_size > 1000
         with pytest.raises(AppError, match="no run with id"):
@@ -132,9 +140,11 @@ def test_two_signed_in_users_cannot_see_each_others_runs_and_the_token_is_never_
         assert run_id not in str(bob.predict(api_name="/compare_refresh"))
 
         # The data directory is not served: neither user can fetch a stored file by its path.
-        dataset = next((home / "workspaces").rglob("*.json"))
-        assert _file_route(url, dataset) in (403, 404)
-        assert _file_route(url, JobStore(home).get(run_id).run_dir / "config.yaml") in (403, 404)
+        dataset = next((home / "workspaces" / "alice" / "datasets").rglob("alpaca_en_demo.json"))
+        adapter = JobStore(home).get(run_id).adapter_dir / "adapter_config.json"
+        for user in ("alice", "bob"):
+            assert _file_route(url, dataset, user) == 403
+            assert _file_route(url, adapter, user) == 403
 
     # The token typed into the form reached the worker (the run finished) but no file the app wrote.
     written = [p for p in home.rglob("*") if p.is_file()]

@@ -206,7 +206,7 @@ def register(c: TrainTabComponents) -> None:
                              c.download_file, api_name="train_download_adapter")
     c.download_merged.click(friendly_errors("The merged model could not be built")(merged_download),
                             [c.run_picker, c.hf_token], c.download_file, api_name="train_download_merged")
-    gr.api(run_status, api_name="train_status")
+    gr.api(friendly_errors("The run could not be read")(run_status), api_name="train_status")
 
 
 def register_page_load(demo: gr.Blocks, c: TrainTabComponents) -> None:
