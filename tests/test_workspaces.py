@@ -169,3 +169,21 @@ def test_demo_mode_refuses_training_and_indexing_but_answers(tmp_path: Path) -> 
         panes = client.predict(arms=["base"], run="(none)", collection=None, question="Say hello.",
                                max_new_tokens=8, api_name="/compare_ask")
         assert any(isinstance(x, str) and x.strip() and "waiting" not in x for x in panes)
+
+
+def test_hugging_face_sign_in_names_the_workspace() -> None:
+    """On a Space, "Sign in with Hugging Face" leaves the profile in the session; expired means signed out."""
+    from types import SimpleNamespace
+
+    from ui.common import signed_in_user
+
+    def request(session: dict | None) -> SimpleNamespace:
+        return SimpleNamespace(username=None, session=session)
+
+    fresh = {"oauth_info": {"expires_at": time.time() + 600, "userinfo": {"preferred_username": "dana"}}}
+    stale = {"oauth_info": {"expires_at": time.time() - 1, "userinfo": {"preferred_username": "dana"}}}
+    assert signed_in_user(request(fresh)) == "dana"
+    assert signed_in_user(request(stale)) is None
+    assert signed_in_user(request({})) is None
+    assert signed_in_user(SimpleNamespace(username="erin")) == "erin"  # password sign-in
+    assert signed_in_user(None) is None
