@@ -13,9 +13,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmark", choices=("rag", "train"))
+    parser.add_argument("benchmark", choices=("rag", "train", "load"))
     args, rest = parser.parse_known_args(argv[:1])
     rest += argv[1:]
+    if args.benchmark == "load":
+        from bench import load
+
+        return load.main(rest)
     if args.benchmark == "rag":
         from bench import rag
 

@@ -88,8 +88,15 @@ class Embedder:
         with two, because splitting a 15-token input across threads costs more in synchronisation
         than it saves (worse when other work keeps the cores busy). Batches keep every thread.
         """
-        with _single_thread():
-            return self._encode([self.info.query_prefix + text], 1)[0]
+        import torch
+
+        # Straight through the modules: encode()'s batching, sorting and conversions cost ~1/3 of a
+        # single query (bench/RESULTS.md); vectors match encode() to 1e-5.
+        with _single_thread(), torch.inference_mode():
+            features = self.model.preprocess([self.info.query_prefix + text])
+            vector = self.model(features)["sentence_embedding"][0]
+            vector = torch.nn.functional.normalize(vector, dim=0)
+        return np.ascontiguousarray(vector.numpy(), dtype=np.float32)
 
     def embed_queries(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self._encode([self.info.query_prefix + t for t in texts], batch_size)

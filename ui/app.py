@@ -1,4 +1,4 @@
-"""The app shell: a first-run guide, then one tab per job (Data, Train, RAG).
+"""The app shell: a first-run guide, then one tab per job (Data, Train, RAG, Compare, Chat, Share).
 
 Why this shape: each tab file builds its components and then registers its events, so tabs can
 share a few components (the loaded dataset, the Train settings the Data check depends on) without
@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from engine.workspace import AccessPolicy
-from ui import compare_tab, data_tab, train_tab
+from ui import chat_tab, compare_tab, data_tab, share_tab, train_tab
 from ui.common import signed_in_user
 
 log = logging.getLogger("tune_studio.ui")
@@ -67,10 +67,16 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
             add_rag_tab(visible=writable)
             with gr.Tab("Compare", id="compare"):
                 compare_tab.register(compare_tab.build())
+            with gr.Tab("Chat", id="chat"):
+                chat_tab.register(chat_tab.build())
+            with gr.Tab("Share", id="share", visible=writable):
+                share = share_tab.build()
         data_tab.register(data, check_with=[train.control(name) for name in data_tab.CHECK_SETTINGS],
                           extra_demo_triggers=[guide_buttons["demo"]])
         train_tab.register(train)
         train_tab.register_page_load(demo, train)
+        share_tab.register(share)
+        share_tab.register_page_load(demo, share)
         register_guide(guide, guide_buttons, tabs, train)
         demo.load(signed_in_text, None, who, api_visibility="private")
     return demo

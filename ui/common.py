@@ -51,7 +51,8 @@ def user_error(exc: BaseException, title: str = "That did not work") -> gr.Error
         log.exception("Unexpected error in a UI handler")
         message = (f"Something unexpected went wrong ({type(exc).__name__}: {exc}). "
                    "The app is still running and nothing you had is lost; try again, or check the server log.")
-    return gr.Error(html.escape(message), duration=None, title=title)  # the toast renders HTML: keep <image> visible
+    # The toast renders HTML, so "<image>" must be escaped; quotes need not be (API clients read them as typed).
+    return gr.Error(html.escape(message, quote=False), duration=None, title=title)
 
 
 def friendly_errors(title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -1,0 +1,222 @@
+"""The Share tab: publish a finished run to the Hugging Face Hub, and build (or push) a demo Space for it.
+
+Same shape as the other tabs: :func:`build` makes the components, :func:`register` wires the events,
+and every event has a stable ``api_name`` prefixed ``share_``. All the work is in
+:mod:`engine.publish`; this file picks the visitor's own run and collection through their
+:class:`~engine.workspace.Workspace` and formats. The token field is a password box; its value is
+handed to the engine in memory and never logged, stored or echoed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from engine.jobs import JobRecord
+from engine.publish import (
+    build_demo_space,
+    build_model_folder,
+    check_repo_id,
+    check_token,
+    model_card,
+    push_model,
+    push_space,
+    require_finished,
+)
+from engine.workspace import Workspace
+from ui.common import friendly_errors, require_write, workspace_of
+
+NO_COLLECTION = "(no documents)"
+
+
+@dataclass
+class ShareTabComponents:
+    run: gr.Dropdown
+    collection: gr.Dropdown
+    refresh_button: gr.Button
+    model_repo: gr.Textbox
+    space_repo: gr.Textbox
+    space_title: gr.Textbox
+    hf_token: gr.Textbox
+    private: gr.Checkbox
+    include_merged: gr.Checkbox
+    card_button: gr.Button
+    build_button: gr.Button
+    push_model_button: gr.Button
+    push_demo_button: gr.Button
+    status: gr.Markdown
+    download: gr.File
+    card: gr.Markdown
+
+
+# ----------------------------------------------------------------------------------------- choices
+
+
+def run_choices(ws: Workspace) -> list[tuple[str, str]]:
+    """The visitor's finished runs, as (label, run id)."""
+    return [(f"{job.name} · {job.id} · {job.config.base_model.split('/')[-1]}", job.id) for job in ws.runs()
+            if job.status == "done" and (job.adapter_dir / "adapter_config.json").exists()]
+
+
+def collection_choices(ws: Workspace) -> list[str]:
+    return [NO_COLLECTION, *ws.index_names()]
+
+
+def chosen_run(ws: Workspace, run_id: str | None) -> JobRecord:
+    """The visitor's own finished run; someone else's id reads as missing (the workspace refuses it)."""
+    if not run_id:
+        raise ValueError("Pick one of your finished runs first (press ↻ Refresh if it finished after the page "
+                         "loaded).")
+    job = ws.run(run_id)
+    require_finished(job)
+    return job
+
+
+def chosen_index(ws: Workspace, collection: str | None) -> Path | None:
+    if not collection or collection == NO_COLLECTION:
+        return None
+    path = ws.index_path(collection)
+    if not (path / "manifest.json").exists():
+        raise ValueError(f"There is no collection named {collection!r} in your workspace; build it in the RAG tab.")
+    return path
+
+
+def optional_repo(repo_id: str | None) -> str | None:
+    return check_repo_id(repo_id) if (repo_id or "").strip() else None
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+def build() -> ShareTabComponents:
+    gr.Markdown("## Share\nPublish a finished run to the Hugging Face Hub with a model card that records its base "
+                "model, data fingerprint, settings and metrics, and build a small demo Space that chats with it "
+                "(optionally answering from one of your RAG collections, with sources). The demo folder runs "
+                "locally too: download it and start `python app.py`.")
+    with gr.Row(equal_height=True):
+        run = gr.Dropdown(choices=[], value=None, label="Finished run", allow_custom_value=True, elem_id="share-run",
+                          scale=3)
+        collection = gr.Dropdown(choices=[NO_COLLECTION], value=NO_COLLECTION, allow_custom_value=True,
+                                 label="RAG collection for the demo (optional)", elem_id="share-collection", scale=2)
+        refresh_button = gr.Button("↻ Refresh", elem_id="share-refresh", scale=1)
+    with gr.Row(equal_height=True):
+        model_repo = gr.Textbox("", label="Model repo id", placeholder="your-username/my-adapter",
+                                elem_id="share-model-repo")
+        space_repo = gr.Textbox("", label="Demo Space repo id", placeholder="your-username/my-adapter-demo",
+                                elem_id="share-space-repo")
+        space_title = gr.Textbox("", label="Demo title (optional)", placeholder="defaults to the run's name",
+                                 elem_id="share-space-title")
+    with gr.Row(equal_height=True):
+        hf_token = gr.Textbox("", label="Hugging Face token (write scope)", type="password", scale=3,
+                              info="Used for this push only; never stored, logged or written into the files.",
+                              elem_id="share-token")
+        private = gr.Checkbox(True, label="Private repos", elem_id="share-private")
+        include_merged = gr.Checkbox(False, label="Include the merged model", elem_id="share-merged",
+                                     info="Also publish the adapter folded into the base (loads without PEFT).")
+    with gr.Row():
+        card_button = gr.Button("Preview the model card", elem_id="share-card")
+        build_button = gr.Button("Build the demo Space (download)", elem_id="share-build-demo")
+        push_model_button = gr.Button("Push the model", variant="primary", elem_id="share-push-model")
+        push_demo_button = gr.Button("Push the demo Space", variant="primary", elem_id="share-push-demo")
+    status = gr.Markdown("", elem_id="share-status")
+    download = gr.File(label="Demo Space folder (zip)", interactive=False, elem_id="share-download")
+    card = gr.Markdown("", elem_id="share-card-preview")
+    return ShareTabComponents(run, collection, refresh_button, model_repo, space_repo, space_title, hf_token,
+                              private, include_merged, card_button, build_button, push_model_button,
+                              push_demo_button, status, download, card)
+
+
+# ----------------------------------------------------------------------------------------- actions
+
+
+def card_preview(card: str) -> str:
+    """The card as it renders on the Hub: the YAML front matter shown as a code block above the body."""
+    if card.startswith("---\n"):
+        front, _, body = card[4:].partition("\n---\n")
+        return f"```yaml\n{front}\n```\n{body}"
+    return card
+
+
+def zipped_copy(folder: Path) -> str:
+    """A zip of the folder in a fresh temporary directory: the data directory itself is never served."""
+    target = Path(tempfile.mkdtemp(prefix="tune-studio-share-")) / folder.name
+    return shutil.make_archive(str(target), "zip", root_dir=folder)
+
+
+def demo_folder(ws: Workspace, job: JobRecord, collection: str | None, title: str | None,
+                model_repo: str | None) -> Path:
+    return build_demo_space(job, ws.exports / f"demo-space-{job.id}", index_path=chosen_index(ws, collection),
+                            title=title, model_repo=optional_repo(model_repo))
+
+
+def refresh(run_id: str | None, request: gr.Request) -> list[gr.Dropdown]:
+    """The visitor's runs and collections; the chosen run stays chosen, else the newest one is picked."""
+    ws = workspace_of(request)
+    runs = run_choices(ws)
+    ids = [value for _, value in runs]
+    chosen = run_id if run_id in ids else (ids[0] if ids else None)
+    return [gr.Dropdown(choices=runs, value=chosen), gr.Dropdown(choices=collection_choices(ws))]
+
+
+def preview_card(run_id: str | None, model_repo: str | None, include_merged: bool, request: gr.Request) -> str:
+    job = chosen_run(workspace_of(request), run_id)
+    return card_preview(model_card(job, optional_repo(model_repo), bool(include_merged)))
+
+
+def build_demo(run_id: str | None, collection: str | None, space_title: str | None, model_repo: str | None,
+               request: gr.Request) -> list[str]:
+    require_write("Publishing")
+    ws = workspace_of(request)
+    folder = demo_folder(ws, chosen_run(ws, run_id), collection, space_title, model_repo)
+    return [f"Built the demo Space for run {run_id}. Unzip it and run `python app.py` in the folder "
+            "(http://127.0.0.1:7860), or push it with **Push the demo Space**.", zipped_copy(folder)]
+
+
+def push_model_repo(run_id: str | None, model_repo: str | None, hf_token: str | None, private: bool,
+                    include_merged: bool, request: gr.Request) -> str:
+    require_write("Publishing")
+    ws = workspace_of(request)
+    job = chosen_run(ws, run_id)
+    repo, token = check_repo_id(model_repo), check_token(hf_token)  # before a (possibly slow) merge
+    folder = build_model_folder(job, ws.exports / f"model-{job.id}", include_merged=bool(include_merged),
+                                token=token, repo_id=repo)
+    url = push_model(folder, repo, token, private=bool(private))
+    return f"Pushed the {'adapter and merged model' if include_merged else 'adapter'} with its model card to {url}"
+
+
+def push_demo_space(run_id: str | None, collection: str | None, space_title: str | None, space_repo: str | None,
+                    model_repo: str | None, hf_token: str | None, private: bool, request: gr.Request) -> str:
+    require_write("Publishing")
+    ws = workspace_of(request)
+    job = chosen_run(ws, run_id)
+    repo, token = check_repo_id(space_repo), check_token(hf_token)
+    folder = demo_folder(ws, job, collection, space_title, model_repo)
+    url = push_space(folder, repo, token, private=bool(private))
+    return f"Pushed the demo Space to {url}. It builds on Hugging Face in a few minutes."
+
+
+# ----------------------------------------------------------------------------------------- events
+
+
+def register(c: ShareTabComponents) -> None:
+    c.refresh_button.click(refresh, c.run, [c.run, c.collection], api_name="share_refresh")
+    c.card_button.click(friendly_errors("Could not write the model card")(preview_card),
+                        [c.run, c.model_repo, c.include_merged], c.card, api_name="share_model_card")
+    c.build_button.click(friendly_errors("Could not build the demo Space")(build_demo),
+                         [c.run, c.collection, c.space_title, c.model_repo], [c.status, c.download],
+                         api_name="share_build_demo")
+    c.push_model_button.click(friendly_errors("Could not push the model")(push_model_repo),
+                              [c.run, c.model_repo, c.hf_token, c.private, c.include_merged], c.status,
+                              api_name="share_push_model")
+    c.push_demo_button.click(friendly_errors("Could not push the demo Space")(push_demo_space),
+                             [c.run, c.collection, c.space_title, c.space_repo, c.model_repo, c.hf_token, c.private],
+                             c.status, api_name="share_push_demo")
+
+
+def register_page_load(demo: gr.Blocks, c: ShareTabComponents) -> None:
+    """Fill the run and collection pickers with this visitor's own items when the page loads."""
+    demo.load(refresh, c.run, [c.run, c.collection], api_visibility="private")
