@@ -39,8 +39,9 @@ def identity_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("identity-run") / "run"
     result = _cli(["train", "--data", str(FT_DATA / "identity.json"), "--output", str(out),
                    "--placeholders", json.dumps(IDENTITY), "--preset", "quick-cpu-demo",
-                   "--max-steps", "24", "--max-length", "128", "--batch-size", "4", "--learning-rate", "0.002",
-                   "--save-steps", "100", "--val-fraction", "0.05", "--warmup-ratio", "0.0"], home)
+                   "--max-steps", "24", "--max-length", "128", "--batch-size", "4", "--grad-accum", "1",
+                   "--learning-rate", "0.002", "--save-steps", "100", "--val-fraction", "0.05",
+                   "--warmup-ratio", "0.0"], home)
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return {"home": home, "out": out, "result": result, "events": events}
 
