@@ -8,6 +8,7 @@ differ only by the adapter — the honest comparison users come for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ def adapter_name(adapter_dir: str | Path) -> str:
 
 
 class ChatModel:
-    """A base model plus any number of adapters, generating one request at a time."""
+    """A base model plus any number of adapters. Requests that use the same adapter (or all the base) generate
+    concurrently; a request for another adapter waits until those finish, then switches."""
 
     def __init__(self, base_model: str = BUNDLED_ID, *, device: str = "auto", dtype: str = "auto",
                  token: str | None = None):
@@ -33,7 +35,11 @@ class ChatModel:
         self.model: Any = load_base_model(base_model, device=device, dtype=dtype, token=token)
         self.model.eval()
         self._adapters: dict[str, str] = {}
-        self._lock = threading.Lock()  # generate() is not re-entrant on one model
+        # Which adapter the running generations use and how many run; loading an adapter waits for none to run.
+        self._gate = threading.Condition()
+        self._active: tuple[str | None] | None = None
+        self._running = 0
+        self._waiting_to_switch = 0
 
     def load_adapter(self, adapter_dir: str | Path) -> str:
         """Attach an adapter (once) and return its name; the base weights are shared, not copied."""
@@ -44,13 +50,17 @@ class ChatModel:
             return name
         if not (Path(adapter_dir) / "adapter_config.json").exists():
             raise FileNotFoundError(f"{adapter_dir} has no adapter_config.json: it is not a finished LoRA adapter.")
-        with self._lock:
+        with self._gate:
+            while self._running:  # injecting LoRA layers must never happen under a running generation
+                self._gate.wait()
+            if name in self._adapters:
+                return name
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(adapter_dir), adapter_name=name)
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
             self.model.eval()
-        self._adapters[name] = str(adapter_dir)
+            self._adapters[name] = str(adapter_dir)
         return name
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> Any:
@@ -85,7 +95,7 @@ class ChatModel:
 
         def run() -> None:
             try:
-                with torch.inference_mode(), self._adapter_context(name):
+                with torch.inference_mode():
                     if sample:
                         torch.manual_seed(settings.seed)
                     self.model.generate(**kwargs)
@@ -93,26 +103,51 @@ class ChatModel:
                 errors.append(exc)
                 streamer.end()
 
-        with self._lock:
+        with self._using(name):
             thread = threading.Thread(target=run, daemon=True)
             thread.start()
-            yield from streamer
-            thread.join()
+            try:
+                yield from streamer
+            finally:
+                thread.join()  # also when the visitor goes away: the adapter may only switch once it is done
         if errors:
             raise errors[0]
 
     def generate(self, messages: list[dict[str, str]] | str, **kwargs: Any) -> str:
         return "".join(self.stream(messages, **kwargs))
 
-    def _adapter_context(self, name: str | None) -> Any:
-        """Enable exactly one adapter, or none for the base model."""
-        import contextlib
+    @contextlib.contextmanager
+    def _using(self, name: str | None) -> Iterator[None]:
+        """Run with exactly one adapter enabled (or none for the base), alongside requests that want the same."""
+        with self._gate:
+            if self._running and self._active != (name,):
+                self._waiting_to_switch += 1  # new same-adapter requests now queue behind this one
+                try:
+                    while self._running:
+                        self._gate.wait()
+                finally:
+                    self._waiting_to_switch -= 1
+            while self._running and self._waiting_to_switch:
+                self._gate.wait()  # someone waits to switch adapters: do not keep the current one busy forever
+            if not self._running:
+                self._select(name)
+                self._active = (name,)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._running -= 1
+                if not self._running:
+                    self._gate.notify_all()
 
+    def _select(self, name: str | None) -> None:
         from peft import PeftModel
 
         if not isinstance(self.model, PeftModel):
-            return contextlib.nullcontext()
+            return
         if name is None:
-            return self.model.disable_adapter()
-        self.model.set_adapter(name)
-        return contextlib.nullcontext()
+            self.model.base_model.disable_adapter_layers()
+        else:
+            self.model.base_model.enable_adapter_layers()
+            self.model.set_adapter(name)

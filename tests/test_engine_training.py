@@ -89,6 +89,23 @@ def test_adapter_changes_the_answer_toward_the_trained_identity_on_one_base_copy
     assert grown_mb < 150, f"adapter load grew memory by {grown_mb:.0f} MB: the base must not be copied"
 
 
+def test_concurrent_base_and_adapter_requests_answer_as_if_alone(identity_run: dict) -> None:
+    """Visitors chat at once: same-adapter requests generate together, a switch waits; no answer is mixed up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.infer import ChatModel
+
+    adapter = identity_run["out"] / "adapter"
+    chat = ChatModel()
+    settings = GenerationSettings(max_new_tokens=24)
+    alone = {name: chat.generate(WHO, adapter=name, settings=settings) for name in (None, adapter)}
+    requests = [None, adapter, adapter, None, adapter, None]
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        together = list(pool.map(lambda name: chat.generate(WHO, adapter=name, settings=settings), requests))
+    assert together == [alone[name] for name in requests]
+    assert alone[None] != alone[adapter]
+
+
 def test_cli_generate_uses_the_adapter(identity_run: dict) -> None:
     adapter = identity_run["out"] / "adapter"
     result = _cli(["generate", "--adapter", str(adapter), "--prompt", WHO, "--max-new-tokens", "30"],
