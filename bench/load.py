@@ -20,18 +20,16 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.ui_harness import running_app  # the same launcher the tests use
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
@@ -130,49 +128,6 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------ the app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(app: str | Path, home: Path, log_path: Path, timeout: float = 240) -> Iterator[str]:
-    """Run ``python app`` on a free port with its own data directory; yield its URL."""
-    port = free_port()
-    env = {**os.environ, "TUNE_STUDIO_HOME": str(home), "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_SERVER_NAME": "127.0.0.1", "TUNE_STUDIO_PORT": str(port), "TUNE_STUDIO_HOST": "127.0.0.1",
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO),
-           "PYTHONUNBUFFERED": "1"}
-    for name in ("TUNE_STUDIO_DEMO", "TUNE_STUDIO_USERS", "TUNE_STUDIO_USERS_FILE"):
-        env.pop(name, None)
-    url = f"http://127.0.0.1:{port}/"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, str(app)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the app did not answer at {url}:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def has_chat(url: str) -> bool:
@@ -460,15 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TUNE_STUDIO_MODELS", str(Path.home() / ".cache" / "tune_studio_test_models"))
     home = Path(tempfile.mkdtemp(prefix="load-home-"))
-    logs = REPO / "test-artifacts"
     app = Path(args.app).resolve()
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(serve(app, home, logs / "load-app.log"))
+        url = stack.enter_context(running_app(app, home=home, timeout=240, log_name="load-app"))
         if not has_chat(url):
             stack.close()
             app = REPO / "tests" / "apps" / "chat_only.py"
             print(f"{args.app} has no /chat endpoint yet; using {_shown(app)}", file=sys.stderr)
-            url = stack.enter_context(serve(app, home, logs / "load-app.log"))
+            url = stack.enter_context(running_app(app, home=home, timeout=240, log_name="load-app"))
         print(f"serving {_shown(app)} at {url} (data in {home})", file=sys.stderr)
         warm = Answer(-1, 0, time.perf_counter())
         from gradio_client import Client

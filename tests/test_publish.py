@@ -17,8 +17,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,33 +178,9 @@ def collection(trained: dict) -> Path:
 @contextlib.contextmanager
 def serving(folder: Path, name: str, timeout: float = 240) -> Iterator[str]:
     """``python app.py`` inside the demo folder, offline, on a free port, as a Space would start it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN", "GRADIO_SERVER_NAME")}
-    env.update(HF_HUB_OFFLINE="1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONUNBUFFERED="1")
-    ARTIFACTS.mkdir(exist_ok=True)
-    log_path = ARTIFACTS / f"{name}.log"
-    url = f"http://127.0.0.1:{port}/"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                assert proc.poll() is None, f"the demo exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"the demo did not start:\n{log_path.read_text()[-3000:]}"
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with tempfile.TemporaryDirectory() as home, running_app("app.py", home=Path(home), cwd=folder,
+                                                            timeout=timeout, log_name=name) as url:
+        yield url
 
 
 def _front_matter(text: str) -> dict:

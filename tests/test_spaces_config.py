@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import yaml
 
 from spaces_config import build_space
-from tests.ui_harness import ARTIFACTS, REPO, _wait_for, free_port
+from tests.ui_harness import ARTIFACTS, REPO, running_app
 
 PYTHON = REPO / ".venv" / "bin" / "python"
 
@@ -100,32 +99,15 @@ def test_assembled_space_starts_and_answers(space: Path, tmp_path: Path) -> None
     from gradio_client import Client
 
     python = PYTHON if PYTHON.exists() else Path(sys.executable)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TUNE_STUDIO_HOME")}
-    env.update({"TUNE_STUDIO_HOME": str(tmp_path / "home"), "GRADIO_SERVER_PORT": str(port),
-                "GRADIO_SERVER_NAME": "127.0.0.1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                "PYTHONUNBUFFERED": "1"})
-    env.pop("TUNE_STUDIO_PORT", None)
-    env.pop("TUNE_STUDIO_HOST", None)
-    ARTIFACTS.mkdir(exist_ok=True)
+    with running_app("app.py", home=tmp_path / "home", cwd=space, python=python, timeout=240,
+                     log_name="space-app") as url:
+        client = Client(url, verbose=False)
+        endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        assert "/compare_refresh" in endpoints
+        runs, collections = client.predict(api_name="/compare_refresh")
+        assert runs and collections is not None
+        if "/chat" in endpoints:  # once the Chat tab is mounted in the app
+            history, *_ = client.predict("Hello!", None, "base", None, max_new_tokens=4, api_name="/chat")
+            assert history[-1]["role"] == "assistant"
     log_path = ARTIFACTS / "space-app.log"
-    url = f"http://127.0.0.1:{port}/"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([str(python), "app.py"], cwd=space, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            _wait_for(url, proc, 240, log_path)
-            client = Client(url, verbose=False)
-            endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-            assert "/compare_refresh" in endpoints
-            runs, collections = client.predict(api_name="/compare_refresh")
-            assert runs and collections is not None
-            if "/chat" in endpoints:  # once the Chat tab is mounted in the app
-                history, *_ = client.predict("Hello!", None, "base", None, max_new_tokens=4, api_name="/chat")
-                assert history[-1]["role"] == "assistant"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     assert "Traceback" not in log_path.read_text()

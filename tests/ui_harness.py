@@ -44,20 +44,32 @@ def require_browser() -> None:
     pytest.importorskip("playwright.sync_api")
 
 
+# Settings of the developer's shell that would change what a test app does (sign-in, demo mode, a token).
+NOT_INHERITED = ("TUNE_STUDIO_USERS", "TUNE_STUDIO_USERS_FILE", "TUNE_STUDIO_DEMO", "TUNE_STUDIO_DEMO_WORKSPACE",
+                 "TUNE_STUDIO_SHARE", "HF_TOKEN")
+
+
 @contextlib.contextmanager
 def running_app(script: str | Path, *, home: Path, timeout: float = 180, env: dict[str, str] | None = None,
-                log_name: str = "app") -> Iterator[str]:
-    """Start ``python script`` serving on a free port; yield its URL; stop it (and keep its log)."""
+                log_name: str = "app", cwd: Path = REPO, python: str | Path = sys.executable) -> Iterator[str]:
+    """Start ``python script`` in ``cwd`` serving on a free port; yield its URL; stop it (and keep its log).
+
+    A ``cwd`` other than the project (a generated demo or Space folder) must run on its own files, so
+    the project is not put on ``PYTHONPATH`` there.
+    """
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log_path = ARTIFACTS / f"{log_name}.log"
-    full_env = {**os.environ, "TUNE_STUDIO_HOME": str(home), "GRADIO_SERVER_PORT": str(port),
+    self_contained = Path(cwd).resolve() != REPO
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in NOT_INHERITED and not (self_contained and k == "PYTHONPATH")}
+    full_env = {**inherited, "TUNE_STUDIO_HOME": str(home), "GRADIO_SERVER_PORT": str(port),
                 "GRADIO_SERVER_NAME": "127.0.0.1", "TUNE_STUDIO_PORT": str(port), "TUNE_STUDIO_HOST": "127.0.0.1",
-                "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO),
-                "PYTHONUNBUFFERED": "1", **(env or {})}
+                "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+                **({} if self_contained else {"PYTHONPATH": str(REPO)}), **(env or {})}
     url = f"http://127.0.0.1:{port}/"
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=full_env, stdout=log,
+        proc = subprocess.Popen([str(python), str(script)], cwd=cwd, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
             _wait_for(url, proc, timeout, log_path)
