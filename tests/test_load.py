@@ -13,7 +13,7 @@ import pytest
 
 from bench import load
 from engine.jobs import JobStore
-from tests.ui_harness import ARTIFACTS, REPO
+from tests.ui_harness import REPO, running_app
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def _app_with_chat() -> Path:
 def test_concurrent_chats_while_training(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    with load.serve(_app_with_chat(), home, ARTIFACTS / "load-test-app.log") as url:
+    with running_app(_app_with_chat(), home=home, timeout=240, log_name="load-test-app") as url:
         job = load.submit_training(home, max_steps=200, max_length=64)
         try:
             load.wait_for_first_step(home, job.id, timeout=240)
