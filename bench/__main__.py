@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m bench rag`` (retrieval quality and speed) or ``python -m bench train``.
+"""Benchmarks: ``python -m bench rag`` (retrieval quality and speed), ``train``, ``load`` or ``serving``.
 
 Each subcommand's module is imported only when chosen, so one benchmark's heavy dependencies never
 slow the other down.
@@ -13,9 +13,13 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmark", choices=("rag", "train", "load"))
+    parser.add_argument("benchmark", choices=("rag", "train", "load", "serving"))
     args, rest = parser.parse_known_args(argv[:1])
     rest += argv[1:]
+    if args.benchmark == "serving":
+        from bench import serving
+
+        return serving.main(rest)
     if args.benchmark == "load":
         from bench import load
 

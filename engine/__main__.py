@@ -7,8 +7,12 @@ a flag here (``--lora-r``, ``--max-length``...) with the same help text and boun
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,11 @@ from engine.config import TrainConfig, load_preset, preset_names
 from engine.settings import SettingsError, base_type, describe
 
 ALIASES = {"base_model": ["--base"]}
+RUNNERS: dict[str, str] = {"train": "engine.train:run_job", "index": "services.index_jobs:run_index_job"}
+"""Which function runs each kind of job, as "module:function", imported only in the worker that needs it.
+
+Why strings: engine/jobs.py must not import rag/ or services/, but this entry point may import any layer.
+A runner takes ``(job_id, store)``, records its own terminal event and status and returns an exit code."""
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -81,28 +90,20 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.events import Cancelled, Done, Failed
     from engine.jobs import JobStore
 
     config = _config_from_args(args)
     mapping = json.loads(args.mapping) if args.mapping else None
     options = {"placeholders": json.loads(args.placeholders)} if args.placeholders else None
     store = JobStore()
+    # The operator's own token (the CLI reads $HF_TOKEN only): held in this process's memory for this job.
     job = store.submit(config, args.data, mapping=mapping, data_options=options, run_dir=Path(args.output),
-                       owner="cli")
+                       owner="cli", hf_token=os.environ.get("HF_TOKEN") or None)
     outcome = 1
     try:
         for event in store.follow(job.id):
             print(event.to_json(), flush=True)
-            if isinstance(event, Done):
-                outcome = 0
-            elif isinstance(event, Failed):
-                print(f"Training failed: {event.reason}", file=sys.stderr)
-                for fix in event.fixes:
-                    print(f"  - {fix}", file=sys.stderr)
-                outcome = 1
-            elif isinstance(event, Cancelled):
-                outcome = 130
+            outcome = _outcome(event, outcome)
     except KeyboardInterrupt:
         store.cancel(job.id)
         print(f"Stopping run {job.id}; resume it with: python -m engine resume {job.id}", file=sys.stderr)
@@ -110,17 +111,104 @@ def cmd_train(args: argparse.Namespace) -> int:
     return outcome
 
 
+def _outcome(event: Any, current: int) -> int:
+    """The exit code a followed event implies (0 done, 1 failed, 130 stopped, 75 interrupted: run it again)."""
+    from engine.events import Cancelled, Done, Failed, Interrupted
+
+    if isinstance(event, Done):
+        return 0
+    if isinstance(event, Failed):
+        print(f"Training failed: {event.reason}", file=sys.stderr)
+        for fix in event.fixes:
+            print(f"  - {fix}", file=sys.stderr)
+        return 1
+    if isinstance(event, Cancelled):
+        return 130
+    if isinstance(event, Interrupted):
+        print(f"Training was interrupted: {event.reason}", file=sys.stderr)
+        return 75
+    return current
+
+
+def cmd_worker(job_id: str) -> int:
+    """``python -m engine worker JOB_ID``: run one job with the runner of its kind.
+
+    A SIGTERM before the runner starts ends the job as ``interrupted`` (it is queued again when the server
+    starts); a kind whose runner cannot be imported ends as failed with the reason, and the queue moves on.
+    """
+    from engine.events import EventLog, Failed, Interrupted, Progress
+    from engine.jobs import JobStore
+
+    store = JobStore()
+    job = store.load(job_id)
+    log = EventLog(job.events_path)
+    previous = signal.signal(signal.SIGTERM, _stop_worker)
+    try:
+        # Importing a runner (torch, transformers) takes seconds to tens of seconds: say so at once.
+        log.append(Progress(job.id, phase="starting", message="loading the code for this job"))
+        runner = _runner(job.kind)
+    except _WorkerStopped:
+        reason = "The server restarted or went to sleep before this job started; it starts again when it is back."
+        log.append(Interrupted(job.id, step=job.last_step, reason=reason, resumable=True))
+        store.finish(job.id, "interrupted", error=reason)
+        return 75  # no dispatch: the server is stopping
+    except _RunnerMissing as exc:
+        log.append(Failed(job.id, reason=str(exc), resumable=True))
+        store.finish(job.id, "failed", error=str(exc))
+        store.dispatch()
+        return 1
+    signal.signal(signal.SIGTERM, previous)  # the runner installs its own handler if it can checkpoint
+    return runner(job_id, store)
+
+
+class _WorkerStopped(Exception):
+    """SIGTERM while the worker was still importing its runner."""
+
+
+class _RunnerMissing(RuntimeError):
+    """This server has no working runner for a kind of job; the message says which and why."""
+
+
+def _stop_worker(signum: int, frame: Any) -> None:
+    raise _WorkerStopped()
+
+
+def _runner(kind: str) -> Callable[..., int]:
+    """The runner function of a kind, imported from :data:`RUNNERS`."""
+    target = RUNNERS.get(kind)
+    if target is None:
+        raise _RunnerMissing(f"This server does not know how to run a '{kind}' job (known kinds: "
+                             f"{', '.join(RUNNERS)}). It may have been created by a newer version of Tune Studio.")
+    module_name, _, function = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), function)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or module_name
+        raise _RunnerMissing(f"This server cannot run '{kind}' jobs: the module '{missing}' is not available "
+                             f"({type(exc).__name__}). Ask the server's owner to update or reinstall Tune "
+                             "Studio, then press Resume.") from exc
+    except AttributeError as exc:
+        raise _RunnerMissing(f"This server cannot run '{kind}' jobs: '{module_name}' has no function "
+                             f"'{function}'. Ask the server's owner to update Tune Studio, then press Resume.") from exc
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    """Print the answer on stdout and what produced it (base, revision, adapter hash, settings) on stderr."""
     from engine.config import GenerationSettings
-    from engine.infer import ChatModel
+    from services.model_cache import shared_models
 
     base = args.base or (base_model_of_adapter(args.adapter) if args.adapter else None)
     overrides = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                                    "seed": args.seed}.items() if v is not None}
-    chat = ChatModel(base) if base else ChatModel()
-    for piece in chat.stream(args.prompt, adapter=args.adapter, settings=GenerationSettings.from_dict(overrides)):
+    chat = shared_models().chat_model(base)
+    records: list[Any] = []
+    for piece in chat.stream(args.prompt, adapter=args.adapter, settings=GenerationSettings.from_dict(overrides),
+                             on_provenance=records.append):
         print(piece, end="", flush=True)
     print()
+    for record in records:
+        print(f"answered by: {record.line()}", file=sys.stderr)
+        print(json.dumps({"provenance": record.columns()}, default=str), file=sys.stderr)
     return 0
 
 
@@ -143,7 +231,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     mapping = data.ColumnMapping.from_dict(json.loads(args.mapping)) if args.mapping else None
     report = data.inspect_report(args.data, tokenizer, max_length=args.max_length, mapping=mapping)
     print(json.dumps(report, indent=2, ensure_ascii=False, default=str))
-    return 0
+    return 0 if report["ok"] else 1  # refused, or no usable row: scripts must not go on to train
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -190,7 +278,7 @@ def _add_compare_parser(sub: Any) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from engine import compare
     from engine.config import GenerationSettings
-    from engine.infer import ChatModel
+    from services.model_cache import shared_models
 
     if bool(args.questions) == bool(args.holdout):
         raise ValueError("Give exactly one of --questions FILE or --holdout TRAINING_FILE.")
@@ -220,7 +308,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     generation = GenerationSettings.from_dict({k[4:]: v for k, v in vars(args).items()
                                                if k.startswith("gen_") and v is not None})
     base = args.base or (base_model_of_adapter(args.adapter) if args.adapter else None)
-    chat = ChatModel(base) if base else ChatModel()
+    chat = shared_models().chat_model(base)
     comparer = compare.Comparer(chat, arms=arms, adapter=args.adapter, index=index, generation=generation,
                                 settings=settings)
     report = comparer.run(questions, on_progress=lambda done, total, what: print(
@@ -251,13 +339,12 @@ def main(argv: list[str] | None = None) -> int:
             from engine.jobs import JobStore
 
             store = JobStore()
-            job = store.cancel(args.job_id) if args.command == "cancel" else store.resume(args.job_id)
+            job = (store.cancel(args.job_id) if args.command == "cancel"
+                   else store.resume(args.job_id, hf_token=os.environ.get("HF_TOKEN") or None))
             print(json.dumps({"id": job.id, "status": job.status}))
             return 0
         if args.command == "worker":
-            from engine.train import run_job
-
-            return run_job(args.job_id)
+            return cmd_worker(args.job_id)
     except (SettingsError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

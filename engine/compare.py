@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
 import html
 import io
 import json
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.config import GenerationSettings
+from engine.files import csv_text
+from engine.infer import AdapterMismatchError, Provenance, adapter_hash
 from engine.settings import Settings, SettingsError, setting
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ def load_questions(path: str | Path, limit: int = 0) -> list[Question]:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"Question set {path} does not exist.")
+        raise FileNotFoundError(f"Question set {path.name} does not exist.")
     text = path.read_text(encoding="utf-8-sig")
     rows: list[dict[str, Any]] = []
     if path.suffix.lower() == ".csv":
@@ -313,7 +314,8 @@ class ChatLike(Protocol):
     base_model: str
 
     def stream(self, messages: Any, *, adapter: str | Path | None = None,
-               settings: GenerationSettings | None = None) -> Iterator[str]: ...
+               settings: GenerationSettings | None = None, adapter_label: str | None = None,
+               on_provenance: Callable[[Provenance], None] | None = None) -> Iterator[str]: ...
 
 
 @dataclass
@@ -332,6 +334,17 @@ class ArmAnswer:
     error: str | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
     failure: str = ""  # "", "retrieval failure", "generation failure", "wrong answer"
+    provenance: dict[str, Any] | None = None  # engine.infer.Provenance.columns(): what produced this answer
+
+    @property
+    def provenance_line(self) -> str:
+        """"base SmolLM2-135M-Instruct · adapter my-run (3f2a…) · collection handbook v4" (empty before done)."""
+        from engine.infer import Provenance
+
+        if not self.provenance:
+            return ""
+        fields = {k: v for k, v in self.provenance.items() if k in Provenance.__dataclass_fields__}
+        return Provenance(**fields).line()
 
     @property
     def sources(self) -> list[str]:
@@ -348,17 +361,6 @@ def parse_arms(arms: str | Iterable[str]) -> list[str]:
     if bad or not names:
         raise CompareError(f"Unknown arm(s) {', '.join(bad) or '(none)'}; choose from {', '.join(ARMS)}.")
     return list(dict.fromkeys(names))
-
-
-def adapter_hash(adapter_dir: str | Path | None) -> str | None:
-    """Short SHA-256 of the adapter weights, so a report names exactly which fine-tune it measured."""
-    if not adapter_dir:
-        return None
-    digest = hashlib.sha256()
-    for path in [*sorted(Path(adapter_dir).glob("adapter_model.*")), Path(adapter_dir) / "adapter_config.json"]:
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def build_corpus_index(corpus: str | Path, path: str | Path | None = None,
@@ -378,10 +380,15 @@ class Comparer:
 
     def __init__(self, chat: ChatLike, *, arms: Iterable[str], adapter: str | Path | None = None,
                  index: RagIndex | None = None, generation: GenerationSettings | None = None,
-                 settings: CompareSettings | None = None):
+                 settings: CompareSettings | None = None, adapter_label: str | None = None,
+                 collection: str | None = None):
+        """``adapter_label`` (the run's name) and ``collection`` (the collection's name) label each answer's
+        provenance; without them the run folder's and the index folder's names are used."""
         self.chat = chat
         self.arms = parse_arms(list(arms))
         self.adapter = str(adapter) if adapter else None
+        self.adapter_label = adapter_label
+        self.collection = collection or (Path(index.path).name if index is not None else None)
         self.index = index
         self.generation = generation or GenerationSettings()
         self.settings = settings or CompareSettings()
@@ -390,7 +397,8 @@ class Comparer:
         if any("rag" in a for a in self.arms) and index is None:
             raise CompareError("The RAG arms need documents: pick an index (or pass --corpus FILE / --index DIR).")
         if index is not None and any("rag" in a for a in self.arms) and not index.chunks:
-            raise CompareError(f"The index {index.path} is empty; add documents in the RAG tab first.")
+            raise CompareError(f"The collection {Path(index.path).name} is empty; add documents in the RAG tab "
+                               "first.")
 
     @property
     def spec(self) -> PipelineSpec | None:
@@ -410,9 +418,10 @@ class Comparer:
         spec = self.spec
         return {
             "base_model": getattr(self.chat, "base_model", "?"),
-            "adapter": self.adapter,
+            "adapter": self.adapter_label or (Path(self.adapter).parent.name if self.adapter else None),  # no paths
             "adapter_hash": adapter_hash(self.adapter),
-            "index": str(self.index.path) if self.index is not None else None,
+            "index": self.collection,
+            "index_version": getattr(self.index, "version", None),
             "pipeline": spec.to_dict() if spec is not None else None,
             "generation": self.generation.to_dict(),
             "compare": self.settings.to_dict(),
@@ -421,45 +430,20 @@ class Comparer:
         }
 
     def _count_tokens(self, text: str) -> int:
-        try:
-            return len(self.chat.tokenizer.encode(text, add_special_tokens=False))
-        except Exception:  # a test double without a tokenizer still gets a rough count
-            return len(text.split())
+        return len(self.chat.tokenizer.encode(text, add_special_tokens=False))
 
     def stream_arm(self, arm: str, question: Question) -> Iterator[ArmAnswer]:
-        """Yield the growing answer of one arm (same object, updated), ending with ``done=True`` and scores."""
-        from rag.answer import answer as rag_answer
-        from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
+        """Yield the growing answer of one arm (same object, updated), ending with ``done=True`` and scores.
 
+        The finished answer carries its provenance as reported by the model (which adapter was really
+        active); an answer the model withheld (``AdapterMismatchError``) keeps no text at all.
+        """
         result = ArmAnswer(arm)
-        adapter = self.adapter if arm.startswith("ft") else None
         start = time.perf_counter()
-
-        def add(piece: str) -> None:
-            if piece and result.ttft_s is None:
-                result.ttft_s = time.perf_counter() - start
-            result.text += piece
-
         try:
-            if "rag" in arm:
-                generate = lambda prompt: self.chat.stream(prompt, adapter=adapter, settings=self.generation)  # noqa: E731
-                for event in rag_answer(self.index, question.question, generate, self.spec):  # type: ignore[arg-type]
-                    if isinstance(event, RetrievedEvent):
-                        result.retrieved = [{"source": h.chunk.source, "location": h.chunk.location,
-                                             "score": round(float(h.score), 4), "text": h.chunk.text}
-                                            for h in event.hits]
-                        yield result
-                    elif isinstance(event, TokenEvent):
-                        add(event.text)
-                        yield result
-                    elif isinstance(event, AnswerEvent):
-                        result.text = event.text
-                        result.cited = [c.number for c in event.citations]
-            else:
-                prompt = self.settings.base_template.replace("{question}", question.question.strip())
-                for piece in self.chat.stream(prompt, adapter=adapter, settings=self.generation):
-                    add(piece)
-                    yield result
+            yield from self._generate_arm(arm, question, result, start)
+        except AdapterMismatchError as exc:
+            result.text, result.error = "", str(exc)
         except Exception as exc:  # one arm failing must not lose the others' answers
             result.error = f"{type(exc).__name__}: {exc}"
         result.text = result.text.strip()
@@ -470,6 +454,44 @@ class Comparer:
         score_answer(result, question)
         result.done = True
         yield result
+
+    def _generate_arm(self, arm: str, question: Question, result: ArmAnswer, start: float) -> Iterator[ArmAnswer]:
+        from rag.answer import answer as rag_answer
+        from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
+
+        adapter = self.adapter if arm.startswith("ft") else None
+        uses_rag = "rag" in arm
+
+        def record(provenance: Provenance) -> None:
+            if uses_rag:
+                provenance = provenance.with_collection(self.collection, getattr(self.index, "version", None))
+            result.provenance = provenance.columns()
+
+        def generate(prompt: Any) -> Iterator[str]:
+            return self.chat.stream(prompt, adapter=adapter, settings=self.generation,
+                                    adapter_label=self.adapter_label, on_provenance=record)
+
+        def add(piece: str) -> None:
+            if piece and result.ttft_s is None:
+                result.ttft_s = time.perf_counter() - start
+            result.text += piece
+
+        if not uses_rag:
+            for piece in generate(self.settings.base_template.replace("{question}", question.question.strip())):
+                add(piece)
+                yield result
+            return
+        for event in rag_answer(self.index, question.question, generate, self.spec):  # type: ignore[arg-type]
+            if isinstance(event, RetrievedEvent):
+                result.retrieved = [{"source": h.chunk.source, "location": h.chunk.location,
+                                     "score": round(float(h.score), 4), "text": h.chunk.text} for h in event.hits]
+                yield result
+            elif isinstance(event, TokenEvent):
+                add(event.text)
+                yield result
+            elif isinstance(event, AnswerEvent):
+                result.text = event.text
+                result.cited = [c.number for c in event.citations]
 
     def answer_all(self, question: Question) -> Iterator[tuple[str, ArmAnswer]]:
         """Every arm in turn on one question (they share one model, so they run one after another)."""
@@ -639,22 +661,25 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
 
     def to_csv(self) -> str:
-        """One line per question and arm: the per-question table a spreadsheet user wants."""
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["qid", "question", "references", "gold_doc_id", "leak", "arm", "answer", "exact_match",
-                         "f1", "contained", "rouge_l", "retrieval_hit", "failure", "ttft_s", "total_s", "tokens",
-                         "tokens_per_s", "retrieved_sources", "error"])
+        """One line per question and arm: the per-question table a spreadsheet user wants.
+
+        Cells that a spreadsheet would run as formulas are neutralised (:func:`engine.files.csv_text`).
+        """
+        header = ["qid", "question", "references", "gold_doc_id", "leak", "arm", "answer", "exact_match", "f1",
+                  "contained", "rouge_l", "retrieval_hit", "failure", "ttft_s", "total_s", "tokens", "tokens_per_s",
+                  "retrieved_sources", "error", *PROVENANCE_COLUMNS]
+        rows: list[list[Any]] = [header]
         for r in self.rows:
             q = r.question
             for arm, a in r.answers.items():
                 s = a.scores
-                writer.writerow([q.qid, q.question, " | ".join(q.references), q.gold_doc_id or "", q.leak or "",
+                rows.append([q.qid, q.question, " | ".join(q.references), q.gold_doc_id or "", q.leak or "",
                                  arm, a.text, s.get("exact_match"), s.get("f1"), s.get("contained"),
                                  s.get("rouge_l"), s.get("retrieval_hit"), a.failure,
                                  None if a.ttft_s is None else round(a.ttft_s, 3), round(a.total_s, 3), a.tokens,
-                                 round(a.tokens_per_s, 2), ";".join(a.sources), a.error or ""])
-        return buf.getvalue()
+                                 round(a.tokens_per_s, 2), ";".join(a.sources), a.error or "",
+                                 *_provenance_cells(a)])
+        return csv_text(rows)
 
     def to_html(self) -> str:
         """A single self-contained page (inline CSS, no scripts or links) to share or archive."""
@@ -670,6 +695,18 @@ class Report:
         return path
 
 
+PROVENANCE_COLUMNS = ("base_model", "base_revision", "adapter", "adapter_hash", "collection", "collection_version",
+                      "generation")
+
+
+def _provenance_cells(answer: ArmAnswer) -> list[Any]:
+    """What produced the answer, as CSV cells (generation settings as JSON), so a row can be audited."""
+    record = answer.provenance or {}
+    cells = [record.get(name) for name in PROVENANCE_COLUMNS]
+    cells[-1] = json.dumps(record.get("generation"), sort_keys=True) if record.get("generation") else None
+    return ["" if c is None else c for c in cells]
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
@@ -681,7 +718,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}th{background:#f3f3f3}
 .ans{white-space:pre-wrap;max-width:36em}.fail{color:#b00}.ok{color:#070}pre{background:#f6f6f6;padding:1em;
-overflow:auto}.leak{color:#a60}"""
+overflow:auto}.leak{color:#a60}.prov{color:#666;font-size:.85em}"""
 
 
 def render_html(report: Report) -> str:
@@ -736,8 +773,9 @@ def render_html(report: Report) -> str:
                        f"<span class='fail'>✗ {e(a.failure or 'no reference')}</span>" if ok is not None else "")
             scores = " · ".join(f"{k} {_fmt(v, 2)}" for k, v in a.scores.items() if v is not None)
             src = f"<div>retrieved: {e(', '.join(a.sources))}</div>" if a.retrieved else ""
+            made_by = f"<div class='prov'>{e(a.provenance_line)}</div>" if a.provenance else ""
             cells.append(f"<td><div class='ans'>{e(a.text)}</div>{verdict}<div>{e(scores)}</div>{src}"
-                         f"<div>{a.total_s:.2f} s, {a.tokens} tokens</div></td>")
+                         f"<div>{a.total_s:.2f} s, {a.tokens} tokens</div>{made_by}</td>")
         parts.append(f"<tr><td>{i}</td><td>{e(q.question)}{leak}{gold}</td><td>{e(' | '.join(q.references))}</td>"
                      + "".join(cells) + "</tr>")
     parts.append("</table></body></html>")

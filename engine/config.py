@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.hub import HubError, check_model_id
 from engine.models import BUNDLED_ID
 from engine.settings import Settings, SettingsError, setting
 
@@ -95,6 +96,11 @@ class TrainConfig(Settings):
                          choices=("auto", "float32", "bfloat16", "float16"), advanced=True)
 
     def validate(self) -> None:
+        if self.base_model != BUNDLED_ID:
+            try:
+                check_model_id(self.base_model)  # a visitor's text must never name a local path
+            except HubError as exc:
+                raise SettingsError("base_model", str(exc)) from None
         if self.optimizer in ("paged_adamw_8bit", "adamw_8bit") and self.device == "cpu":
             raise SettingsError("optimizer", "8-bit and paged optimizers need a GPU; choose 'auto' or adamw_torch.")
         if self.dtype == "float16" and self.device == "cpu":

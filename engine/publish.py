@@ -250,7 +250,7 @@ def _prepare_out_dir(out_dir: str | Path, marker: str) -> Path:
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not (out / marker).exists():
-            raise PublishError(f"{out} is not empty; choose a new folder (or one built by a previous publish).")
+            raise PublishError(f"{out.name} is not empty; choose a new folder (or one built by a previous publish).")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -416,7 +416,7 @@ def build_demo_space(job: JobRecord, out_dir: str | Path, index_path: str | Path
     title = (title or "").strip() or f"{job.name} chat"
     out = _prepare_out_dir(out_dir, DEMO_MARKER)
     copy_adapter(job, out / "adapter")
-    packages = ["engine", "rag"] if index is not None else ["engine"]
+    packages = ["engine", "services", "rag"] if index is not None else ["engine", "services"]
     for package in packages:
         shutil.copytree(PROJECT_ROOT / package, out / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.lock"))
@@ -425,7 +425,8 @@ def build_demo_space(job: JobRecord, out_dir: str | Path, index_path: str | Path
     config = {
         "title": title, "run_name": job.name, "run_id": job.id, "base_model": job.config.base_model,
         "bundled_id": BUNDLED_ID, "bundled_wheel": pinned(BUNDLED_WHEEL_PACKAGE), "adapter": "adapter",
-        "index": "index" if index is not None else None, "model_repo": model_repo,
+        "index": "index" if index is not None else None, "index_name": index.name if index is not None else None,
+        "model_repo": model_repo,
         "description": _demo_description(job, index is not None, model_repo),
         "generation": GenerationSettings().to_dict(),
         # The index's own prompt (it asks for [n] citations) suits a chat better than Compare's short-answer one.
@@ -510,7 +511,7 @@ def _push(folder: str | Path, repo_id: str, token: str | None, *, repo_type: str
     secret = check_token(token)
     folder = Path(folder)
     if not folder.is_dir() or not any(folder.iterdir()):
-        raise PublishError(f"There is nothing to push in {folder}; build the folder first.")
+        raise PublishError(f"There is nothing to push in {folder.name}; build the folder first.")
     api = HfApi(endpoint=endpoint, token=secret)
     extra = {"space_sdk": "gradio"} if repo_type == "space" else {}
     url = _hub_call(secret, f"create the {repo_type} repo {repo}", lambda: api.create_repo(

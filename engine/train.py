@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -19,16 +21,55 @@ from typing import Any
 from transformers import TrainerCallback
 
 from engine.config import TrainConfig
-from engine.events import Cancelled, Checkpoint, Done, Eval, EventLog, Failed, Log, Started, Step
+from engine.events import (
+    Cancelled,
+    Checkpoint,
+    Done,
+    Eval,
+    EventLog,
+    Failed,
+    Interrupted,
+    Log,
+    Progress,
+    Started,
+    Step,
+)
 from engine.jobs import TOKEN_ENV, JobRecord, JobStore
+
+SERVER_STOPPED = "The server restarted or went to sleep."
 
 
 @dataclass
 class TrainResult:
-    status: str  # "done" or "cancelled"
+    status: str  # "done", "cancelled" or "interrupted"
     steps: int
     final_loss: float | None
     eval_loss: float | None
+
+
+class WorkerInterrupted(Exception):
+    """SIGTERM arrived before training started: nothing to checkpoint, stop now and resume later."""
+
+
+class Interruption:
+    """What a SIGTERM (a Space restarting or going to sleep) does to this worker, depending on the phase.
+
+    While loading and preparing there is no step to save, so the worker stops at once. During training
+    the trainer finishes its current step, saves a checkpoint and stops, so a restart loses at most that
+    step. While the finished run saves its adapter the signal waits: that takes seconds and the run is done.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.phase = "setup"  # "setup", "training" or "finishing"
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.phase == "setup":
+            raise WorkerInterrupted("stopped before training started")
 
 
 def resolve_optimizer(config: TrainConfig, device: str) -> str:
@@ -100,9 +141,12 @@ def build_datasets(job: JobRecord, tokenizer: Any, config: TrainConfig, log: Eve
 class EventCallback(TrainerCallback):
     """Bridges ``transformers`` callbacks to typed events; also honours stop requests between steps."""
 
-    def __init__(self, job_id: str, log: EventLog, store: JobStore | None, meta: dict[str, Any]):
+    def __init__(self, job_id: str, log: EventLog, store: JobStore | None, meta: dict[str, Any],
+                 interruption: Interruption | None = None):
         self.job_id, self.log, self.store, self.meta = job_id, log, store, meta
+        self.interruption = interruption
         self.cancelled = False
+        self.interrupted = False
         self.last_loss: float | None = None
         self.last_eval_loss: float | None = None
         self._t0 = time.time()
@@ -147,10 +191,21 @@ class EventCallback(TrainerCallback):
         self._tokens = (0.0, time.time())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.store is not None and self.store.cancel_requested(self.job_id):
+        if self.interruption is not None and self.interruption.requested:
+            self.interrupted = True
+            control.should_save = True  # a restart loses at most this step
+            control.should_training_stop = True
+        elif self.store is not None and self.store.cancel_requested(self.job_id):
             self.cancelled = True
             control.should_save = True  # leave a checkpoint to resume from
             control.should_training_stop = True
+        # The flow callback has already decided what happens after this step; say so before it starts.
+        if control.should_evaluate:
+            self.log.append(Progress(self.job_id, phase="evaluate", done=state.global_step, total=state.max_steps,
+                                     unit="steps"))
+        if control.should_save:
+            self.log.append(Progress(self.job_id, phase="save", done=state.global_step, total=state.max_steps,
+                                     unit="steps", message="checkpoint"))
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -198,29 +253,57 @@ def build_sft_config(job: JobRecord, device: str, dtype: Any, has_eval: bool) ->
     )
 
 
-def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = None) -> TrainResult:
-    """Run one job to completion (or to a stop request) and write its adapter and records."""
+def model_label(model_id: str) -> str:
+    """What progress lines call the model: its registry name, or a local folder's name (never a server path)."""
+    from engine.models import MODELS
+
+    known = next((m.label for m in MODELS if m.id == model_id), None)
+    return known or (Path(model_id).name if Path(model_id).is_absolute() else model_id)
+
+
+def prepare_run(job: JobRecord, hf_token: str | None, log: EventLog) -> tuple[Any, Any, Any, Any, dict]:
+    """Tokenizer, datasets and base model, each phase announced first so the run shows life within seconds."""
+    from engine.models import load_base_model, load_tokenizer
+
+    config = job.config
+
+    def downloading(progress: Any) -> None:  # a Hub model: bytes, total, rate and ETA as they arrive
+        log.append(progress.to_event(job.id))
+
+    log.append(Progress(job.id, phase="load", item=model_label(config.base_model), message="tokenizer"))
+    tokenizer = load_tokenizer(config.base_model, hf_token, on_progress=downloading)
+    log.append(Progress(job.id, phase="tokenize", item=Path(job.data_path).name))
+    train_dataset, eval_dataset, fingerprint = build_datasets(job, tokenizer, config, log)
+    log.append(Progress(job.id, phase="tokenize", item=Path(job.data_path).name, done=fingerprint["rows"],
+                        total=fingerprint["rows"], unit="rows"))
+    (job.run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
+    log.append(Progress(job.id, phase="load", item=model_label(config.base_model), message="weights"))
+    model = load_base_model(config.base_model, quantization=config.quantization, device=config.device,
+                            dtype=config.dtype, token=hf_token, on_progress=downloading)
+    return tokenizer, train_dataset, eval_dataset, model, fingerprint
+
+
+def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = None,
+          interruption: Interruption | None = None) -> TrainResult:
+    """Run one job to completion (or to a stop request or a SIGTERM) and write its adapter and records."""
     import torch
     from peft import LoraConfig
     from trl import SFTTrainer
 
-    from engine.models import load_base_model, load_tokenizer, pick_device, pick_dtype
+    from engine.models import pick_device, pick_dtype
 
+    interruption = interruption or Interruption()
     config = job.config
     log = EventLog(job.events_path)
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
-    tokenizer = load_tokenizer(config.base_model, hf_token)
-    train_dataset, eval_dataset, fingerprint = build_datasets(job, tokenizer, config, log)
-    (job.run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
-    model = load_base_model(config.base_model, quantization=config.quantization, device=config.device,
-                            dtype=config.dtype, token=hf_token)
+    tokenizer, train_dataset, eval_dataset, model, fingerprint = prepare_run(job, hf_token, log)
     args = build_sft_config(job, device, dtype, has_eval=eval_dataset is not None)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.target_modules_value(), task_type="CAUSAL_LM")
     meta = {"device": device, "base_model": config.base_model, "train_rows": fingerprint["train_rows"],
             "eval_rows": fingerprint["eval_rows"]}
-    callback = EventCallback(job.id, log, store, meta)
+    callback = EventCallback(job.id, log, store, meta, interruption)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, peft_config=lora, callbacks=[callback])
     if dtype == torch.float32:
@@ -228,14 +311,22 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
     if eval_dataset is not None and not config.eval_steps:
         # Packing decides how many steps an epoch has; only now can "about 5 evaluations" be placed.
         trainer.args.eval_steps = auto_eval_steps(config, planned_steps(config, len(trainer.train_dataset)))
+    interruption.phase = "training"
+    if interruption.requested:  # the signal came while the trainer was being built
+        raise WorkerInterrupted("stopped before training started")
     trainer.train(resume_from_checkpoint=job.resume_from)
+    interruption.phase = "finishing"
     steps = trainer.state.global_step
+    if callback.interrupted and steps < trainer.state.max_steps:
+        return TrainResult("interrupted", steps, callback.last_loss, callback.last_eval_loss)
     if callback.cancelled:
         return TrainResult("cancelled", steps, callback.last_loss, callback.last_eval_loss)
     eval_loss = callback.last_eval_loss
     if eval_dataset is not None and trainer.state.global_step % args.eval_steps != 0:
+        log.append(Progress(job.id, phase="evaluate", done=steps, total=steps, unit="steps"))
         eval_loss = trainer.evaluate().get("eval_loss")
         log.append(Eval(job.id, step=steps, eval_loss=eval_loss))
+    log.append(Progress(job.id, phase="save", message="adapter"))
     trainer.save_model(str(job.adapter_dir))
     tokenizer.save_pretrained(str(job.adapter_dir))
     metrics = {"steps": steps, "final_loss": callback.last_loss, "eval_loss": eval_loss,
@@ -281,31 +372,61 @@ def explain_failure(exc: BaseException) -> tuple[str, list[str]]:
 
 
 def run_job(job_id: str, store: JobStore | None = None) -> int:
-    """Worker entry point: run, record the outcome (never 'done' unless it is), then start the next job."""
-    import os
+    """Worker entry point: run, record the outcome (never 'done' unless it is), then start the next job.
 
+    The token comes from this worker's own environment (``TOKEN_ENV``, set by the dispatcher for this job
+    only), never from the server's ``HF_TOKEN``. A SIGTERM ends the run as ``interrupted``, resumable.
+    """
     store = store or JobStore()
-    job = store._fetch(job_id)
+    interruption = Interruption()
+    interruption.install()
+    job = store.load(job_id)
     log = EventLog(job.events_path)
     t0 = time.time()
     exit_code = 0
     try:
-        result = train(job, store, hf_token=os.environ.get(TOKEN_ENV) or os.environ.get("HF_TOKEN"))
-        if result.status == "cancelled":
-            log.append(Cancelled(job.id, step=result.steps, resumable=True))
-            store.finish(job.id, "cancelled", final_loss=result.final_loss)
-        else:
-            log.append(Done(job.id, adapter_dir=str(job.adapter_dir), final_loss=result.final_loss,
-                            eval_loss=result.eval_loss, steps=result.steps, duration_seconds=time.time() - t0))
-            store.finish(job.id, "done", final_loss=result.final_loss)
+        result = train(job, store, hf_token=os.environ.get(TOKEN_ENV) or None, interruption=interruption)
+        record_result(store, job, result, time.time() - t0)
+    except WorkerInterrupted:
+        interruption.phase = "finishing"  # a second SIGTERM must not cut the recording short
+        record_result(store, job, TrainResult("interrupted", store.load(job.id).last_step, None, None), 0.0)
     except BaseException as exc:
+        interruption.phase = "finishing"
         reason, fixes = explain_failure(exc)
         detail = "".join(traceback.format_exception(exc))[-4000:]
-        has_checkpoint = store._fetch(job.id).latest_checkpoint() is not None
+        has_checkpoint = store.load(job.id).latest_checkpoint() is not None
         log.append(Failed(job.id, reason=reason, fixes=fixes, resumable=True, detail=detail))
         store.finish(job.id, "failed", error=reason)
         print(detail, flush=True)
         exit_code = 1 if not has_checkpoint else 2
     finally:
-        store.dispatch()
+        if not interruption.requested:  # the server is stopping: starting the next job now would only strand it
+            store.dispatch()
     return exit_code
+
+
+def record_result(store: JobStore, job: JobRecord, result: TrainResult, duration: float) -> None:
+    """The terminal event and status of a run that ended without an error."""
+    log = EventLog(job.events_path)
+    if result.status == "interrupted":
+        reason = interrupted_reason(store.load(job.id))
+        log.append(Interrupted(job.id, step=result.steps, reason=reason, resumable=True))
+        store.finish(job.id, "interrupted", error=reason, final_loss=result.final_loss)
+    elif result.status == "cancelled":
+        log.append(Cancelled(job.id, step=result.steps, resumable=True))
+        store.finish(job.id, "cancelled", final_loss=result.final_loss)
+    else:
+        log.append(Done(job.id, adapter_dir=str(job.adapter_dir), final_loss=result.final_loss,
+                        eval_loss=result.eval_loss, steps=result.steps, duration_seconds=duration))
+        store.finish(job.id, "done", final_loss=result.final_loss)
+
+
+def interrupted_reason(job: JobRecord) -> str:
+    """Plain words for an interruption: what was kept and what happens next."""
+    checkpoint = job.latest_checkpoint()
+    if checkpoint is None:
+        return (f"{SERVER_STOPPED} The run had not saved a checkpoint yet, so it starts again from the beginning "
+                "when the server is back (or press Resume).")
+    step = checkpoint.name.split("-")[-1]
+    return (f"{SERVER_STOPPED} The run saved a checkpoint at step {step} and continues from there when the server "
+            "is back (or press Resume).")

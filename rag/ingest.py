@@ -212,7 +212,7 @@ def _load_pdf(data: bytes, source: str, password: str = "") -> tuple[list[Sectio
         if reader.is_encrypted and not reader.decrypt(password or ""):
             raise _Refuse(
                 RefusalReason.ENCRYPTED,
-                f"'{source}' is password-protected. Enter its password in the Load settings, or save an "
+                f"'{source}' is password-protected. Type its password in the 'PDF password' box, or save an "
                 "unlocked copy (e.g. print it to PDF, or `qpdf --decrypt`) and upload that.",
             )
         pages = list(reader.pages)
@@ -463,6 +463,28 @@ def load_file(
     except OSError as exc:
         return Refusal(source, RefusalReason.BROKEN, f"'{source}' could not be opened: {exc.strerror or exc}.")
     return load_bytes(data, source, pdf_password=pdf_password, max_mb=max_mb)
+
+
+def unlock_pdf(data: bytes, password: str) -> bytes | None:
+    """An unencrypted copy of an encrypted PDF opened with ``password``; None when it is not encrypted, the
+    password does not open it, or it cannot be read (then the file goes on as it is and is refused later).
+
+    Why: a password is used once, where it is typed, and never stored or handed to a background job. The
+    unlocked copy is the document itself, kept like any other upload of its owner.
+    """
+    if not password:
+        return None
+    from pypdf import PdfReader, PdfWriter
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if not reader.is_encrypted or not reader.decrypt(password):
+            return None
+        out = io.BytesIO()
+        PdfWriter(clone_from=reader).write(out)
+    except Exception:
+        return None
+    return out.getvalue()
 
 
 def iter_files(folder: str | Path) -> Iterator[Path]:

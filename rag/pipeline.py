@@ -15,6 +15,7 @@ their defaults, so a spec written by an older version still loads.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from rag.stages import FIXED_STAGES, POST_STEPS
 
 FORMAT = "tune-studio-rag-pipeline"
 VERSION = 1
+#: Parameters older specs may hold that are no longer part of a spec. ``pdf_password``: a password is used
+#: for one build and never stored, so one found in an old manifest or export is dropped on load (and
+#: scrubbed from disk by :func:`scrub_stored_passwords`).
+RETIRED_PARAMS: dict[str, tuple[str, ...]] = {"load": ("pdf_password",)}
 
 
 class PipelineSpecError(ValueError):
@@ -171,6 +176,7 @@ class PipelineSpec:
             name, params = entry["stage"], entry.get("params") or {}
             if not isinstance(params, dict):
                 raise PipelineSpecError(f"Stage '{name}': 'params' must be an object.")
+            params = {k: v for k, v in params.items() if k not in RETIRED_PARAMS.get(name, ())}
             if name in FIXED_STAGES:
                 if name in stages:
                     raise PipelineSpecError(f"Stage '{name}' appears twice; keep one.")
@@ -212,8 +218,44 @@ class PipelineSpec:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise PipelineSpecError(f"Cannot read pipeline file {path}: {exc.strerror or exc}.") from None
+            raise PipelineSpecError(f"Cannot read pipeline file {path.name}: {exc.strerror or exc}.") from None
         return cls.from_json(text)
+
+
+def strip_retired(data: Any) -> bool:
+    """Remove retired parameters (a stored PDF password) from a spec dict in place; True when any was there."""
+    found = False
+    for entry in data.get("stages", []) if isinstance(data, dict) else []:
+        params = entry.get("params") if isinstance(entry, dict) else None
+        if isinstance(params, dict):
+            for key in RETIRED_PARAMS.get(entry.get("stage"), ()):
+                found |= params.pop(key, None) is not None
+    return found
+
+
+def scrub_stored_passwords(root: str | Path) -> list[Path]:
+    """Remove PDF passwords that older versions stored in saved pipelines under ``root``; returns the files fixed.
+
+    Looks at collection manifests (``manifest.json``: ``{"pipeline": spec}``, also the copies inside built
+    demo Spaces) and saved pipeline specs (``*pipeline*.json``), and rewrites each one that holds a password
+    (temporary file, then rename). Run once at start-up: files without the word are only read, not parsed.
+    """
+    fixed = []
+    candidates = {*Path(root).rglob("manifest.json"), *Path(root).rglob("*pipeline*.json")}
+    for path in sorted(candidates):
+        try:
+            raw = path.read_bytes()
+            data = json.loads(raw) if b"pdf_password" in raw else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        spec = data.get("pipeline") if isinstance(data, dict) and "pipeline" in data else data
+        if not (isinstance(spec, dict) and spec.get("format", FORMAT) == FORMAT and strip_retired(spec)):
+            continue
+        tmp = path.with_name(path.name + ".scrub.tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+        fixed.append(path)
+    return fixed
 
 
 def _build(stage: str, settings_cls: type[Settings], params: dict[str, Any]) -> Settings:

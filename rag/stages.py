@@ -19,8 +19,8 @@ DEFAULT_PROMPT = (
 
 
 class LoadSettings(Settings):
-    pdf_password: str = setting("", "Password tried on encrypted PDFs (files that need another one are refused).",
-                                secret=True, advanced=True)
+    # No PDF password here: a password goes with one build request only and is never part of a saved or
+    # exported pipeline (see ``rag.pipeline.RETIRED_PARAMS``).
     max_file_mb: float = setting(100.0, "Files larger than this are refused rather than read.", minimum=1,
                                  maximum=2000, advanced=True)
 

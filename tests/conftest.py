@@ -17,6 +17,13 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TUNE_STUDIO_MODELS", str(Path.home() / ".cache" / "tune_studio_test_models"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """CI always has ../shared/testdata beside the repo: without it the tests must fail, never quietly skip."""
+    if not TESTDATA.is_dir():
+        raise pytest.UsageError(f"The shared test data is missing: expected {TESTDATA} (../shared/testdata "
+                                "beside the repo). Check out or link ../shared there, as CI has it.")
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own data directory, so runs, indexes and jobs never leak between tests."""
@@ -31,3 +38,46 @@ def tokenizer():
     from engine.models import load_tokenizer
 
     return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """A tiny random-weight Llama with the bundled tokenizer, saved once per test session (see tiny_models.py)."""
+    from tests.tiny_models import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def hub_server():
+    """A local fake of the Hugging Face Hub for the whole session (repos, tokens, request log: tests/hub_server.py).
+
+    In-process tests use ``fake_hub`` below; a subprocess (the app, a worker) gets ``hub_server.env()``.
+    """
+    from tests.hub_server import FakeHub
+
+    with FakeHub.with_test_repos() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_hub(hub_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """This process's huggingface_hub pointed at the fake Hub, online, with an empty Hub cache of its own.
+
+    The per-test models folder links the shared converted bundled model, so it is never converted again.
+    """
+    from engine.hub import forget_access
+    from engine.models import bundled_model_dir
+
+    bundled = bundled_model_dir()
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / bundled.name).symlink_to(bundled, target_is_directory=True)
+    monkeypatch.setenv("TUNE_STUDIO_MODELS", str(models))
+    hub_server.connect(monkeypatch)
+    hub_server.clear_requests()
+    hub_server.bytes_per_second = None
+    forget_access()
+    yield hub_server
+    hub_server.bytes_per_second = None
+    forget_access()

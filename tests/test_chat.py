@@ -162,6 +162,7 @@ def test_chat_streams_and_carries_the_conversation(chat_client: Any) -> None:
     history, cleared, rows, stats = updates[-1]
     assert [m["role"] for m in history] == ["user", "assistant"] and text_of(history[1]).strip()
     assert cleared == "" and rows["data"] == [] and "first token" in stats
+    assert "Answered by: base SmolLM2-135M-Instruct · no adapter" in stats  # provenance under every answer
 
     history2, _, _, _ = chat_client.predict("Now say goodbye.", history, "base", None, max_new_tokens=12,
                                             api_name="/chat")
@@ -179,7 +180,7 @@ def test_rag_answer_lists_its_sources_under_the_answer(chat_client: Any) -> None
     assert history[2]["metadata"]["title"] == chat_tab.SOURCES_TITLE
     assert "festival" in text_of(history[2])  # the retrieved passage's source is named under the answer
     assert rows["data"] and rows["data"][0][1].startswith("festival")
-    assert "RAG" in stats
+    assert "RAG" in stats and "collection quellington v" in stats
     with pytest.raises(Exception, match="no RAG collection"):
         chat_client.predict("Hi", None, "base", "bobs-docs", max_new_tokens=4, api_name="/chat")  # not yours
 
@@ -193,6 +194,7 @@ def test_finished_run_is_offered_and_answers_with_its_adapter(chat_client: Any, 
     base = chat_client.predict(question, None, "base", None, max_new_tokens=12, api_name="/chat")
     tuned = chat_client.predict(question, None, chat_home["run"], None, max_new_tokens=12, api_name="/chat")
     assert "fine-tuned run heron-run" in tuned[3]
+    assert "adapter heron-run (" in tuned[3] and "no adapter" in base[3]  # the adapter that really answered
     assert text_of(tuned[0][1]) != text_of(base[0][1])  # the (randomly initialised) adapter is really switched on
     again = chat_client.predict(question, None, "base", None, max_new_tokens=12, api_name="/chat")
     assert text_of(again[0][1]) == text_of(base[0][1])  # ...and off again for the base

@@ -14,8 +14,7 @@ from tests.ui_harness import REPO, browser_page, require_browser, running_app, s
 SQUAD = REPO.parent / "shared" / "testdata" / "rag" / "squad_small" / "derived"
 APP = REPO / "tests" / "apps" / "compare_only.py"
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.skipif(not SQUAD.is_dir(), reason=f"shared SQuAD-small test data missing at {SQUAD}")]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _text(page, elem_id: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -78,7 +80,6 @@ def test_load_questions_csv_and_jsonl(tmp_path: Path):
         load_questions(bad)
 
 
-@pytest.mark.skipif(not SQUAD.is_dir(), reason="shared SQuAD-small test data missing")
 def test_load_squad_questions_skips_impossible():
     qs = load_questions(SQUAD / "questions.jsonl", limit=20)
     assert len(qs) == 20 and all(q.references and q.gold_doc_id for q in qs)
@@ -147,22 +148,28 @@ def test_win_rates_with_confidence_intervals():
 
 
 class FakeChat:
-    """Stands in for ChatModel: records what each arm asked for and streams a canned answer."""
+    """Stands in for ChatModel (the Comparer is under test, not the model): records what each arm asked for,
+    streams a canned answer with the real bundled tokenizer, and reports provenance as ChatModel does."""
 
     base_model = "fake/base"
-    tokenizer = None
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
         self.calls: list[tuple[str, str | None, GenerationSettings | None]] = []
 
-    def stream(self, messages: Any, *, adapter: Any = None, settings: GenerationSettings | None = None
-               ) -> Iterator[str]:
+    def stream(self, messages: Any, *, adapter: Any = None, settings: GenerationSettings | None = None,
+               adapter_label: str | None = None, on_provenance: Any = None) -> Iterator[str]:
+        from engine.infer import Provenance, adapter_hash
+
         self.calls.append((messages, adapter, settings))
         yield from (["Paris ", "is in ", "France"] if adapter else ["I ", "do not know"])
+        if on_provenance:
+            on_provenance(Provenance(self.base_model, adapter=adapter_label if adapter else None,
+                                     adapter_hash=adapter_hash(adapter), generation=settings.to_dict()))
 
 
-def _report(tmp_path: Path) -> Report:
-    chat = FakeChat()
+def _report(tmp_path: Path, tokenizer: Any) -> Report:
+    chat = FakeChat(tokenizer)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
@@ -172,8 +179,8 @@ def _report(tmp_path: Path) -> Report:
     return report
 
 
-def test_arms_share_settings_and_switch_only_the_adapter(tmp_path: Path):
-    report = _report(tmp_path)
+def test_arms_share_settings_and_switch_only_the_adapter(tmp_path: Path, tokenizer):
+    report = _report(tmp_path, tokenizer)
     summary = report.summary()
     assert summary["ft"]["contained"] == 1.0 and summary["base"]["contained"] == 0.0
     first = report.rows[0].answers["ft"]
@@ -189,15 +196,23 @@ def test_arms_share_settings_and_switch_only_the_adapter(tmp_path: Path):
         Comparer(FakeChat(), arms=["base", "gpt5"])
 
 
-def test_exports_json_csv_and_self_contained_html(tmp_path: Path):
-    report = _report(tmp_path)
+def test_exports_json_csv_and_self_contained_html(tmp_path: Path, tokenizer):
+    report = _report(tmp_path, tokenizer)
     report.votes.append(Vote("q1", "ft", "base", "A"))
     data = json.loads(report.save(tmp_path / "r.json").read_text())
     assert set(data) == {"config", "summary", "questions", "votes", "win_rates"}
     assert data["questions"][0]["answers"]["ft"]["text"] == "Paris is in France"
     assert data["win_rates"]["ft"]["wins"] == 1
+    provenance = data["questions"][0]["answers"]["ft"]["provenance"]
+    assert provenance["base_model"] == "fake/base" and provenance["adapter_hash"] == report.config["adapter_hash"]
+    assert provenance["generation"]["max_new_tokens"] == 7
+    assert data["questions"][0]["answers"]["base"]["provenance"]["adapter"] is None
     csv_text = report.save(tmp_path / "r.csv").read_text()
     assert csv_text.splitlines()[0].startswith("qid,question") and len(csv_text.strip().splitlines()) == 5
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert {r["arm"]: r["adapter_hash"] for r in rows if r["qid"] == "q1"} == {"base": "",
+                                                                               "ft": report.config["adapter_hash"]}
+    assert all(json.loads(r["generation"])["max_new_tokens"] == 7 for r in rows)
     page = report.save(tmp_path / "r.html").read_text()
     text = html.unescape(page)
     assert page.startswith("<!DOCTYPE html>") and "</html>" in page

@@ -12,8 +12,7 @@ from engine.__main__ import main
 
 SQUAD = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "rag" / "squad_small" / "derived"
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not SQUAD.is_dir(), reason=f"shared SQuAD-small test data missing at {SQUAD}")]
+pytestmark = [pytest.mark.slow]
 
 
 def test_cli_rag_beats_base_on_20_squad_questions(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -23,9 +23,6 @@ from engine.data import (
 )
 from tests.conftest import FT_DATA as LLAMA_FACTORY
 
-needs_testdata = pytest.mark.skipif(
-    not LLAMA_FACTORY.is_dir(), reason="shared/testdata not checked out beside the repo"
-)
 EOT = "<|im_end|>"
 
 
@@ -98,7 +95,6 @@ def test_plain_text_is_windowed_not_truncated(tokenizer: Any) -> None:
     assert whole.input_ids[-1] == tokenizer.eos_token_id and all(w.row == 3 for w in windows)
 
 
-@needs_testdata
 def test_tool_calls_render_through_the_system_message(tokenizer: Any) -> None:
     plan = template_plan(tokenizer)
     assert plan.system_ok and plan.tool_role_ok and not plan.native_tools  # SmolLM2 ignores tools=
@@ -138,7 +134,6 @@ def test_templates_without_system_or_tool_roles(tokenizer: Any) -> None:
     ]
 
 
-@needs_testdata
 def test_validate_alpaca_is_fast_and_reports_lengths(tokenizer: Any) -> None:
     prepared = prepare(LLAMA_FACTORY / "alpaca_en_demo.json")
     start = time.perf_counter()
@@ -166,7 +161,6 @@ def test_validate_flags_duplicates_and_untrainable_rows(tokenizer: Any, tmp_path
     assert "duplicate of row 1" in next(i.message for i in report.issues if i.kind == "duplicate")
 
 
-@needs_testdata
 @pytest.mark.parametrize("name", ["identity.json", "reason_tool_use_demo_50.jsonl", "wiki_demo.txt", "mllm_demo.json"])
 def test_inspect_report_is_json(tokenizer: Any, name: str) -> None:
     report = inspect_report(LLAMA_FACTORY / name, tokenizer, max_length=512)

@@ -40,16 +40,12 @@ EXPECTED = {
     "v1_sft_demo.yaml": ("refused:not_a_dataset", "configuration file"),
 }
 
-needs_testdata = pytest.mark.skipif(
-    not LLAMA_FACTORY.is_dir(), reason="shared/testdata not checked out beside the repo"
-)
 
 
 def _listing() -> list[str]:
     return sorted(p.name for p in LLAMA_FACTORY.iterdir()) if LLAMA_FACTORY.is_dir() else []
 
 
-@needs_testdata
 @pytest.mark.parametrize("name", _listing())
 def test_every_shared_file_is_detected_or_refused(name: str) -> None:
     assert name in EXPECTED, f"{name} is new in shared/testdata: decide how it is handled and add it to EXPECTED"
@@ -68,7 +64,6 @@ def test_every_shared_file_is_detected_or_refused(name: str) -> None:
         assert prepared.detection.explanation
 
 
-@needs_testdata
 def test_preference_refusal_explains_the_mapping_and_the_mapping_works() -> None:
     with pytest.raises(DatasetError) as info:
         prepare(LLAMA_FACTORY / "dpo_en_demo.json")
@@ -85,7 +80,6 @@ def test_preference_refusal_explains_the_mapping_and_the_mapping_works() -> None
     assert len(v1.examples) == 10 and v1.examples[0].messages[-1].role == "assistant"
 
 
-@needs_testdata
 def test_kto_labels_exclude_bad_answers_unless_asked() -> None:
     prepared = prepare(LLAMA_FACTORY / "kto_en_demo.json")
     assert any("bad answers" in w for w in prepared.warnings)
@@ -93,7 +87,6 @@ def test_kto_labels_exclude_bad_answers_unless_asked() -> None:
     assert len(kept.examples) == 300
 
 
-@needs_testdata
 def test_identity_placeholders_are_reported_and_can_be_filled() -> None:
     prepared = prepare(LLAMA_FACTORY / "identity.json")
     assert any("{{name}}" in w and "{{author}}" in w for w in prepared.warnings)
@@ -105,7 +98,6 @@ def test_identity_placeholders_are_reported_and_can_be_filled() -> None:
     assert fill_placeholders([ex], {"x": "y"})[0].messages[0].content == "hi y"
 
 
-@needs_testdata
 def test_tool_calls_are_assistant_turns_and_observations_tool_turns() -> None:
     prepared = prepare(LLAMA_FACTORY / "glaive_toolcall_en_demo.json")
     ex = prepared.examples[0]
@@ -117,7 +109,6 @@ def test_tool_calls_are_assistant_turns_and_observations_tool_turns() -> None:
     assert reason.messages[2].content.startswith("<think>\n") and "<tool_call>" in reason.messages[2].content
 
 
-@needs_testdata
 def test_plain_text_file_and_fingerprint() -> None:
     loaded = load_dataset_file(LLAMA_FACTORY / "wiki_demo.txt")
     assert loaded.info.kind == "txt" and loaded.lines[:3] == [1, 2, 3]

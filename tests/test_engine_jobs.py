@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from engine.config import TrainConfig
@@ -76,10 +78,11 @@ def test_a_failed_run_can_be_queued_again(store: JobStore, data_file) -> None:
 
 def test_only_finished_or_stopped_runs_resume_and_missing_data_is_refused(store: JobStore, data_file, tmp_path) -> None:
     job = store.submit(TrainConfig(), data_file, start=False)
-    with pytest.raises(JobError, match="only stopped or failed"):
+    with pytest.raises(JobError, match="only stopped, failed or interrupted"):
         store.resume(job.id)
-    with pytest.raises(JobError, match="does not exist"):
+    with pytest.raises(JobError, match=r"missing\.json is no longer on the server; upload it again") as info:
         store.submit(TrainConfig(), tmp_path / "missing.json", start=False)
+    assert str(tmp_path) not in str(info.value)  # messages never show server paths
     with pytest.raises(JobError, match="no run with id"):
         store.get("nope")
 
@@ -115,3 +118,64 @@ def test_the_queue_moves_on_when_the_running_worker_vanished(store: JobStore, tm
     assert finished.status == "failed"
     reason = [e for e in store.events(second.id) if isinstance(e, Failed)][-1].reason
     assert "image" in reason.lower()
+
+
+def _hold_device(store: JobStore, job_id: str) -> subprocess.Popen:
+    """Mark a job as training, held by a real live process, so its lane is busy."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    store._update(job_id, status="running", pid=sleeper.pid, pid_started=psutil.Process(sleeper.pid).create_time(),
+                  started_at=1.0)
+    return sleeper
+
+
+def test_an_index_job_runs_in_its_own_lane_beside_training(store: JobStore, data_file) -> None:
+    training = store.submit(TrainConfig(), data_file, start=False, owner="ada")
+    waiting = store.submit(TrainConfig(), data_file, start=False, owner="bob")
+    sleeper = _hold_device(store, training.id)
+    try:
+        build = store.submit_task("index", {"collection": "docs"}, owner="ada", name="docs", start=False)
+        assert (build.kind, build.lane, build.payload) == ("index", "cpu", {"collection": "docs"})
+        assert store.queue_position(build.id) == 1 and store.queue_position(waiting.id) == 1  # one queue per lane
+        started = store.dispatch()
+        assert [j.id for j in started] == [build.id], "the build must not wait behind training"
+        assert store.get(waiting.id).status == "queued"
+        assert store.wait(build.id, timeout=180).finished  # whatever its runner made of an empty payload
+        assert [j.id for j in store.list()] == [waiting.id, training.id], "training lists never show index jobs"
+        assert {j.id for j in store.list(kind=None)} == {training.id, waiting.id, build.id}
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_unknown_kinds_and_unstorable_payloads_are_refused(store: JobStore) -> None:
+    with pytest.raises(JobError, match="Unknown kind of job 'paint'"):
+        store.submit_task("paint", {}, owner="ada", name="x", start=False)
+    with pytest.raises(JobError, match="cannot be stored"):
+        store.submit_task("index", {"when": object()}, owner="ada", name="x", start=False)
+
+
+def test_a_kind_whose_runner_is_missing_fails_with_a_clear_event(isolated_home, monkeypatch) -> None:
+    from engine import __main__ as cli
+
+    store = JobStore()  # the data directory the worker command uses too
+    job = store.submit_task("index", {}, owner="ada", name="docs", start=False)
+    monkeypatch.setitem(cli.RUNNERS, "index", "services.no_such_runner:run_index_job")
+    assert cli.main(["worker", job.id]) == 1
+    record = store.get(job.id)
+    failed = [e for e in store.events(job.id) if isinstance(e, Failed)]
+    assert record.status == "failed" and len(failed) == 1
+    assert "cannot run 'index' jobs" in failed[0].reason and "services.no_such_runner" in failed[0].reason
+    assert failed[0].reason == record.error
+
+
+def test_an_older_database_gains_the_new_columns(tmp_path, data_file) -> None:
+    home = tmp_path / "old"
+    home.mkdir()
+    with sqlite3.connect(home / "jobs.sqlite") as db:  # the first release's table, with one run in it
+        from engine.jobs import _SCHEMA
+
+        db.executescript(_SCHEMA)
+        db.execute("INSERT INTO jobs (id, owner, name, status, created_at, config_json, data_path, run_dir)"
+                   " VALUES ('old-1', 'ada', 'old run', 'done', 1.0, '{}', ?, ?)", (str(data_file), str(home)))
+    old = JobStore(home).get("old-1")
+    assert (old.kind, old.lane, old.needs_token, old.visitor_hash) == ("train", "device", False, None)

@@ -15,7 +15,6 @@ from rag.pipeline import PipelineSpec
 from rag.retrieve import search
 
 DOCS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "docs" / "unstructured"
-pytestmark = pytest.mark.skipif(not DOCS.is_dir(), reason=f"shared test data missing at {DOCS}")
 
 
 @pytest.fixture(scope="module")

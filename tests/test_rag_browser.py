@@ -68,3 +68,33 @@ def test_build_reorder_ask_and_see_citations(tmp_path: Path):
         assert "fake-memo.pdf" in first_row and "p. 1" in first_row, sources
         screenshot(page, "rag-3-answer")
         assert not page.errors, page.errors
+
+
+def test_a_reload_mid_build_follows_the_build_again_and_cancel_leaves_the_collection_unchanged(tmp_path: Path):
+    """The build runs as a job, not in the page: a reload finds it again, and Cancel stops it before it saves."""
+    require_browser()
+    from rag.index import RagIndex
+
+    wiki = REPO.parent / "shared" / "testdata" / "ft" / "llama_factory" / "wiki_demo.txt"  # 1 MB: a long build
+    home = tmp_path / "home"
+    with running_app(APP, home=home, log_name="rag-reload-app") as url, browser_page(url) as page:
+        page.locator("#rag-open").click()
+        page.wait_for_function("document.querySelector('#rag-status').innerText.includes('New collection')")
+        page.locator("#rag-upload input[type=file]").set_input_files([str(wiki)])
+        page.wait_for_function("document.querySelector('#rag-upload').innerText.includes('wiki_demo')")
+        page.locator("#rag-confirm-build input[type=checkbox]").check()
+        page.locator("#rag-build").click()
+        page.wait_for_function("document.querySelector('#rag-build-log').innerText.includes('Embedding')",
+                               timeout=240_000)
+        page.reload()
+        page.wait_for_selector(".gradio-container", state="visible")
+        page.wait_for_function("document.querySelector('#rag-build-log').innerText.includes('Embedding')",
+                               timeout=60_000)
+        screenshot(page, "rag-4-reloaded-mid-build")
+        page.locator("#rag-cancel").click()
+        page.wait_for_function("document.querySelector('#rag-build-log').innerText.includes('Cancelled')",
+                               timeout=240_000)
+        screenshot(page, "rag-5-cancelled")
+        assert not page.errors, page.errors
+    index = RagIndex.open(home / "workspaces" / "local" / "indexes" / "my-documents")
+    assert index.version == 1 and index.files == {}  # as "Open collection" created it

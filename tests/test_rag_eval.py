@@ -18,7 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared" / "testdata"
 SQUAD = TESTDATA / "rag" / "squad_small" / "derived"
 DOCS = TESTDATA / "docs" / "unstructured"
-pytestmark = pytest.mark.skipif(not SQUAD.is_dir(), reason=f"shared test data missing at {SQUAD}")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +89,6 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not DOCS.is_dir(), reason="shared docs missing")
 def test_index_and_query_cli(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()

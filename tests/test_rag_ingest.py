@@ -11,7 +11,6 @@ from rag.ingest import LoadedDocument, Refusal, RefusalReason, iter_files, load_
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 DOCS = TESTDATA / "docs" / "unstructured"
 
-pytestmark = pytest.mark.skipif(not DOCS.is_dir(), reason=f"shared test data missing at {DOCS}")
 
 EXPECTED_REFUSALS = {
     "password.pdf": RefusalReason.ENCRYPTED,

@@ -14,7 +14,6 @@ from rag.pipeline import FORMAT, VERSION, PipelineSpec, PipelineSpecError
 from rag.stages import FIXED_STAGES, POST_STEPS, SplitSettings
 
 DOCS = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "docs" / "unstructured"
-needs_docs = pytest.mark.skipif(not DOCS.is_dir(), reason=f"shared test data missing at {DOCS}")
 
 
 def test_default_spec_round_trips_through_json(tmp_path):
@@ -88,7 +87,6 @@ def test_split_settings_validate():
         SplitSettings(method="semantic")
 
 
-@needs_docs
 @pytest.mark.parametrize("method", ["recursive", "sentence", "markdown"])
 def test_splitters_keep_source_and_respect_size(method):
     doc = load_file(DOCS / "multi-column-2p.pdf")
@@ -101,7 +99,6 @@ def test_splitters_keep_source_and_respect_size(method):
     assert chunks[0].embed_text.startswith("multi column 2p\n")
 
 
-@needs_docs
 def test_sentence_splitter_ends_chunks_at_sentence_boundaries():
     doc = load_file(DOCS / "book-war-and-peace-1p.txt")
     chunks = split_document(doc, SplitSettings(method="sentence", chunk_size=300, chunk_overlap=0))
@@ -109,7 +106,6 @@ def test_sentence_splitter_ends_chunks_at_sentence_boundaries():
     assert sum(e in '.!?"' for e in endings) >= 0.8 * len(endings)
 
 
-@needs_docs
 def test_markdown_splitter_records_heading_path():
     doc = load_file(DOCS / "codeblock.md")
     chunks = split_document(doc, SplitSettings(method="markdown", chunk_size=200, chunk_overlap=20))

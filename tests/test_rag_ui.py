@@ -34,7 +34,7 @@ def test_every_event_has_a_stable_rag_api_name():
         rag_tab.register(rag_tab.build())
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name and fn.api_visibility != "private"}
     assert {"rag_open", "rag_apply_pipeline", "rag_preview", "rag_build", "rag_remove", "rag_reindex",
-            "rag_import_pipeline", "rag_search", "rag_ask"} <= names
+            "rag_import_pipeline", "rag_search", "rag_ask", "rag_cancel"} <= names
     assert all(n.startswith("rag_") for n in names)
 
 
@@ -42,3 +42,33 @@ def test_post_step_cards_are_draggable_in_spec_order():
     c = _tab()
     assert list(c.enabled) == [s.name for s in PipelineSpec().post]
     assert set(c.enabled) == set(POST_STEPS)
+
+
+def test_job_view_renders_progress_refusals_and_the_final_counts(tmp_path):
+    """What a follower shows: one line per note (warnings marked), the shared progress line, then "Done" with counts."""
+    import json
+    from dataclasses import replace
+
+    from engine.events import Log, Progress, Queued
+    from engine.jobs import JobRecord
+
+    view = rag_tab.JobView()
+    view.add(Queued("j1", position=2))
+    assert view.live == "Queued (number 2 in line for indexing)…"
+    view.add(Log("j1", message="memo.pdf: 3 section(s), 1,200 characters, 2 page(s)"))
+    view.add(Log("j1", message="'password.pdf' is password-protected.", level="warning"))
+    view.add(Progress("j1", phase="embed", done=64, total=256, unit="chunks", rate=8.0, eta_seconds=24))
+    assert view.live == "Embedding: 64 of 256 chunks · 8 chunks/s · 24 s left"
+    job = JobRecord(id="j1", owner="local", name="Build docs", status="running", created_at=0, started_at=0,
+                    finished_at=None, config=None, data_path="", mapping=None, data_options={}, run_dir=tmp_path,
+                    pid=None, pid_started=None, cancel_requested=False, resume_from=None, error=None, last_step=0,
+                    total_steps=0, final_loss=None, kind="index")  # type: ignore[arg-type]
+    text = view.text(job)
+    assert text.splitlines()[:2] == ["- ✅ memo.pdf: 3 section(s), 1,200 characters, 2 page(s)",
+                                     "- ⚠️ 'password.pdf' is password-protected."]
+    assert view.text(replace(job, status="cancelling")).endswith("cancel requested, stopping at the next batch…")
+    (tmp_path / "result.json").write_text(json.dumps({
+        "action": "add", "version": 3, "files": 4, "chunks": 256, "embedded": 250, "reused": 6, "refused": [{}],
+        "seconds": 31.5, "needs_reindex": False}))
+    done = "**Done** in 31.5s: the collection holds 4 file(s), 256 chunks (250 embedded, 6 reused, 1 refused)"
+    assert view.text(replace(job, status="done")).endswith(done + " — version 3.")

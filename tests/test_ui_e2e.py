@@ -27,10 +27,7 @@ FIRST_STEP_TIMEOUT_S = 420  # worker start + model load + one step on 2 shared C
 TINY_RUN = {"max_steps": 6, "batch_size": 2, "grad_accum": 1, "max_length": 128, "save_steps": 2,
             "val_fraction": 0.0, "gradient_checkpointing": False}
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not ALPACA.exists(), reason="shared test data not present"),
-]
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ EXPECTED_API = {
     "data_upload", "data_load_demo", "data_apply_mapping", "data_check", "data_preview",
     "train_apply_preset", "train_estimate_memory", "train_start", "train_stop", "train_resume",
     "train_show_run", "train_refresh", "train_try", "train_download_adapter", "train_download_merged",
-    "train_status",
+    "train_status", "train_provide_token",
 }
 
 
@@ -102,7 +102,6 @@ def test_bad_upload_is_a_clear_error(tmp_path: Path, name: str, content: str, ex
     assert "Traceback" not in info.value.message
 
 
-@pytest.mark.skipif(not (SHARED / "mllm_demo.json").exists(), reason="shared test data not present")
 def test_multimodal_upload_is_refused_with_reason() -> None:
     from ui.common import friendly_errors
     from ui.data_tab import analyse_file
@@ -167,7 +166,8 @@ def test_page_load_finds_the_visitors_active_run_and_replays_its_curve(isolated_
     log.append(ev.Step(job_id, step=1, total_steps=4, loss=2.5, eta_seconds=30, tokens_per_second=120))
     log.append(ev.Eval(job_id, step=1, eval_loss=2.7))
     log.append(ev.Step(job_id, step=2, total_steps=4, loss=2.1))
-    picker, status, progress, curve, log_text, runs, timer, plotted = restore_view(None, SimpleNamespace(username=None))
+    picker, status, progress, curve, log_text, runs, timer, plotted, _panel = restore_view(
+        None, SimpleNamespace(username=None))
     assert picker.value == job_id
     assert "queue" in status and "position **1**" in status
     assert isinstance(curve, pd.DataFrame)

@@ -14,13 +14,18 @@ from typing import Any
 
 import gradio as gr
 
+from engine.quotas import upload_bytes_limit
 from engine.workspace import AccessPolicy
+from services.hub import connect_downloads
 from ui import chat_tab, compare_tab, data_tab, share_tab, train_tab
-from ui.common import signed_in_user
+from ui.common import guard_endpoints, signed_in_user
 
 log = logging.getLogger("tune_studio.ui")
 
 TITLE = "Tune Studio"
+#: Gradio's own cache (uploads, and the copies of every download it served): checked hourly, files older
+#: than a day deleted. Handlers copy what they keep into the workspace at once, so nothing needs them longer.
+GRADIO_CACHE_CLEANUP = (3600, 86400)
 CSS = """
 .ts-progress progress { height: 14px; }
 .ts-progress-text { font-size: 0.95em; margin-top: 4px; }
@@ -47,7 +52,9 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
     """
     policy = policy or AccessPolicy.from_env()
     writable = not policy.demo
-    with gr.Blocks(title=TITLE) as demo:
+    scrub_stored_secrets()
+    connect_downloads()  # Hub embedders download through engine.hub, like models (rag cannot import engine)
+    with gr.Blocks(title=TITLE, delete_cache=GRADIO_CACHE_CLEANUP) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown(f"# {TITLE}\nFine-tune an open language model on your own examples — no code needed.")
             if policy.oauth:
@@ -79,7 +86,25 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
         share_tab.register_page_load(demo, share)
         register_guide(guide, guide_buttons, tabs, train)
         demo.load(signed_in_text, None, who, api_visibility="private")
+        guard_endpoints(demo)  # last: every event is registered; the demo refuses writes and owner downloads
     return demo
+
+
+def scrub_stored_secrets() -> None:
+    """Remove PDF passwords older versions saved with collections (manifests, demo Space copies) at start-up.
+
+    Never stops the app from starting: a failure is logged and the app serves as before.
+    """
+    try:
+        from engine.paths import data_dir
+        from rag.pipeline import scrub_stored_passwords
+
+        fixed = scrub_stored_passwords(data_dir())
+    except Exception:
+        log.exception("Could not check saved pipelines for stored PDF passwords")
+        return
+    if fixed:
+        log.warning("Removed stored PDF passwords from %d saved pipeline(s)", len(fixed))
 
 
 def signed_in_text(request: gr.Request) -> str:
@@ -147,7 +172,8 @@ def launch_kwargs(policy: AccessPolicy | None = None, share: bool = False) -> di
     hand out (``served_copy``), so one visitor cannot fetch another's files by path.
     """
     policy = policy or AccessPolicy.from_env()
-    kwargs: dict[str, Any] = {"css": CSS, "theme": gr.themes.Soft(), "share": share or policy.share}
+    kwargs: dict[str, Any] = {"css": CSS, "theme": gr.themes.Soft(), "share": share or policy.share,
+                              "max_file_size": upload_bytes_limit()}  # Gradio refuses bigger uploads itself
     if policy.users:
         kwargs["auth"] = policy.check_password
         kwargs["auth_message"] = "Sign in to your Tune Studio workspace."

@@ -38,7 +38,10 @@ from ui.common import (
     SettingsForm,
     build_settings_form,
     chat_model_for,
+    check_history,
+    check_message,
     friendly_errors,
+    literal_markdown,
     named_parameters,
     workspace_of,
 )
@@ -74,6 +77,7 @@ class ModelChoice:
     base_model: str
     adapter: str | None
     label: str
+    run_name: str | None = None
 
 
 # ----------------------------------------------------------------------------------------- choices
@@ -120,19 +124,19 @@ def resolve_model(ws: Workspace, value: str | None) -> ModelChoice:
         raise ValueError(f"Run {job.name} is {job.status}: chat with it once it has finished training.")
     if not (job.adapter_dir / "adapter_config.json").exists():
         raise ValueError(f"Run {job.name} has no adapter to load (its files were removed).")
-    return ModelChoice(job.config.base_model, str(job.adapter_dir), f"fine-tuned run {job.name}")
+    return ModelChoice(job.config.base_model, str(job.adapter_dir), f"fine-tuned run {job.name}", job.name)
 
 
 def open_collection(ws: Workspace, name: str | None) -> Any:
     """One of the visitor's RAG indexes, or None for no retrieval."""
     if not name or not str(name).strip():
         return None
-    from rag.index import RagIndex
+    from services.collections import open_collection as shared_collection
 
     if str(name) not in ws.index_names():
         raise ValueError(f"There is no RAG collection named {name!r} in your workspace; build it in the RAG tab, "
                          "then press ↻ Refresh.")
-    return RagIndex.open(ws.index_path(str(name)))
+    return shared_collection(ws.index_path(str(name)))  # one read-only copy per version, shared by every chat
 
 
 # ----------------------------------------------------------------------------------------- history
@@ -178,10 +182,10 @@ class WithHistory:
         self.base_model = chat.base_model
 
     def stream(self, messages: Any, *, adapter: str | Path | None = None,
-               settings: GenerationSettings | None = None) -> Iterator[str]:
+               settings: GenerationSettings | None = None, **provenance: Any) -> Iterator[str]:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        return self.chat.stream([*self.prior, *messages], adapter=adapter, settings=settings)
+        return self.chat.stream([*self.prior, *messages], adapter=adapter, settings=settings, **provenance)
 
 
 def make_comparer(ws: Workspace, model: str | None, collection: str | None,
@@ -196,7 +200,8 @@ def make_comparer(ws: Workspace, model: str | None, collection: str | None,
     options = CompareSettings(base_template="{question}", rag_template="", top_k=0,
                               max_context_chars=_context_budget(index))
     comparer = Comparer(WithHistory(chat_model_for(choice.base_model), prior), arms=[arm], adapter=choice.adapter,
-                        index=index, generation=generation, settings=options)
+                        index=index, generation=generation, settings=options, adapter_label=choice.run_name,
+                        collection=collection or None)
     return comparer, arm, choice
 
 
@@ -221,8 +226,9 @@ def sources_message(answer: ArmAnswer) -> str:
         mark = " ✓ cited" if n in cited else ""
         excerpt = " ".join(r["text"].split())
         excerpt = excerpt[:160] + ("…" if len(excerpt) > 160 else "")
-        lines.append(f"**[{n}]**{mark} {html.escape(r['location'])} · score {r['score']:.3f}  \n"
-                     f"<small>{html.escape(excerpt)}</small>")
+        # Document text is shown as text: an excerpt holding ![x](http://…) or <img> must not render.
+        lines.append(f"**[{n}]**{mark} {literal_markdown(r['location'])} · score {r['score']:.3f}  \n"
+                     f"<small>{literal_markdown(excerpt)}</small>")
     return "\n\n".join(lines) or "No passage was retrieved."
 
 
@@ -237,8 +243,9 @@ def stats_text(answer: ArmAnswer, choice: ModelChoice, arm: str) -> str:
     if not answer.done:
         return f"*{where}: answering…*" if answer.text else f"*{where}: waiting for the first token…*"
     ttft = "–" if answer.ttft_s is None else f"{answer.ttft_s:.2f} s"
+    made_by = f"  \n<small>Answered by: {html.escape(answer.provenance_line)}</small>" if answer.provenance else ""
     return (f"{where} · first token {ttft} · {answer.tokens_per_s:.1f} tokens/s · total {answer.total_s:.2f} s · "
-            f"{answer.tokens} tokens")
+            f"{answer.tokens} tokens{made_by}")
 
 
 def chat_turns(message: str, history: History | None, settings: GenerationSettings, ws: Workspace,
@@ -262,6 +269,8 @@ def chat_turns(message: str, history: History | None, settings: GenerationSettin
     if final is None:  # stream_arm always ends with a done answer; this guards a changed engine
         return
     if final.error:
+        reply["content"] = "*(no answer: see the message)*"  # never leave a withheld answer's text on screen
+        yield history, [], stats_text(final, choice, arm)
         raise RuntimeError(final.error)
     if not final.text:
         reply["content"] = "*(the model returned an empty answer; try again, or raise Max new tokens)*"
@@ -327,6 +336,8 @@ def register(c: ChatTabComponents) -> None:
     @friendly_errors("The model could not answer")
     def on_chat(message: str, history: list[dict[str, Any]] | None, model: str | None, collection: str | None,
                 *values: Any, request: gr.Request) -> Iterator[list[Any]]:
+        check_message(message, request)
+        check_history(sum(len(message_text(m) if isinstance(m, dict) else str(m)) for m in history or []), request)
         ws = workspace_of(request)  # demo mode: the demo workspace (chat is allowed there)
         settings = c.generation.to_settings(values)
         for shown, rows, stats in chat_turns(message, history, settings, ws, model, collection):

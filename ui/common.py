@@ -2,8 +2,8 @@
 
 Why here: the forms must come from the engine's setting definitions (``describe``), never be
 retyped per tab, and every user-facing failure must reach the browser as one clear sentence
-while the app stays up. Caches of tokenizers and chat models are process-wide on purpose: they
-hold read-only models, not a visitor's state.
+while the app stays up. Models come from the one model cache of ``services.model_cache``, shared
+with the CLI and the demo Space.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import functools
 import html
 import inspect
 import logging
+import os
+import re
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import gradio as gr
 
 from engine.data.errors import DatasetError
 from engine.jobs import JobError
+from engine.limits import LimitError, limits
 from engine.models import ModelError
 from engine.settings import SettingInfo, Settings, SettingsError, base_type, describe
 from engine.workspace import AccessError, AccessPolicy, Workspace
@@ -52,7 +54,20 @@ def user_error(exc: BaseException, title: str = "That did not work") -> gr.Error
         message = (f"Something unexpected went wrong ({type(exc).__name__}: {exc}). "
                    "The app is still running and nothing you had is lost; try again, or check the server log.")
     # The toast renders HTML, so "<image>" must be escaped; quotes need not be (API clients read them as typed).
-    return gr.Error(html.escape(message, quote=False), duration=None, title=title)
+    return gr.Error(html.escape(hide_paths(message), quote=False), duration=None, title=title)
+
+
+#: An absolute path (two or more parts) that is not part of a URL: what :func:`hide_paths` shortens.
+_SERVER_PATH = re.compile(r"(?<![\w.:/~\\-])/(?:[^\s/'\"`<>|]+/)+([^\s/'\"`<>|,;:)]*)")
+
+
+def hide_paths(text: str) -> str:
+    """Server paths in a message, reduced to their last part: ``/data/tune_studio/.../docs`` -> ``docs``.
+
+    Why: messages name files and collections, never where the server keeps them. The handlers already
+    word their messages that way; this catches what a library's exception text may still carry.
+    """
+    return _SERVER_PATH.sub(lambda match: match.group(1) or "…", text)
 
 
 def friendly_errors(title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -104,6 +119,24 @@ def signed_in_user(request: gr.Request | None) -> str | None:
     return (info.get("userinfo") or {}).get("preferred_username")
 
 
+def visitor_of(request: gr.Request | None) -> str:
+    """Who a request is from, for per-visitor caps: the signed-in (or OAuth) user, else the client address.
+
+    Never the session hash: a reload makes a new one, so a cap keyed by it would reset on F5. Behind a
+    Space's proxy the client address is the first hop of ``X-Forwarded-For``; elsewhere that header could
+    be forged by the client, so the socket's peer address is used.
+    """
+    user = signed_in_user(request)
+    if user:
+        return f"user:{user}"
+    if request is None:
+        return "local"
+    headers = getattr(request, "headers", None) or {}
+    forwarded = headers.get("x-forwarded-for", "") if os.environ.get("SPACE_ID") else ""
+    address = forwarded.split(",")[0].strip() or getattr(getattr(request, "client", None), "host", None)
+    return f"ip:{address or 'unknown'}"
+
+
 def owner_of(request: gr.Request | None) -> str:
     """Whose workspace a request works in: the signed-in user, the demo's workspace, or one local owner.
 
@@ -121,24 +154,56 @@ def workspace_of(request: gr.Request | None) -> Workspace:
     return Workspace(owner_of(request))
 
 
+#: The one temporary folder the app hands downloads out of, and how long a copy is kept there.
+SERVED_ROOT_NAME = "tune-studio-downloads"
+SERVED_MAX_AGE_S = 3600
+
+
+def served_root() -> Path:
+    """The app's own temporary root for downloads (under the system temp dir, which Gradio may serve from)."""
+    root = Path(tempfile.gettempdir()) / SERVED_ROOT_NAME
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+def prune_served(max_age_s: float = SERVED_MAX_AGE_S) -> int:
+    """Delete download folders older than ``max_age_s``; returns how many. Gradio has copied them into its
+    own cache when the download was handed out, so an old copy is never needed again."""
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for folder in served_root().iterdir():
+        try:
+            old = folder.lstat().st_mtime < cutoff
+        except OSError:
+            continue
+        if old:
+            shutil.rmtree(folder, ignore_errors=True) if folder.is_dir() else folder.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def served_folder() -> Path:
+    """A fresh folder for one download in the app's temporary root; copies over an hour old go first."""
+    prune_served()
+    return Path(tempfile.mkdtemp(prefix="dl-", dir=served_root()))
+
+
 def served_copy(path: str | Path) -> str:
-    """Hand a file to the browser as a copy in a fresh temporary folder.
+    """Hand a file to the browser as a copy in a fresh folder of the app's download root.
 
     Why: the data directory is not served (``allowed_paths`` does not include it), so one visitor can
     never fetch another's files by guessing a path; Gradio serves only the files the app hands out.
+    Copies are deleted after an hour (:func:`prune_served`), so downloads do not fill the disk.
     """
     source = Path(path)
-    target = Path(tempfile.mkdtemp(prefix="tune-studio-download-")) / source.name
+    target = served_folder() / source.name
     shutil.copy2(source, target)
     return str(target)
 
 
 def require_write(action: str) -> None:
-    """Refuse training/indexing in the read-only demo with a message that says why."""
-    try:
-        AccessPolicy.from_env().require_write(action)
-    except AccessError as exc:
-        raise gr.Error(str(exc), title="Read-only demo") from exc
+    """Refuse training/indexing in the read-only demo with a message that says why (see :func:`refuse_in_demo`)."""
+    refuse_in_demo(WRITES, action)
 
 # ----------------------------------------------------------------------------------------- forms
 
@@ -264,37 +329,27 @@ def build_settings_form(
     return form
 
 
-# ----------------------------------------------------------------------------------------- caches
-
-_cache_lock = threading.Lock()
-_tokenizers: dict[str, Any] = {}
-_chat_models: dict[str, Any] = {}
+# ----------------------------------------------------------------------------------------- models
 
 
 def tokenizer_for(model_id: str, token: str | None = None) -> Any:
-    """One tokenizer per base model for the whole server (loading one takes a second or more)."""
-    from engine.models import load_tokenizer
+    """The tokenizer of a base model from the shared model cache (loading one takes a second or more)."""
+    from services.model_cache import shared_models
 
-    with _cache_lock:
-        if model_id not in _tokenizers:
-            try:
-                _tokenizers[model_id] = load_tokenizer(model_id, token or None)
-            except OSError as exc:
-                raise ModelError(
-                    f"The tokenizer of '{model_id}' could not be loaded ({str(exc).splitlines()[0]}). Check the "
-                    "model id and your connection, or choose the bundled model in the Train tab (works offline)."
-                ) from exc
-        return _tokenizers[model_id]
+    try:
+        return shared_models().tokenizer(model_id, token or None)
+    except OSError as exc:
+        raise ModelError(
+            f"The tokenizer of '{model_id}' could not be loaded ({str(exc).splitlines()[0]}). Check the "
+            "model id and your connection, or choose the bundled model in the Train tab (works offline)."
+        ) from exc
 
 
 def chat_model_for(model_id: str, token: str | None = None) -> Any:
-    """One ChatModel per base model: adapters of every run share its weights."""
-    from engine.infer import ChatModel
+    """The shared ChatModel of a base model (adapters of every run share its weights), access-checked."""
+    from services.model_cache import shared_models
 
-    with _cache_lock:
-        if model_id not in _chat_models:
-            _chat_models[model_id] = ChatModel(model_id, token=token or None)
-        return _chat_models[model_id]
+    return shared_models().chat_model(model_id, token or None)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -309,6 +364,45 @@ def format_duration(seconds: float | None) -> str:
     if minutes:
         return f"{minutes} min {secs:02d} s"
     return f"{secs} s"
+
+
+PHASE_WORDS = {
+    "download": "Downloading", "load": "Loading the model", "convert": "Converting the model (first time only)",
+    "tokenize": "Preparing the data", "train": "Training", "evaluate": "Evaluating", "save": "Saving",
+    "read": "Reading", "ocr": "Reading scanned pages", "split": "Cutting into chunks", "embed": "Embedding",
+    "index": "Writing the index", "generate": "Generating", "judge": "Judging",
+}
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit == "bytes":
+        for scale, name in ((1 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "kB")):
+            if value >= scale:
+                return f"{value / scale:.1f} {name}"
+        return f"{value:.0f} B"
+    return f"{value:,.0f}"
+
+
+def progress_line(event: Any) -> str:
+    """One line for an ``engine.events.Progress`` event, the same in every tab:
+    "Embedding handbook.pdf: 1,200 of 4,000 chunks (page 3 of 12) · 85 chunks/s · 33 s left"."""
+    words = PHASE_WORDS.get(event.phase, event.phase.capitalize() or "Working")
+    text = f"{words} {event.item}".rstrip() if event.item else words
+    unit = "" if event.unit == "bytes" else f" {event.unit}"
+    if event.total:
+        text += f": {_amount(event.done, event.unit)} of {_amount(event.total, event.unit)}{unit}"
+    elif event.done:
+        text += f": {_amount(event.done, event.unit)}{unit}"
+    if event.pages:
+        text += f" (page {event.page or 0} of {event.pages})"
+    if event.rate:
+        rate_unit = "/s" if event.unit == "bytes" else f" {event.unit or 'items'}/s"
+        text += f" · {_amount(event.rate, event.unit)}{rate_unit}"
+    if event.eta_seconds is not None:
+        text += f" · {format_duration(event.eta_seconds)} left"
+    if event.message:
+        text += f" — {event.message}"
+    return text
 
 
 def named_parameters(fn: Callable[..., Any], names: list[str], *, request: bool = False) -> Callable[..., Any]:
@@ -343,3 +437,191 @@ def named_parameters(fn: Callable[..., Any], names: list[str], *, request: bool 
     wrapper.__name__ = getattr(fn, "__name__", "handler")
     wrapper.__doc__ = fn.__doc__
     return wrapper
+
+
+# ----------------------------------------------------------------------------------------- text
+
+
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def literal_markdown(text: str) -> str:
+    """``text`` shown exactly as written inside Markdown: no image, link, HTML tag, heading or emphasis.
+
+    Why: document excerpts are written by whoever wrote the document; ``![x](http://evil/p.png)`` in a
+    PDF must not load an image in a visitor's browser. CommonMark lets any ASCII punctuation be
+    backslash-escaped, so escaping all of it leaves nothing for the renderer to interpret (``<`` too,
+    and ``http\\://`` is not auto-linked), while the text still reads the same on screen.
+    """
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+
+
+# ----------------------------------------------------------------------------------------- limits
+
+
+def limits_markdown() -> str:
+    """The server's limits as a two-column table, from ``engine.limits`` (no number is typed in the UI)."""
+    rows = "\n".join(f"| {label} | {value} |" for label, value in limits().summary())
+    return f"| Limit | Value |\n|---|---|\n{rows}"
+
+
+def limit_label(name: str) -> str:
+    """A limit's label as the panel shows it ("Ask before builds longer than (s)"), for messages that name it."""
+    from engine.limits import Limits
+
+    return next(info.label for info in describe(Limits) if info.name == name)
+
+
+def limits_panel(elem_id: str) -> gr.Accordion:
+    """A small closed "Limits on this server" accordion for a tab (Data, RAG)."""
+    with gr.Accordion("Limits on this server", open=False, elem_id=elem_id) as panel:
+        gr.Markdown(limits_markdown(), elem_id=f"{elem_id}-table")
+    return panel
+
+
+def check_message(text: str | None, request: gr.Request | None = None, what: str = "your message") -> None:
+    """Refuse a chat message or question longer than ``max_message_chars`` (the message names the limit)."""
+    _check_length("max_message_chars", len(text or ""), f"The length of {what} (characters)",
+                  "Shorten it, or split it into several messages.", request)
+
+
+def check_history(chars: int, request: gr.Request | None = None) -> None:
+    """Refuse a conversation history longer than ``max_history_chars`` sent with a message."""
+    _check_length("max_history_chars", chars, "The length of the conversation sent with your message (characters)",
+                  "Press Clear to start a new conversation (the model only reads the latest turns anyway).", request)
+
+
+def _check_length(name: str, value: int, what: str, fix: str, request: gr.Request | None) -> None:
+    try:
+        limits().check(name, value, what, fix)
+    except LimitError:
+        log.info("Refused %s of %d characters from %s", name, value, visitor_of(request))  # who sends oversize
+        raise
+
+
+# ----------------------------------------------------------------------------------------- demo guard
+
+READ_ONLY = "read-only"
+WRITES = "writes"
+OWNER_FILES = "downloads owner files"
+
+#: What each API endpoint does to the workspace it works in, by ``api_name``: (kind, action for messages).
+#: In the read-only demo that workspace is the Space owner's, so every endpoint that is not READ_ONLY is
+#: refused there by :func:`guard_endpoints`. An endpoint missing from this table is refused in the demo
+#: (fail closed) and fails ``tests/test_demo_readonly.py``: a new endpoint must be declared here.
+ENDPOINT_ACCESS: dict[str, tuple[str, str]] = {
+    # Data
+    "data_upload": (WRITES, "Uploading a dataset"),
+    "data_load_demo": (READ_ONLY, ""),
+    "data_apply_mapping": (READ_ONLY, ""),
+    "data_check": (READ_ONLY, ""),
+    "data_preview": (READ_ONLY, ""),
+    # Train
+    "train_apply_preset": (READ_ONLY, ""),
+    "train_estimate_memory": (READ_ONLY, ""),
+    "train_start": (WRITES, "Training"),
+    "train_stop": (WRITES, "Stopping a run"),
+    "train_resume": (WRITES, "Resuming a run"),
+    "train_provide_token": (WRITES, "Giving a waiting run its token"),
+    "train_show_run": (READ_ONLY, ""),
+    "train_refresh": (READ_ONLY, ""),
+    "train_status": (READ_ONLY, ""),
+    "train_try": (READ_ONLY, ""),  # answers like Chat does with the same runs
+    "train_download_adapter": (OWNER_FILES, "Downloading an adapter"),
+    "train_download_merged": (OWNER_FILES, "Building and downloading a merged model"),
+    # RAG
+    "rag_open": (WRITES, "Opening or creating a collection"),
+    "rag_apply_pipeline": (WRITES, "Changing a collection's pipeline"),
+    "rag_reindex": (WRITES, "Re-indexing"),
+    "rag_preview": (READ_ONLY, ""),
+    "rag_build": (WRITES, "Building an index"),
+    "rag_remove": (WRITES, "Removing files"),
+    "rag_cancel": (WRITES, "Cancelling an index job"),
+    "rag_import_pipeline": (READ_ONLY, ""),
+    "rag_search": (READ_ONLY, ""),
+    "rag_ask": (READ_ONLY, ""),
+    # Compare
+    "compare_refresh": (READ_ONLY, ""),
+    "compare_ask": (READ_ONLY, ""),
+    "compare_run": (READ_ONLY, ""),
+    "compare_blind_start": (READ_ONLY, ""),
+    "compare_vote_a": (READ_ONLY, ""),
+    "compare_vote_b": (READ_ONLY, ""),
+    "compare_vote_tie": (READ_ONLY, ""),
+    "compare_vote_both_bad": (READ_ONLY, ""),
+    "compare_export": (READ_ONLY, ""),  # in the demo the report goes to the download folder only
+    # Chat
+    "chat": (READ_ONLY, ""),
+    "chat_refresh": (READ_ONLY, ""),
+    "chat_clear": (READ_ONLY, ""),
+    # Share
+    "share_refresh": (READ_ONLY, ""),
+    "share_model_card": (READ_ONLY, ""),
+    "share_build_demo": (OWNER_FILES, "Building a demo Space"),
+    "share_push_model": (WRITES, "Publishing"),
+    "share_push_demo": (WRITES, "Publishing"),
+}
+
+
+def refuse_in_demo(kind: str, action: str) -> None:
+    """The one demo check: in the read-only demo, refuse what writes or hands out the owner's files."""
+    if kind == READ_ONLY:
+        return
+    try:
+        AccessPolicy.from_env().require_write(action or "This action")
+    except AccessError as exc:
+        raise gr.Error(str(exc), title="Read-only demo") from exc
+
+
+def _guarded(fn: Callable[..., Any], kind: str, action: str) -> Callable[..., Any]:
+    """``fn`` with :func:`refuse_in_demo` in front; same signature (Gradio reads it) and the same kind of
+    function (plain, generator, coroutine or async generator: Gradio decides how to call it from that)."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            refuse_in_demo(kind, action)
+            async for item in fn(*args, **kwargs):
+                yield item
+        return agen_wrapper
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def coro_wrapper(*args: Any, **kwargs: Any) -> Any:
+            refuse_in_demo(kind, action)
+            return await fn(*args, **kwargs)
+        return coro_wrapper
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            refuse_in_demo(kind, action)
+            yield from fn(*args, **kwargs)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refuse_in_demo(kind, action)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def guard_endpoints(blocks: gr.Blocks) -> list[str]:
+    """Put the demo check in front of every event handler of ``blocks`` that is not declared read-only.
+
+    Call once, after every event is registered. Handlers are looked up in :data:`ENDPOINT_ACCESS` by
+    ``api_name``; an API endpoint that is not there is treated as writing (refused in the demo) and
+    returned, so a test can fail on it. Private UI plumbing (tab switches, timers, page loads) only reads.
+    """
+    undeclared = []
+    for block_fn in blocks.fns.values():
+        if block_fn.fn is None:
+            continue
+        declared = ENDPOINT_ACCESS.get(block_fn.api_name or "")
+        if declared is None:
+            if block_fn.api_visibility == "private":
+                continue
+            undeclared.append(str(block_fn.api_name))
+            declared = (WRITES, f"'{block_fn.api_name}'")
+        if declared[0] != READ_ONLY:
+            block_fn.fn = _guarded(block_fn.fn, *declared)
+    if undeclared:
+        log.warning("Endpoints not declared in ui.common.ENDPOINT_ACCESS (refused in the demo): %s", undeclared)
+    return undeclared

@@ -38,13 +38,17 @@ from engine.compare import (
 )
 from engine.config import GenerationSettings
 from engine.models import BUNDLED_ID
-from engine.workspace import Workspace
+from engine.quotas import check_upload
+from engine.workspace import AccessPolicy, Workspace
 from ui.common import (
     SettingsForm,
     build_settings_form,
+    check_message,
     friendly_errors,
+    hide_paths,
     named_parameters,
     served_copy,
+    served_folder,
     workspace_of,
 )
 
@@ -207,22 +211,23 @@ def make_comparer(arms: list[str] | None, run: str | None, collection: str | Non
     the comparer at someone else's adapter or index by passing a path.
     """
     from engine.__main__ import base_model_of_adapter
-    from rag.index import RagIndex
+    from services.collections import open_collection
     from ui.common import chat_model_for
 
     chosen = parse_arms(arms or [])
-    adapter = str(ws.run(run).adapter_dir) if run and run != NO_RUN else None
+    job = ws.run(run) if run and run != NO_RUN else None
+    adapter = str(job.adapter_dir) if job else None
     index = None
     if any("rag" in a for a in chosen):
         if not collection:
             raise ValueError("The RAG arms need a collection: build one in the RAG tab, then pick it here "
                              "(press ↻ Refresh lists if it is new).")
-        index = RagIndex.open(ws.index_path(collection))
+        index = open_collection(ws.index_path(collection))  # the shared read-only copy of its current version
     generation = c.generation.to_settings(gen_values)
     options = c.options.to_settings(opt_values)
     base = (base_model_of_adapter(adapter) if adapter else None) or BUNDLED_ID
-    return Comparer(chat_model_for(base), arms=chosen, adapter=adapter, index=index,
-                    generation=generation, settings=options)  # type: ignore[arg-type]
+    return Comparer(chat_model_for(base), arms=chosen, adapter=adapter, index=index, generation=generation,
+                    settings=options, adapter_label=job.name if job else None, collection=collection or None)
 
 
 def pane_stats(a: ArmAnswer) -> str:
@@ -230,8 +235,10 @@ def pane_stats(a: ArmAnswer) -> str:
         return "*answering…*" if a.text else "*waiting for the first token…*"
     ttft = "–" if a.ttft_s is None else f"{a.ttft_s:.2f} s"
     text = (f"first token {ttft} · {a.tokens_per_s:.1f} tokens/s · total {a.total_s:.2f} s · {a.tokens} tokens")
+    if a.provenance:
+        text += f"  \n<small>Answered by: {html.escape(a.provenance_line)}</small>"
     if a.error:
-        text += f"\n\n⚠️ {a.error}"
+        text += f"\n\n⚠️ {hide_paths(a.error)}"  # an exception's text may name server paths
     return text
 
 
@@ -284,6 +291,8 @@ def load_question_set(questions_file: Any, holdout_file: Any, limit: int, opts: 
     qpath, hpath = _path(questions_file), _path(holdout_file)
     if not qpath and not hpath:
         raise ValueError("Upload a question set, or a fine-tuning file to hold out questions from.")
+    for path in (p for p in (qpath, hpath) if p):
+        check_upload(path)  # API clients skip the browser's size check
     limit = int(limit or 0)
     if qpath:
         questions = load_questions(qpath, limit)
@@ -328,10 +337,17 @@ def progress_html(p: Progress) -> str:
             f"</progress><div class='ts-progress-text'>{p.done}/{p.total} answers · {html.escape(p.what)}</div></div>")
 
 
-def export_files(report: Report | None, ws: Workspace) -> list[str]:
-    """Saved in the visitor's workspace (kept), handed out as copies (the data directory is not served)."""
+def export_files(report: Report | None, ws: Workspace, keep: bool = True) -> list[str]:
+    """Saved in the visitor's workspace (kept), handed out as copies (the data directory is not served).
+
+    In the read-only demo (``keep=False``) nothing is written to the owner's workspace: the files go
+    straight to the download folder, so a demo visitor can still take their comparison home.
+    """
     if report is None:
         raise ValueError("Run a question set first; the report is what gets exported.")
+    if not keep:
+        folder = served_folder()
+        return [str(report.save(folder / f"comparison.{ext}")) for ext in ("json", "csv", "html")]
     folder = Path(tempfile.mkdtemp(prefix="compare-report-", dir=ws.reports))
     return [served_copy(report.save(folder / f"comparison.{ext}")) for ext in ("json", "csv", "html")]
 
@@ -366,6 +382,7 @@ def register(c: CompareTabComponents) -> None:
                *values: Any, request: gr.Request) -> Iterator[list[Any]]:
         if not (question or "").strip():
             raise ValueError("Type a question first.")
+        check_message(question, request, "the question")
         comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c,
                                  workspace_of(request))
         q = Question(question.strip())
@@ -440,6 +457,6 @@ def register(c: CompareTabComponents) -> None:
 
     @friendly_errors("Could not export")
     def on_export(report: Report | None, request: gr.Request) -> list[str]:
-        return export_files(report, workspace_of(request))
+        return export_files(report, workspace_of(request), keep=not AccessPolicy.from_env().demo)
 
     c.export_button.click(on_export, c.report_state, c.exports, api_name="compare_export")

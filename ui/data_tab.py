@@ -20,12 +20,14 @@ import gradio as gr
 import pandas as pd
 
 from engine import data
+from engine.quotas import accept_upload
 from engine.settings import SettingInfo
 from ui.common import (
     SettingsForm,
     build_settings_form,
     display_value,
     friendly_errors,
+    limits_panel,
     named_parameters,
     tokenizer_for,
     workspace_of,
@@ -74,6 +76,7 @@ def build(dataset: gr.State | None = None) -> DataTabComponents:
         with gr.Column(scale=1):
             demo_button = gr.Button("Use the demo dataset", variant="secondary", elem_id="data-demo")
             gr.Markdown(f"{_demo_rows()} questions and answers about Tune Studio, written for this app.")
+    limits_panel("data-limits")
     status = gr.Markdown("No data loaded yet.", elem_id="data-status")
     with gr.Accordion("Column mapping (change it if the detected columns are wrong)", open=False):
         mapping = build_settings_form(data.ColumnMapping, prefix="mapping", custom={
@@ -113,7 +116,9 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
         """A new file is always detected afresh: the mapping shown belongs to the previous file."""
         if not path:
             return [gr.skip()] * len(outputs)
-        return analyse_file(store_upload(Path(path), workspace_of(request).datasets), None, *check)
+        ws = workspace_of(request)
+        accept_upload(Path(path), ws)  # size and disk quota, before anything is copied (API clients skip the browser)
+        return analyse_file(store_upload(Path(path), ws.datasets), None, *check)
 
     def on_demo(*check: Any) -> list[Any]:
         return analyse_file(DEMO_DATASET, None, *check)
@@ -221,7 +226,8 @@ def report_text(report: data.ValidationReport, n_train: int, n_val: int) -> str:
         f"{report.n_error_rows} · **rows with warnings (kept):** {report.n_warning_rows} · "
         f"**duplicates:** {report.n_duplicates}",
         f"**Split:** {n_train} training / {n_val} validation examples",
-        f"**Tokens per example:** median {stats.p50}, 90% ≤ {stats.p90}, longest {stats.max} · "
+        f"**Tokens per example:** median {stats.p50}, 90% ≤ {stats.p90}, longest "
+        f"{'at least ' if stats.n_counted_in_part else ''}{stats.max} · "
         f"**max length {report.max_length}: {stats.n_truncated} example(s) would be cut**"
         + (" — raise *Max length* in the Train tab or shorten them." if stats.n_truncated else "."),
     ]

@@ -36,11 +36,13 @@ import gradio as gr  # noqa: E402
 
 from engine.compare import Comparer, CompareSettings, Question  # noqa: E402
 from engine.config import GenerationSettings  # noqa: E402
-from engine.infer import ChatModel  # noqa: E402
+from services.model_cache import shared_models  # noqa: E402
 
 GENERATION = GenerationSettings.from_dict(CONFIG.get("generation") or {})
 ADAPTER = str(HERE / CONFIG["adapter"])
-CHAT = ChatModel(CONFIG["base_model"], token=os.environ.get("HF_TOKEN") or None)
+RUN_NAME = CONFIG.get("run_name") or "fine-tuned"
+# This Space is its owner's: its own HF_TOKEN secret may read the (possibly gated) base model.
+CHAT = shared_models().chat_model(CONFIG["base_model"], token=os.environ.get("HF_TOKEN") or None)
 CHAT.load_adapter(ADAPTER)
 COMPARER = None
 if CONFIG.get("index"):
@@ -49,7 +51,8 @@ if CONFIG.get("index"):
     INDEX = RagIndex.open(HERE / CONFIG["index"])
     _ = INDEX.embedder  # load the embedder now, so the first question is as quick as the next ones
     COMPARER = Comparer(CHAT, arms=["ft+rag"], adapter=ADAPTER, index=INDEX, generation=GENERATION,
-                        settings=CompareSettings.from_dict(CONFIG.get("rag") or {}))
+                        settings=CompareSettings.from_dict(CONFIG.get("rag") or {}), adapter_label=RUN_NAME,
+                        collection=CONFIG.get("index_name") or "documents")
 
 
 def text_of(content) -> str:
@@ -79,15 +82,23 @@ def respond(message, history):
         for answer in COMPARER.stream_arm("ft+rag", Question(question)):
             if answer.error:
                 raise gr.Error(answer.error)
-            yield (answer.text or "...") + (sources(answer) if answer.done else "")
+            yield (answer.text or "...") + (sources(answer) + made_by(answer.provenance_line) if answer.done else "")
         return
     messages = [{"role": m["role"], "content": text_of(m.get("content"))} for m in history or []
                 if m.get("role") in ("user", "assistant") and text_of(m.get("content"))]
     messages.append({"role": "user", "content": question})
     text = ""
-    for piece in CHAT.stream(messages, adapter=ADAPTER, settings=GENERATION):
+    records = []
+    for piece in CHAT.stream(messages, adapter=ADAPTER, settings=GENERATION, adapter_label=RUN_NAME,
+                             on_provenance=records.append):
         text += piece
         yield text
+    yield text + made_by(records[0].line() if records else "")
+
+
+def made_by(line: str) -> str:
+    """What produced the answer, in one small line under it."""
+    return f"\n\n<sub>Answered by: {line}</sub>" if line else ""
 
 
 DESCRIPTION = CONFIG.get("description") or ""

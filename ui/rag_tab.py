@@ -1,47 +1,68 @@
 """RAG tab: drop documents, see the chunks, arrange the pipeline, test retrieval, get cited answers.
 
 ``build()`` creates the components; ``register()`` wires them. Every event has a stable
-``api_name`` prefixed ``rag_``. Per-visitor state (the open index, the pipeline spec) lives in
-``gr.State``; the ``rag`` package does the work and emits typed events that this file only formats.
+``api_name`` prefixed ``rag_``. Per-visitor state is small: the open collection's name and version
+and the index job being followed — never a loaded index that could be written back over someone
+else's change. Every change (Build, Remove, Re-index, Apply) is a background index job
+(``services.index_jobs``) applied to the collection's latest version under its lock; the handler
+streams the job's events and returns when it ends, so an API caller still gets "Done" with the counts.
+Search and answers read the current version from the shared cache (``services.collections``).
 Each stage card's form is generated from its settings class, so no default is typed here.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Callable, Iterator
+import asyncio
+import functools
+import inspect
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import gradio as gr
 
+from engine.events import Cancelled, EventLog, Failed, JobEvent, Log, Progress, Queued
+from engine.jobs import JobRecord
+from engine.limits import limits
+from engine.quotas import check_room, check_upload
 from engine.workspace import Workspace
 from rag.answer import Generate, answer
 from rag.chunking import preview, split_document
-from rag.events import (
-    AnswerEvent,
-    Chunked,
-    EmbedProgress,
-    FileLoaded,
-    FileRefused,
-    FileRemoved,
-    FileUnchanged,
-    IndexUpdated,
-    RetrievedEvent,
-    TokenEvent,
-)
-from rag.index import EmbedderMismatchError, RagIndex
+from rag.embedders import REGISTRY
+from rag.estimate import plan_build
+from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
+from rag.index import MANIFEST, CollectionExistsError, RagIndex
 from rag.ingest import SUPPORTED_EXTENSIONS, LoadedDocument, load_file
 from rag.pipeline import PipelineSpec
 from rag.retrieve import Hit, search
 from rag.stages import FIXED_STAGES, POST_STEPS, STAGE_TITLES
-from ui.common import SettingsForm, build_settings_form, friendly_errors, require_write, workspace_of
+from services import collections
+from services.index_jobs import index_job, index_jobs, read_result, submit_index_job
+from ui.common import (
+    SettingsForm,
+    build_settings_form,
+    check_message,
+    format_duration,
+    friendly_errors,
+    limit_label,
+    limits_panel,
+    literal_markdown,
+    progress_line,
+    require_write,
+    served_folder,
+    user_error,
+    visitor_of,
+    workspace_of,
+)
 
 DEFAULT_COLLECTION = "my-documents"
 POST_CONTAINER_ID = "rag-post-steps"
 HIT_HEADERS = ["rank", "source", "page / section", "dense", "BM25", "fused", "text"]
 SOURCE_HEADERS = ["[n]", "cited", "source", "page / section", "score", "text"]
+POLL_SECONDS = 0.5  # how often a follower reads the job's event log
 
 # Read the post-retrieval cards' on-screen order (gr.Draggable reorders the DOM, not the server).
 _READ_ORDER_JS = f"""(...args) => {{
@@ -84,7 +105,8 @@ def bundled_generate(spec: PipelineSpec) -> Generate:
 
 @dataclass
 class RagTabComponents:
-    index_state: gr.State
+    collection_state: gr.State  # {"collection": name, "version": n} of the open collection, or None
+    job_state: gr.State  # id of the index job this page follows, or None
     spec_state: gr.State
     collection: gr.Dropdown
     open_button: gr.Button
@@ -95,6 +117,7 @@ class RagTabComponents:
     preview_text: gr.Markdown
     preview_table: gr.Dataframe
     build_log: gr.Markdown
+    cancel_button: gr.Button
     indexed: gr.Dropdown
     remove_button: gr.Button
     reindex_button: gr.Button
@@ -113,6 +136,8 @@ class RagTabComponents:
     answer_text: gr.Markdown
     sources: gr.Dataframe
     generate_factory: GenerateFactory = field(default=bundled_generate)
+    pdf_password: gr.Textbox | None = None  # used for one build or preview, never saved
+    confirm_build: gr.Checkbox | None = None  # "go on" for a build estimated to take long
 
     def form_components(self) -> list[Any]:
         """Every control that defines the spec, in a fixed order: order box, enabled boxes, stage forms."""
@@ -144,7 +169,8 @@ def build(generate_factory: GenerateFactory | None = None) -> RagTabComponents:
     enabled: dict[str, gr.Checkbox] = {}
     gr.Markdown("Build a searchable collection from your own documents, check what it finds, and get answers "
                 "that cite their sources.")
-    index_state = gr.State(None)
+    collection_state = gr.State(None)
+    job_state = gr.State(None)
     spec_state = gr.State(spec.to_dict())
     with gr.Row(equal_height=True):
         collection = gr.Dropdown(choices=[], value=DEFAULT_COLLECTION, allow_custom_value=True,
@@ -160,6 +186,8 @@ def build(generate_factory: GenerateFactory | None = None) -> RagTabComponents:
             with gr.Row():
                 preview_button = gr.Button("Preview chunks", elem_id="rag-preview")
                 build_button = gr.Button("Build index", variant="primary", elem_id="rag-build")
+                cancel_button = gr.Button("Cancel", variant="stop", elem_id="rag-cancel", min_width=80)
+            pdf_password, confirm_build = _build_options()
             build_log = gr.Markdown(elem_id="rag-build-log")
             with gr.Row(equal_height=True):
                 indexed = gr.Dropdown(choices=[], multiselect=True, label="Indexed files", elem_id="rag-indexed",
@@ -212,19 +240,112 @@ def build(generate_factory: GenerateFactory | None = None) -> RagTabComponents:
     answer_text = gr.Markdown(elem_id="rag-answer")
     sources = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=400,
                            elem_id="rag-sources")
-    return RagTabComponents(index_state, spec_state, collection, open_button, status, upload, preview_button,
-                            build_button, preview_text, preview_table, build_log, indexed, remove_button,
+    return RagTabComponents(collection_state, job_state, spec_state, collection, open_button, status, upload,
+                            preview_button, build_button, preview_text, preview_table, build_log, cancel_button,
+                            indexed, remove_button,
                             reindex_button, forms, enabled, order, apply_button, spec_code, export_button,
                             import_file, question, search_button, search_log, hits, ask_button, answer_text, sources,
-                            generate_factory or bundled_generate)
+                            generate_factory or bundled_generate, pdf_password=pdf_password,
+                            confirm_build=confirm_build)
+
+
+def _build_options() -> tuple[gr.Textbox, gr.Checkbox]:
+    """The PDF password box, the "go on with a long build" tick and the server's limits, under the buttons."""
+    with gr.Row(equal_height=True):
+        pdf_password = gr.Textbox("", type="password", label="PDF password (for encrypted PDFs)",
+                                  info="Used for this build or preview only; never saved with the collection or "
+                                       "exported.", elem_id="rag-pdf-password", scale=2)
+        confirm_build = gr.Checkbox(False, label="Go on even if the build takes long",
+                                    info="Long builds ask first; tick this and press Build index again to start.",
+                                    elem_id="rag-confirm-build", scale=1)
+    limits_panel("rag-limits")
+    return pdf_password, confirm_build
+
+
+def build_question(ws: Workspace, name: str, uploads: list[tuple[str, str]], spec_dict: dict[str, Any],
+                   confirm: bool) -> str:
+    """Before a build is queued: the disk quota, then "this will take about N minutes — go on?" ("" to go on).
+
+    The estimate (characters → chunks → seconds at this server's measured embedding rate) uses the
+    collection's own pipeline when it exists, else the cards'; files it already holds unchanged are skipped.
+    """
+    path = ws.index_path(name)
+    index = collections.open_collection(path) if (path / MANIFEST).exists() else None
+    spec = index.spec if index is not None else PipelineSpec.from_dict(spec_dict)
+    known = {source: record.sha256 for source, record in index.files.items()} if index is not None else None
+    bound = limits().confirm_build_seconds
+    estimate = plan_build(uploads, spec, known=known, ask_after=math.inf if confirm else bound)  # confirmed: no timing
+    upload_bytes = sum(Path(p).stat().st_size for _, p in uploads)
+    dimension = REGISTRY[spec.embed.model].dimension
+    check_room(ws, upload_bytes + estimate.added_bytes(dimension), f"these {len(uploads)} file(s) and their index")
+    if confirm or estimate.seconds <= bound:
+        return ""
+    return (f"⏳ **This will take about {format_duration(estimate.seconds)} — go on?** {estimate.files} new file(s), "
+            f"about {estimate.chunks:,} chunks to embed at {estimate.rate:,.1f} chunks/s on this server; builds "
+            f"estimated over {bound:,} s ask first (limit *{limit_label('confirm_build_seconds')}*). Tick **Go on "
+            "even if the build takes long** and press **Build index** again (API: `confirm=True`), or drop fewer "
+            "files.")
+
+
+# ----------------------------------------------------------------------------------------- errors
+
+
+def _user_facing(exc: Exception) -> Exception:
+    """rag's index errors are written for the user: show them as such, not as 'something unexpected'."""
+    from rag.index import IndexError_
+
+    return ValueError(str(exc)) if isinstance(exc, IndexError_) else exc
+
+
+def handler_errors(title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``friendly_errors`` for this tab's handlers, async generators (job followers) included.
+
+    Why its own: the followers are async generators, so many visitors following builds hold no worker
+    threads while they wait; and rag's index errors carry messages meant for the user.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                try:
+                    async for item in fn(*args, **kwargs):
+                        yield item
+                except gr.Error:
+                    raise
+                except Exception as exc:
+                    raise user_error(_user_facing(exc), title) from exc
+            return agen
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                try:
+                    yield from fn(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except Exception as exc:
+                    raise _user_facing(exc) from exc
+            return friendly_errors(title)(gen)
+
+        @functools.wraps(fn)
+        def plain(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise _user_facing(exc) from exc
+        return friendly_errors(title)(plain)
+
+    return wrap
 
 
 # ----------------------------------------------------------------------------------------- logic
 
 
 def _spec_file(spec: PipelineSpec) -> str:
-    folder = Path(tempfile.mkdtemp(prefix="rag-spec-"))
-    path = folder / "rag-pipeline.json"
+    """The spec as a download (in the app's download root, pruned after an hour); it holds no password."""
+    path = served_folder() / "rag-pipeline.json"
     spec.to_json(path)
     return str(path)
 
@@ -257,26 +378,57 @@ def form_updates(c: RagTabComponents, spec: PipelineSpec) -> list[Any]:
 
 
 def _status(index: RagIndex) -> str:
-    return (f"**{index.path.name}**: {len(index.files)} file(s), {len(index.chunks)} chunks, embedder "
-            f"`{index.embedder_name}`, saved in `{index.path}`.")
+    """The collection by name and version (never its folder on the server)."""
+    return (f"**{index.name}** (version {index.version}): {len(index.files)} file(s), {len(index.chunks)} chunks, "
+            f"embedder `{index.embedder_name}`.")
+
+
+def _state(index: RagIndex) -> dict[str, Any]:
+    return {"collection": index.name, "version": index.version}
 
 
 def _files_update(index: RagIndex | None) -> Any:
     return gr.Dropdown(choices=sorted(index.files) if index else [], value=[])
 
 
-def open_collection(name: str, spec_dict: dict[str, Any], ws: Workspace) -> tuple[Any, ...]:
-    """Open (or create) one of the visitor's collections; an existing one brings its own pipeline spec."""
+def check_new_collection(ws: Workspace, name: str) -> None:
+    """Refuse a new collection beyond the visitor's quota (an existing one can always be changed)."""
     path = ws.index_path(name)
-    if (path / "manifest.json").exists():
-        index = RagIndex.open(path)
-        note = "Opened. Its saved pipeline is loaded into the cards."
-    else:
-        require_write("Creating a collection")
-        index = RagIndex.create(path, PipelineSpec.from_dict(spec_dict))
-        note = "New collection created with the pipeline below. Drop files and press **Build index**."
-    return (index, index.spec.to_dict(), f"{_status(index)}\n\n{note}", _files_update(index),
-            gr.Dropdown(choices=ws.index_names(), value=path.name))
+    if (path / MANIFEST).exists():
+        return
+    require_write("Creating a collection")
+    limits().check("max_collections", len(ws.index_names()) + 1, "Counting this one, the number of your collections",
+                   "Add the documents to one of your existing collections instead.")
+
+
+def open_or_create(name: str, spec_dict: dict[str, Any], ws: Workspace) -> tuple[RagIndex, str]:
+    """The current version of one of the visitor's collections (created empty, with the cards' spec, when new)."""
+    path = ws.index_path(name)
+    note = "Opened. Its saved pipeline is loaded into the cards."
+    if not (path / MANIFEST).exists():
+        check_new_collection(ws, name)
+        try:
+            RagIndex.create(path, PipelineSpec.from_dict(spec_dict), timeout=10)
+            note = "New collection created with the pipeline below. Drop files and press **Build index**."
+        except CollectionExistsError:
+            pass  # someone created it a moment ago: open theirs
+    return collections.open_collection(path), note
+
+
+def read_collection(ws: Workspace, state: dict[str, Any] | None) -> RagIndex:
+    """The open collection's current version, from the shared read-only cache."""
+    name = (state or {}).get("collection")
+    if not name:
+        raise ValueError("Open a collection first (top of this tab).")
+    return collections.open_collection(ws.index_path(name))
+
+
+def _target(state: dict[str, Any] | None, name: str | None) -> str:
+    """The collection a change goes to: the open one, else the name typed in the picker."""
+    chosen = (state or {}).get("collection") or (name or "").strip()
+    if not chosen:
+        raise ValueError("Pick or type a collection name first (top of this tab).")
+    return str(chosen)
 
 
 def _uploads(files: list[Any] | None) -> list[tuple[str, str]]:
@@ -289,17 +441,17 @@ def _uploads(files: list[Any] | None) -> list[tuple[str, str]]:
     return out
 
 
-def preview_chunks(files: list[Any] | None, spec: PipelineSpec, index: RagIndex | None) -> tuple[str, list[list]]:
-    """Load and split the dropped files with the current cards' settings (nothing is embedded)."""
+def preview_chunks(files: list[Any] | None, spec: PipelineSpec, pdf_password: str = "") -> tuple[str, list[list]]:
+    """Load and split the dropped files with the current cards' settings (nothing is embedded or kept)."""
     load = spec.stages["load"]
     chunks, refused = [], []
-    tokenizer = index.embedder.tokenizer if spec.split.method == "token" and index else None
-    if spec.split.method == "token" and tokenizer is None:
+    tokenizer = None
+    if spec.split.method == "token":
         from rag.embedders import get_embedder
 
         tokenizer = get_embedder(spec.embed.model).tokenizer
     for name, path in _uploads(files):
-        doc = load_file(path, name=name, pdf_password=load.pdf_password, max_mb=load.max_file_mb)
+        doc = load_file(path, name=name, pdf_password=pdf_password, max_mb=load.max_file_mb)
         if isinstance(doc, LoadedDocument):
             chunks.extend(split_document(doc, spec.split, tokenizer=tokenizer))
         else:
@@ -323,30 +475,6 @@ def _excerpt(text: str, n: int = 240) -> str:
     return text if len(text) <= n else text[:n].rsplit(" ", 1)[0] + " …"
 
 
-def format_index_events(events: Iterator[Any]) -> Iterator[str]:
-    """Turn indexing events into a growing markdown log (one line per file, a live embedding line)."""
-    lines: list[str] = []
-    live = ""
-    for event in events:
-        if isinstance(event, FileLoaded):
-            lines.append(f"- ✅ **{event.source}**: {event.sections} section(s), {event.chars:,} characters")
-        elif isinstance(event, FileRefused):
-            lines.append(f"- ⚠️ {event.message}")
-        elif isinstance(event, FileUnchanged):
-            lines.append(f"- ⏭️ **{event.source}** is already indexed with the same content.")
-        elif isinstance(event, FileRemoved):
-            verb = "replaced (old chunks removed)" if event.replaced else "removed"
-            lines.append(f"- 🗑️ **{event.source}** {verb}: {event.chunks} chunk(s)")
-        elif isinstance(event, Chunked):
-            lines.append(f"- ✂️ {event.preview.summary()}")
-        elif isinstance(event, EmbedProgress):
-            live = f"Embedding… {event.done}/{event.total} chunks ({event.fraction:.0%}), {event.reused} reused"
-        elif isinstance(event, IndexUpdated):
-            live = (f"**Done** in {event.seconds:.1f}s: the collection holds {event.files} file(s), {event.chunks} "
-                    f"chunks ({event.embedded} embedded, {event.reused} reused, {len(event.refused)} refused).")
-        yield "\n".join([*lines, "", live])
-
-
 def _hit_row(hit: Hit) -> list[Any]:
     def fmt(x: float | None, digits: int = 3) -> str:
         return "—" if x is None else f"{x:.{digits}f}"
@@ -355,148 +483,333 @@ def _hit_row(hit: Hit) -> list[Any]:
             fmt(hit.bm25_score, 2), fmt(hit.fused_score, 4), _excerpt(hit.chunk.text)]
 
 
-def _require_index(index: RagIndex | None) -> RagIndex:
-    if index is None:
-        raise ValueError("Open a collection first (top of this tab).")
-    return index
-
-
-def _require_chunks(index: RagIndex | None) -> RagIndex:
-    index = _require_index(index)
+def _require_chunks(index: RagIndex) -> RagIndex:
     if not index.chunks:
         raise ValueError("This collection is empty: drop documents and press **Build index** first.")
     return index
+
+
+# ----------------------------------------------------------------------------------------- following jobs
+
+
+def done_line(result: dict[str, Any] | None) -> str:
+    """The last line of a finished index job, with the counts an API caller reads."""
+    if result is None:
+        return "**Done**."
+    if result.get("action") == "apply":
+        if result.get("needs_reindex"):
+            return ("**Not applied**: the chunking settings changed, so the stored chunks no longer match. Press "
+                    "**Re-index** to rebuild them (unchanged chunks keep their vectors).")
+        return f"**Done**: pipeline applied and saved with the collection (version {result['version']})."
+    return (f"**Done** in {result['seconds']:.1f}s: the collection holds {result['files']} file(s), "
+            f"{result['chunks']} chunks ({result['embedded']} embedded, {result['reused']} reused, "
+            f"{len(result['refused'])} refused) — version {result['version']}.")
+
+
+@dataclass
+class JobView:
+    """What a page shows of an index job: one line per file or note, then a live progress line."""
+
+    lines: list[str] = field(default_factory=list)
+    live: str = ""
+    failed: str | None = None
+
+    def add(self, event: JobEvent) -> None:
+        if isinstance(event, Queued):
+            self.live = f"Queued (number {event.position} in line for indexing)…" if event.position else "Queued…"
+        elif isinstance(event, Progress):
+            self.live = progress_line(event)
+        elif isinstance(event, Log):
+            self.lines.append(f"- {'⚠️' if event.level == 'warning' else '✅'} {event.message}")
+        elif isinstance(event, Failed):
+            self.failed = event.reason
+            self.live = f"**Failed**: {event.reason}"
+        elif isinstance(event, Cancelled):
+            self.live = "**Cancelled**: the collection is unchanged."
+
+    def text(self, job: JobRecord) -> str:
+        live = self.live
+        if job.status == "done":
+            live = done_line(read_result(job))
+        elif job.status == "cancelling":
+            live += " — cancel requested, stopping at the next batch…"
+        return "\n".join([*self.lines, "", live])
+
+
+def _poll(ws: Workspace, job_id: str, offset: int) -> tuple[JobRecord, list[JobEvent], int]:
+    """The job's record (reconciled: a vanished worker reads as failed) and its events after ``offset``."""
+    store = ws.store()
+    job = index_job(ws, job_id)
+    if job.status == "queued":
+        store.dispatch()
+    events, offset = EventLog(job.events_path).iter_from(offset)
+    return job, list(events), offset
+
+
+async def follow_job(ws: Workspace, job_id: str) -> AsyncIterator[tuple[JobRecord, str, bool]]:
+    """(job, log text, finished) each time the text changes, until the job ends; polls without holding a thread."""
+    view, offset, shown = JobView(), 0, None
+    while True:
+        job, events, offset = await anyio.to_thread.run_sync(_poll, ws, job_id, offset)
+        for event in events:
+            view.add(event)
+        finished = job.finished or job.status == "needs_token"
+        text = view.text(job)
+        if text != shown or finished:
+            shown = text
+            yield job, text, finished
+        if finished:
+            if job.status == "failed":
+                raise gr.Error(view.failed or job.error or "The index job failed.", duration=None,
+                               title="The index job failed")
+            return
+        await asyncio.sleep(POLL_SECONDS)
+
+
+def _latest(ws: Workspace, name: str) -> RagIndex | None:
+    """The collection's current version after a job (None when it was never created)."""
+    path = ws.index_path(name)
+    return collections.open_collection(path) if (path / MANIFEST).exists() else None
+
+
+async def submit_and_follow(ws: Workspace, name: str, action: str,
+                            **kwargs: Any) -> AsyncIterator[tuple[str, str, RagIndex | None]]:
+    """Queue one change as an index job and stream (job id, log text, the collection once it ended)."""
+    job = await anyio.to_thread.run_sync(functools.partial(submit_index_job, ws, name, action, **kwargs))
+    async for _, text, finished in follow_job(ws, job.id):
+        latest = await anyio.to_thread.run_sync(_latest, ws, name) if finished else None
+        yield job.id, text, latest
 
 
 # ----------------------------------------------------------------------------------------- register
 
 
 def register(c: RagTabComponents) -> None:
+    """Wire every event; the changes stream their index job, the rest answer at once."""
+    c.collection.focus(collection_choices, None, c.collection, api_visibility="private", show_progress="hidden")
+    _register_open_and_import(c)
+    _register_build_and_cancel(c)
+    _register_remove_and_reindex(c)
+    _register_apply(c)
+    _register_questions(c)
+    _register_page_load(c)
+
+
+def _spec_views(spec: PipelineSpec) -> list[Any]:
+    return [spec.to_dict(), spec.to_json(), _spec_file(spec)]
+
+
+def _register_open_and_import(c: RagTabComponents) -> None:
+    """Open (or create) a collection, import a spec, preview chunks: none of these writes an index job."""
     form = c.form_components()
     spec_outputs = [c.spec_state, c.spec_code, c.export_button]
 
-    def spec_views(spec: PipelineSpec) -> list[Any]:
-        return [spec.to_dict(), spec.to_json(), _spec_file(spec)]
-
-    @friendly_errors("Could not open the collection")
+    @handler_errors("Could not open the collection")
     def on_open(name: str, spec_dict: dict[str, Any], request: gr.Request) -> list[Any]:
-        index, spec_dict, status, files, collection = open_collection(name, spec_dict, workspace_of(request))
-        spec = PipelineSpec.from_dict(spec_dict)
-        return [index, status, files, collection, gr.Button(visible=False), *spec_views(spec),
-                *form_updates(c, spec)]
+        ws = workspace_of(request)
+        index, note = open_or_create(name, spec_dict, ws)
+        return [_state(index), f"{_status(index)}\n\n{note}", _files_update(index),
+                gr.Dropdown(choices=ws.index_names(), value=index.name), gr.Button(visible=False),
+                *_spec_views(index.spec), *form_updates(c, index.spec)]
 
-    c.collection.focus(collection_choices, None, c.collection, api_visibility="private", show_progress="hidden")
     c.open_button.click(on_open, [c.collection, c.spec_state],
-                        [c.index_state, c.status, c.indexed, c.collection, c.reindex_button, *spec_outputs, *form],
-                        api_name="rag_open").then(
+                        [c.collection_state, c.status, c.indexed, c.collection, c.reindex_button, *spec_outputs,
+                         *form], api_name="rag_open").then(
         None, c.order, c.order, js=_APPLY_ORDER_JS, api_visibility="private")
 
-    @friendly_errors("Could not apply the pipeline")
-    def on_apply(*values: Any) -> list[Any]:
-        *values, index = values
-        spec = spec_from_form(c, values)
-        message, show_reindex = "Pipeline applied.", False
-        if index is not None:
-            try:
-                stale = index.set_spec(spec)
-            except EmbedderMismatchError as exc:
-                return [index, f"⚠️ {exc}", gr.Button(visible=True), *spec_views(spec)]
-            if stale:
-                message = ("The chunking settings changed: the stored chunks no longer match. Press **Re-index** to "
-                           "rebuild them (unchanged chunks keep their vectors).")
-                show_reindex = True
-            else:
-                message = f"{_status(index)}\n\nPipeline applied and saved with the collection."
-        return [index, message, gr.Button(visible=show_reindex), *spec_views(spec)]
-
-    # The order box must be the first input: the JS hook overwrites args[0] with the on-screen order.
-    c.apply_button.click(on_apply, [*form, c.index_state], [c.index_state, c.status, c.reindex_button, *spec_outputs],
-                         api_name="rag_apply_pipeline", js=_READ_ORDER_JS).then(
-        lambda spec: ",".join(s["stage"] for s in spec["stages"] if s["stage"] in POST_STEPS), c.spec_state, c.order,
-        api_visibility="private")
-
-    @friendly_errors("Could not re-index")
-    def on_reindex(index: RagIndex | None, spec_dict: dict[str, Any]) -> Iterator[list[Any]]:
-        require_write("Re-indexing")
-        index = _require_index(index)
-        spec = PipelineSpec.from_dict(spec_dict)
-        log = ""
-        for log in format_index_events(index.reindex(spec)):
-            yield [index, log, gr.Button(visible=True), gr.skip()]
-        yield [index, log, gr.Button(visible=False), _status(index)]
-
-    c.reindex_button.click(on_reindex, [c.index_state, c.spec_state],
-                           [c.index_state, c.build_log, c.reindex_button, c.status], api_name="rag_reindex")
-
-    @friendly_errors("Could not preview the chunks")
-    def on_preview(*values: Any) -> tuple[str, list[list]]:
-        *values, files, index = values
-        return preview_chunks(files, spec_from_form(c, values), index)
-
-    c.preview_button.click(on_preview, [*form, c.upload, c.index_state], [c.preview_text, c.preview_table],
-                           api_name="rag_preview", js=_READ_ORDER_JS)
-
-    @friendly_errors("Could not build the index")
-    def on_build(files: list[Any] | None, index: RagIndex | None, name: str,
-                 spec_dict: dict[str, Any], request: gr.Request) -> Iterator[list[Any]]:
-        require_write("Building an index")
-        uploads = _uploads(files)
-        if index is None:
-            index = open_collection(name, spec_dict, workspace_of(request))[0]
-        log = ""
-        for log in format_index_events(index.add_files(uploads)):
-            yield [index, log, gr.skip(), gr.skip()]
-        yield [index, log, _status(index), _files_update(index)]
-
-    c.build_button.click(on_build, [c.upload, c.index_state, c.collection, c.spec_state],
-                         [c.index_state, c.build_log, c.status, c.indexed], api_name="rag_build")
-
-    @friendly_errors("Could not remove the files")
-    def on_remove(index: RagIndex | None, selected: list[str] | None) -> list[Any]:
-        require_write("Removing files")
-        index = _require_index(index)
-        if not selected:
-            raise ValueError("Pick the files to remove in 'Indexed files' first.")
-        log = list(format_index_events(index.remove(selected)))[-1]
-        return [index, log, _status(index), _files_update(index)]
-
-    c.remove_button.click(on_remove, [c.index_state, c.indexed], [c.index_state, c.build_log, c.status, c.indexed],
-                          api_name="rag_remove")
-
-    @friendly_errors("Could not import the pipeline")
-    def on_import(file: Any, index: RagIndex | None) -> list[Any]:
+    @handler_errors("Could not import the pipeline")
+    def on_import(file: Any, state: dict[str, Any] | None, request: gr.Request) -> list[Any]:
         if not file:
             return [gr.skip()] * (len(spec_outputs) + len(form) + 1)
+        check_upload(getattr(file, "name", None) or str(file))  # API clients skip the browser's size check
         spec = PipelineSpec.load(getattr(file, "name", None) or str(file))
         note = "Pipeline imported. Press **Apply pipeline** to use it with the open collection."
+        index = read_collection(workspace_of(request), state) if state else None
         if index is not None and spec.embed.model != index.embedder_name:
             note += f" ⚠️ It uses embedder `{spec.embed.model}`; this collection was built with " \
                     f"`{index.embedder_name}`, so applying it will offer to re-index."
-        return [note, *spec_views(spec), *form_updates(c, spec)]
+        return [note, *_spec_views(spec), *form_updates(c, spec)]
 
-    c.import_file.upload(on_import, [c.import_file, c.index_state], [c.status, *spec_outputs, *form],
+    c.import_file.upload(on_import, [c.import_file, c.collection_state], [c.status, *spec_outputs, *form],
                          api_name="rag_import_pipeline").then(
         None, c.order, c.order, js=_APPLY_ORDER_JS, api_visibility="private")
 
-    @friendly_errors("Retrieval failed")
-    def on_search(index: RagIndex | None, question: str, spec_dict: dict[str, Any]) -> tuple[str, list[list]]:
-        index = _require_chunks(index)
+    @handler_errors("Could not preview the chunks")
+    def on_preview(*values: Any) -> tuple[str, list[list]]:
+        *values, files, pdf_password = values
+        return preview_chunks(files, spec_from_form(c, values), pdf_password or "")
+
+    c.preview_button.click(on_preview, [*form, c.upload, c.pdf_password], [c.preview_text, c.preview_table],
+                           api_name="rag_preview", js=_READ_ORDER_JS)
+
+
+def _register_build_and_cancel(c: RagTabComponents) -> None:
+    """Build and Cancel: a build is an index job this page follows to its end (Cancel stops it before it saves)."""
+
+    @handler_errors("Could not build the index")
+    async def on_build(files: list[Any] | None, state: dict[str, Any] | None, name: str,
+                       spec_dict: dict[str, Any], pdf_password: str | None, confirm: bool | None,
+                       request: gr.Request) -> AsyncIterator[list[Any]]:
+        """Check quota and duration, stage the uploads, queue the job, stream its log until it ends."""
+        require_write("Building an index")
+        ws, target, uploads = workspace_of(request), _target(state, name), _uploads(files)
+        await anyio.to_thread.run_sync(check_new_collection, ws, target)
+        question = await anyio.to_thread.run_sync(build_question, ws, target, uploads, spec_dict, bool(confirm))
+        if question:  # a long build asks before it starts; nothing is queued
+            yield [gr.skip(), gr.skip(), question, gr.skip(), gr.skip()]
+            return
+        async for job_id, log, index in submit_and_follow(ws, target, "add", uploads=uploads, visitor=visitor_of(
+                request), spec=PipelineSpec.from_dict(spec_dict), pdf_password=pdf_password or ""):
+            if index is None:
+                yield [gr.skip(), job_id, log, gr.skip(), gr.skip()]
+            else:
+                yield [_state(index), None, log, _status(index), _files_update(index)]
+
+    c.build_button.click(on_build, [c.upload, c.collection_state, c.collection, c.spec_state, c.pdf_password,
+                                    c.confirm_build],
+                         [c.collection_state, c.job_state, c.build_log, c.status, c.indexed], api_name="rag_build",
+                         concurrency_limit=None)
+
+    @handler_errors("Could not cancel")
+    def on_cancel(job_id: str | None, state: dict[str, Any] | None, request: gr.Request) -> str:
+        return cancel_job(workspace_of(request), job_id, state)
+
+    c.cancel_button.click(on_cancel, [c.job_state, c.collection_state], c.build_log, api_name="rag_cancel")
+
+
+def _register_remove_and_reindex(c: RagTabComponents) -> None:
+    """Remove and Re-index: index jobs too, applied to the collection's latest version, followed to their end."""
+
+    @handler_errors("Could not remove the files")
+    async def on_remove(state: dict[str, Any] | None, selected: list[str] | None,
+                        request: gr.Request) -> AsyncIterator[list[Any]]:
+        require_write("Removing files")
+        ws = workspace_of(request)
+        target = await anyio.to_thread.run_sync(lambda: read_collection(ws, state).name)
+        async for job_id, log, index in submit_and_follow(ws, target, "remove", sources=selected or [],
+                                                          visitor=visitor_of(request)):
+            if index is None:
+                yield [gr.skip(), job_id, log, gr.skip(), gr.skip()]
+            else:
+                yield [_state(index), None, log, _status(index), _files_update(index)]
+
+    c.remove_button.click(on_remove, [c.collection_state, c.indexed],
+                          [c.collection_state, c.job_state, c.build_log, c.status, c.indexed],
+                          api_name="rag_remove", concurrency_limit=None)
+
+    @handler_errors("Could not re-index")
+    async def on_reindex(state: dict[str, Any] | None, spec_dict: dict[str, Any],
+                         request: gr.Request) -> AsyncIterator[list[Any]]:
+        require_write("Re-indexing")
+        ws = workspace_of(request)
+        target = await anyio.to_thread.run_sync(lambda: read_collection(ws, state).name)
+        async for job_id, log, index in submit_and_follow(ws, target, "reindex", visitor=visitor_of(request),
+                                                          spec=PipelineSpec.from_dict(spec_dict)):
+            if index is None:
+                yield [gr.skip(), job_id, log, gr.Button(visible=True), gr.skip()]
+            else:
+                yield [_state(index), None, log, gr.Button(visible=False), _status(index)]
+
+    c.reindex_button.click(on_reindex, [c.collection_state, c.spec_state],
+                           [c.collection_state, c.job_state, c.build_log, c.reindex_button, c.status],
+                           api_name="rag_reindex", concurrency_limit=None)
+
+
+def cancel_job(ws: Workspace, job_id: str | None, state: dict[str, Any] | None) -> str:
+    """Stop this page's index job, or else the visitor's running job for the open collection (e.g. after a reload)."""
+    from engine.jobs import JobError
+
+    job = index_job(ws, job_id) if job_id else None
+    if job is None or job.finished:
+        name = (state or {}).get("collection")
+        active = [j for j in index_jobs(ws, active_only=True) if not name or j.payload.get("collection") == name]
+        job = active[0] if active else None
+    if job is None:
+        return "Nothing to cancel: no index job of yours is waiting or running for this collection."
+    try:
+        ws.store().cancel(job.id)
+    except JobError:
+        return "That index job has already finished; there is nothing to cancel."
+    return "Cancel requested: the job stops at its next batch, and the collection stays as it was before it."
+
+
+def _register_apply(c: RagTabComponents) -> None:
+    """Apply: checked against the collection's saved pipeline first; a spec that can be saved goes as a job."""
+    form = c.form_components()
+    spec_outputs = [c.spec_state, c.spec_code, c.export_button]
+
+    @handler_errors("Could not apply the pipeline")
+    async def on_apply(request: gr.Request, *values: Any) -> AsyncIterator[list[Any]]:
+        *values, state = values
+        spec = spec_from_form(c, tuple(values))
+        if not state:
+            yield [gr.skip(), gr.skip(), "Pipeline applied.", gr.Button(visible=False), *_spec_views(spec)]
+            return
+        require_write("Changing a collection's pipeline")
+        ws = workspace_of(request)
+        index = await anyio.to_thread.run_sync(read_collection, ws, state)
+        refusal = apply_refusal(index, spec)
+        if refusal is not None:
+            yield [_state(index), gr.skip(), refusal, gr.Button(visible=True), *_spec_views(spec)]
+            return
+        if spec == index.spec:
+            yield [_state(index), gr.skip(), f"{_status(index)}\n\nPipeline applied (nothing changed).",
+                   gr.Button(visible=False), *_spec_views(spec)]
+            return
+        async for job_id, log, latest in submit_and_follow(ws, index.name, "apply", spec=spec,
+                                                           visitor=visitor_of(request)):
+            if latest is None:
+                yield [gr.skip(), job_id, log, gr.skip(), *_spec_views(spec)]
+            else:
+                stale = apply_refusal(latest, spec) is not None
+                yield [_state(latest), None, f"{_status(latest)}\n\n{log.strip().splitlines()[-1]}",
+                       gr.Button(visible=stale), *_spec_views(spec)]
+
+    # The order box must be the first input: the JS hook overwrites args[0] with the on-screen order.
+    c.apply_button.click(on_apply, [*form, c.collection_state],
+                         [c.collection_state, c.job_state, c.status, c.reindex_button, *spec_outputs],
+                         api_name="rag_apply_pipeline", js=_READ_ORDER_JS, concurrency_limit=None).then(
+        lambda spec: ",".join(s["stage"] for s in spec["stages"] if s["stage"] in POST_STEPS), c.spec_state, c.order,
+        api_visibility="private")
+
+
+def apply_refusal(index: RagIndex, spec: PipelineSpec) -> str | None:
+    """Why ``spec`` cannot simply be saved with ``index`` (another embedder, other chunks), or None."""
+    if spec.embed.model != index.embedder_name:
+        return (f"⚠️ The collection '{index.name}' was built with '{index.embedder_name}', but the cards name "
+                f"'{spec.embed.model}'. Vectors from different embedders cannot be mixed: press **Re-index** to "
+                "re-embed the documents, or switch the embedder back.")
+    if spec.index_fingerprint() != index.spec.index_fingerprint():
+        return ("The chunking settings changed: the stored chunks no longer match. Press **Re-index** to rebuild "
+                "them (unchanged chunks keep their vectors).")
+    return None
+
+
+def _register_questions(c: RagTabComponents) -> None:
+    """Search and Ask read the open collection's current version from the shared cache."""
+    @handler_errors("Retrieval failed")
+    def on_search(state: dict[str, Any] | None, question: str, spec_dict: dict[str, Any],
+                  request: gr.Request) -> tuple[str, list[list]]:
+        index = _require_chunks(read_collection(workspace_of(request), state))
         if not (question or "").strip():
             raise ValueError("Type a question first.")
+        check_message(question, request, "the question")
         result = search(index, question, PipelineSpec.from_dict(spec_dict))
-        log = f"{len(result.hits)} chunk(s) in {result.seconds * 1000:.0f} ms · " + " · ".join(result.log)
+        log = (f"{len(result.hits)} chunk(s) from **{index.name}** v{index.version} in "
+               f"{result.seconds * 1000:.0f} ms · " + " · ".join(result.log))
         return log, [_hit_row(h) for h in result.hits]
 
-    c.search_button.click(on_search, [c.index_state, c.question, c.spec_state], [c.search_log, c.hits],
-                          api_name="rag_search")
-    c.question.submit(on_search, [c.index_state, c.question, c.spec_state], [c.search_log, c.hits],
-                      api_visibility="private")
+    inputs = [c.collection_state, c.question, c.spec_state]
+    c.search_button.click(on_search, inputs, [c.search_log, c.hits], api_name="rag_search")
+    c.question.submit(on_search, inputs, [c.search_log, c.hits], api_visibility="private")
 
-    @friendly_errors("Could not answer")
-    def on_ask(index: RagIndex | None, question: str, spec_dict: dict[str, Any]) -> Iterator[list[Any]]:
-        index = _require_chunks(index)
+    @handler_errors("Could not answer")
+    def on_ask(state: dict[str, Any] | None, question: str, spec_dict: dict[str, Any],
+               request: gr.Request) -> Iterator[list[Any]]:
+        index = _require_chunks(read_collection(workspace_of(request), state))
         if not (question or "").strip():
             raise ValueError("Type a question first.")
+        check_message(question, request, "the question")
         spec = PipelineSpec.from_dict(spec_dict)
         hits: list[Hit] = []
         text = ""
@@ -510,8 +823,44 @@ def register(c: RagTabComponents) -> None:
             elif isinstance(event, AnswerEvent):
                 yield [_answer_markdown(event), _source_rows(hits, {x.number for x in event.citations}), gr.skip()]
 
-    c.ask_button.click(on_ask, [c.index_state, c.question, c.spec_state], [c.answer_text, c.sources, c.hits],
-                       api_name="rag_ask")
+    c.ask_button.click(on_ask, inputs, [c.answer_text, c.sources, c.hits], api_name="rag_ask")
+
+
+def _register_page_load(c: RagTabComponents) -> None:
+    """After a reload (or in a second tab), find the visitor's running index job and follow it again."""
+    root = gr.context.Context.root_block
+    if root is None:
+        return
+
+    async def restore(request: gr.Request) -> AsyncIterator[list[Any]]:
+        """Pick the running job (else the oldest waiting one) of this workspace, show its collection, follow it."""
+        skip = [gr.skip()] * 6
+        try:
+            ws = workspace_of(request)
+            active = await anyio.to_thread.run_sync(functools.partial(index_jobs, ws, active_only=True))
+        except Exception:  # not signed in yet, or a passing database hiccup: the page works without it
+            yield skip
+            return
+        running = [j for j in active if j.status in ("running", "cancelling")] or active[::-1]
+        if not running:
+            yield skip
+            return
+        job = running[0]
+        name = str(job.payload.get("collection", ""))
+        current = await anyio.to_thread.run_sync(_latest, ws, name)
+        yield [gr.Dropdown(value=name), _state(current) if current else gr.skip(), job.id,
+               "Following your index job that is still running…",
+               f"{_status(current)}\n\nA change to it is running below." if current else gr.skip(),
+               _files_update(current) if current else gr.skip()]
+        async for _, log, finished in follow_job(ws, job.id):
+            latest = await anyio.to_thread.run_sync(_latest, ws, name) if finished else None
+            if latest is None:
+                yield [gr.skip(), gr.skip(), job.id, log, gr.skip(), gr.skip()]
+            else:
+                yield [gr.skip(), _state(latest), None, log, _status(latest), _files_update(latest)]
+
+    root.load(restore, None, [c.collection, c.collection_state, c.job_state, c.build_log, c.status, c.indexed],
+              api_visibility="private", concurrency_limit=None, show_progress="hidden")
 
 
 def _source_rows(hits: list[Hit], cited: set[int]) -> list[list[Any]]:
@@ -522,11 +871,10 @@ def _source_rows(hits: list[Hit], cited: set[int]) -> list[list[Any]]:
 def _answer_markdown(event: AnswerEvent) -> str:
     text = event.text or "*(the model returned no text)*"
     if event.citations:
-        refs = "; ".join(f"[{c.number}] {c.hit.chunk.location}" for c in event.citations)
+        refs = "; ".join(f"[{c.number}] {literal_markdown(c.hit.chunk.location)}" for c in event.citations)
         text += f"\n\n**Sources cited:** {refs}"
     else:
         text += "\n\n*The answer cites no passage; the passages the model was given are listed below.*"
     if event.invalid_citations:
         text += f"\n\n⚠️ Cites passage(s) {', '.join(map(str, event.invalid_citations))} that were not provided."
     return text
-

@@ -9,13 +9,12 @@ handed to the engine in memory and never logged, stored or echoed.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
+from engine.files import write_archive
 from engine.jobs import JobRecord
 from engine.publish import (
     build_demo_space,
@@ -28,7 +27,7 @@ from engine.publish import (
     require_finished,
 )
 from engine.workspace import Workspace
-from ui.common import friendly_errors, require_write, workspace_of
+from ui.common import friendly_errors, require_write, served_folder, workspace_of
 
 NO_COLLECTION = "(no documents)"
 
@@ -142,9 +141,9 @@ def card_preview(card: str) -> str:
 
 
 def zipped_copy(folder: Path) -> str:
-    """A zip of the folder in a fresh temporary directory: the data directory itself is never served."""
-    target = Path(tempfile.mkdtemp(prefix="tune-studio-share-")) / folder.name
-    return shutil.make_archive(str(target), "zip", root_dir=folder)
+    """A zip of the folder in a fresh download folder (the data directory itself is never served), written
+    atomically and deleted with the other download copies after an hour."""
+    return str(write_archive(folder, served_folder() / f"{folder.name}.zip"))
 
 
 def demo_folder(ws: Workspace, job: JobRecord, collection: str | None, title: str | None,

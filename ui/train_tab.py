@@ -20,9 +20,10 @@ import pandas as pd
 from engine import events as ev
 from engine.config import GenerationSettings, TrainConfig, load_preset, preset_names
 from engine.jobs import ACTIVE, JobRecord, JobStore
+from engine.limits import Limits, limits
 from engine.models import BUNDLED_ID, MODELS, hub_kwargs, model_info, pick_device
-from engine.settings import SettingInfo, SettingsError
-from engine.workspace import Workspace
+from engine.settings import SettingInfo, SettingsError, describe
+from engine.workspace import AccessPolicy, Workspace, token_for_job
 from ui.common import (
     SettingsForm,
     build_settings_form,
@@ -30,17 +31,21 @@ from ui.common import (
     format_duration,
     friendly_errors,
     named_parameters,
+    progress_line,
     require_write,
     served_copy,
+    visitor_of,
     workspace_of,
 )
 
 LOG_LINES_SHOWN = 300
-VIEW_SIZE = 7  # outputs of view(): status, progress, plot, log, runs, timer, plotted
+VIEW_SIZE = 8  # outputs of view(): status, progress, plot, log, runs, timer, plotted, token panel
 RUN_HEADERS = ["Run", "Name", "Status", "Model", "Steps", "Duration", "Final loss"]
 EMPTY_CURVE = pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
                             "split": pd.Series(dtype=str)})
-STATUS_ICONS = {"queued": "⏳", "running": "🏃", "cancelling": "⏹", "done": "✅", "failed": "❌", "cancelled": "⏹"}
+STATUS_ICONS = {"queued": "⏳", "running": "🏃", "cancelling": "⏹", "done": "✅", "failed": "❌", "cancelled": "⏹",
+                "interrupted": "⏸", "needs_token": "🔑"}
+START_LIMITS = ("max_queued_runs", "max_steps")  # the limits that bound the Start button, shown beside it
 
 
 @dataclass
@@ -54,9 +59,13 @@ class TrainTabComponents:
     start: gr.Button
     stop: gr.Button
     resume: gr.Button
+    limits_note: gr.Markdown
     run_picker: gr.Dropdown  # the run this visitor is looking at (per browser session)
     refresh_runs: gr.Button
     status: gr.Markdown
+    token_panel: gr.Group  # shown only for a run waiting in needs_token
+    token_again: gr.Textbox
+    provide_token: gr.Button
     progress: gr.HTML
     loss_plot: gr.LinePlot
     log: gr.Textbox
@@ -103,11 +112,7 @@ def build(dataset: gr.State) -> TrainTabComponents:
     model_notes = gr.Markdown(model_notes_text(form_default("base_model")), elem_id="train-model-notes")
     memory = gr.Markdown(elem_id="train-memory")
     gr.Markdown("### 2 · Train")
-    with gr.Row():
-        run_name = gr.Textbox("", label="Run name (optional)", placeholder="defaults to the data file's name", scale=2)
-        start = gr.Button("Start training", variant="primary", elem_id="train-start", scale=1)
-        stop = gr.Button("Stop", variant="stop", elem_id="train-stop", scale=1)
-        resume = gr.Button("Resume", elem_id="train-resume", scale=1)
+    run_name, start, stop, resume, limits_note = _build_start_row()
     with gr.Row():
         run_picker = gr.Dropdown(choices=[], value=None, label="Run shown below", allow_custom_value=True,
                                  info="Your runs, newest first. Pick one to see its curve, try it or download it.",
@@ -115,6 +120,7 @@ def build(dataset: gr.State) -> TrainTabComponents:
         refresh_runs = gr.Button("Refresh", size="sm", scale=1, elem_id="train-refresh")
     status = gr.Markdown("No run yet. Load data in the **Data** tab, then press **Start training**.",
                          elem_id="train-status")
+    token_panel, token_again, provide_token = _build_token_panel()
     progress = gr.HTML(progress_html(None, None), elem_id="train-progress")
     loss_plot = gr.LinePlot(EMPTY_CURVE, x="step", y="loss", color="split", title="Loss (lower is better)",
                             x_title="step", y_title="loss", color_map={"train": "#1f77b4", "eval": "#ff7f0e"},
@@ -141,12 +147,33 @@ def build(dataset: gr.State) -> TrainTabComponents:
     timer = gr.Timer(1.0, active=False)
     return TrainTabComponents(
         preset=preset, form=form, model_notes=model_notes, hf_token=hf_token, memory=memory, run_name=run_name,
-        start=start, stop=stop, resume=resume, run_picker=run_picker, refresh_runs=refresh_runs, status=status,
-        progress=progress, loss_plot=loss_plot, log=log, runs_table=runs_table, try_prompt=try_prompt,
+        start=start, stop=stop, resume=resume, limits_note=limits_note, run_picker=run_picker,
+        refresh_runs=refresh_runs, status=status, token_panel=token_panel, token_again=token_again,
+        provide_token=provide_token, progress=progress, loss_plot=loss_plot, log=log, runs_table=runs_table,
+        try_prompt=try_prompt,
         try_button=try_button, try_answer=try_answer, generation=generation, download_adapter=download_adapter,
         download_merged=download_merged, download_file=download_file, timer=timer, plotted=gr.State(None),
         dataset=dataset,
     )
+
+
+def _build_start_row() -> tuple[gr.Textbox, gr.Button, gr.Button, gr.Button, gr.Markdown]:
+    """Run name, Start/Stop/Resume, and under them the limits that bound Start (so nobody is surprised)."""
+    with gr.Row():
+        run_name = gr.Textbox("", label="Run name (optional)", placeholder="defaults to the data file's name", scale=2)
+        start = gr.Button("Start training", variant="primary", elem_id="train-start", scale=1)
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop", scale=1)
+        resume = gr.Button("Resume", elem_id="train-resume", scale=1)
+    return run_name, start, stop, resume, gr.Markdown(limits_text(), elem_id="train-limits")
+
+
+def _build_token_panel() -> tuple[gr.Group, gr.Textbox, gr.Button]:
+    """Shown only for a run in ``needs_token``: its token was lost in a restart (tokens live in memory only)."""
+    with gr.Group(visible=False, elem_id="train-needs-token") as token_panel:
+        token_again = gr.Textbox("", label="Your Hugging Face token", type="password", elem_id="train-token-again",
+                                 info="Kept in the server's memory only until this run starts; never saved.")
+        provide_token = gr.Button("Continue with this token", variant="primary", elem_id="train-provide-token")
+    return token_panel, token_again, provide_token
 
 
 def _model_picker(info: SettingInfo) -> gr.Dropdown:
@@ -159,11 +186,19 @@ def form_default(name: str) -> Any:
     return getattr(TrainConfig(), name)
 
 
+def limits_text() -> str:
+    """The limits that bound Start, with their labels, read from ``engine.limits`` (never retyped here)."""
+    bounds = limits()
+    labels = {info.name: info.label for info in describe(Limits)}
+    parts = [f"{labels[name]}: **{getattr(bounds, name):,}**" for name in START_LIMITS]
+    return "Limits on this server — " + " · ".join(parts)
+
+
 # ----------------------------------------------------------------------------------------- events
 
 
 def register(c: TrainTabComponents) -> None:
-    view_outputs = [c.status, c.progress, c.loss_plot, c.log, c.runs_table, c.timer, c.plotted]
+    view_outputs = [c.status, c.progress, c.loss_plot, c.log, c.runs_table, c.timer, c.plotted, c.token_panel]
     picker_and_view = [c.run_picker, *view_outputs]
     form = c.form.components
 
@@ -178,7 +213,7 @@ def register(c: TrainTabComponents) -> None:
     def start(run_name: str, token: str, dataset: dict | None, *values: Any, request: gr.Request) -> list[Any]:
         require_write("Training")
         ws = workspace_of(request)
-        job = start_run(c.form, values, dataset, run_name, token, ws.owner)
+        job = start_run(c.form, values, dataset, run_name, token, ws.owner, visitor=visitor_of(request))
         return [picker_update(ws, job.id), *view(job.id, ws)]
 
     c.start.click(named_parameters(friendly_errors("Training could not start")(start),
@@ -189,6 +224,9 @@ def register(c: TrainTabComponents) -> None:
                  api_name="train_stop", show_progress_on=c.status)
     c.resume.click(friendly_errors("The run could not be resumed")(resume_run), [c.run_picker, c.hf_token],
                    view_outputs, api_name="train_resume", show_progress_on=c.status)
+    c.provide_token.click(friendly_errors("The run could not continue")(provide_token_run),
+                          [c.run_picker, c.token_again], [*view_outputs, c.token_again],
+                          api_name="train_provide_token", show_progress_on=c.status)
     c.run_picker.select(friendly_errors("The run could not be shown")(view_for_request), [c.run_picker],
                         view_outputs, api_name="train_show_run", show_progress_on=c.status)
     c.refresh_runs.click(friendly_errors("The runs could not be listed")(restore_view), [c.run_picker],
@@ -212,7 +250,7 @@ def register(c: TrainTabComponents) -> None:
 def register_page_load(demo: gr.Blocks, c: TrainTabComponents) -> None:
     """On every page load: re-find this visitor's running (or latest) run and replay its curve."""
     demo.load(restore_view, [c.run_picker], [c.run_picker, c.status, c.progress, c.loss_plot, c.log, c.runs_table,
-                                             c.timer, c.plotted], api_visibility="private")
+                                             c.timer, c.plotted, c.token_panel], api_visibility="private")
     demo.load(lambda *v: memory_text(c.form, v), c.form.components, c.memory, api_visibility="private")
 
 
@@ -226,15 +264,25 @@ def apply_preset(form: SettingsForm, name: str | None) -> list[Any]:
 
 
 def start_run(form: SettingsForm, values: tuple[Any, ...], dataset: dict | None, run_name: str, token: str,
-              owner: str) -> JobRecord:
-    """Check everything a person can get wrong before a worker is spawned, then queue the run."""
+              owner: str, visitor: str | None = None) -> JobRecord:
+    """Check everything a person can get wrong before a worker is spawned, then queue the run.
+
+    ``visitor`` (who clicked) is what the per-visitor caps count; the token the run gets is the visitor's,
+    or the server's own only where ``token_for_job`` allows it (the Space owner's runs).
+    """
     if not dataset:
         raise gr.Error("Load your data first: open the Data tab and drop a file, or press 'Use the demo dataset'.",
                        title="No data loaded", duration=None)
     config: TrainConfig = form.to_settings(values)  # type: ignore[assignment]
-    check_device_and_access(config, token)
+    job_token = job_token_for(owner, token)
+    check_device_and_access(config, job_token)
     return store().submit(config, dataset["path"], mapping=dataset.get("mapping"), owner=owner,
-                          name=(run_name or "").strip(), hf_token=(token or "").strip() or None)
+                          name=(run_name or "").strip(), hf_token=job_token, visitor=visitor)
+
+
+def job_token_for(owner: str, typed: str | None) -> str | None:
+    """The token a job (or a download) of ``owner`` uses: see ``engine.workspace.token_for_job``."""
+    return token_for_job(AccessPolicy.from_env(), owner, typed)
 
 
 def check_device_and_access(config: TrainConfig, token: str | None) -> None:
@@ -258,9 +306,19 @@ def resume_run(run_id: str | None, hf_token: str | None, request: gr.Request) ->
     require_write("Resuming a run")
     ws = workspace_of(request)
     job = ws.run(require_run(run_id))
-    check_device_and_access(job.config, hf_token)
-    ws.store().resume(job.id, hf_token=(hf_token or "").strip() or None)
+    job_token = job_token_for(ws.owner, hf_token)
+    check_device_and_access(job.config, job_token)
+    ws.store().resume(job.id, hf_token=job_token)
     return view(run_id, ws)
+
+
+def provide_token_run(run_id: str | None, token: str | None, request: gr.Request) -> list[Any]:
+    """'Continue with this token': a run that lost its token in a restart goes back to its place in the queue."""
+    require_write("Continuing a run")
+    ws = workspace_of(request)
+    job = ws.run(require_run(run_id))
+    ws.store().provide_token(job.id, (token or "").strip())
+    return [*view(run_id, ws), ""]  # the token field is emptied: the server holds it now
 
 
 def try_run(generation: SettingsForm, ws: Workspace, run_id: str | None, prompt: str, token: str | None,
@@ -270,7 +328,7 @@ def try_run(generation: SettingsForm, ws: Workspace, run_id: str | None, prompt:
     if not (prompt or "").strip():
         raise gr.Error("Type a question first.", title="Nothing to answer")
     settings = generation.to_settings(values)
-    chat = chat_model_for(job.config.base_model, (token or "").strip() or None)
+    chat = chat_model_for(job.config.base_model, job_token_for(ws.owner, token))
     answer = ""
     for piece in chat.stream(prompt, adapter=job.adapter_dir, settings=settings):
         answer += piece
@@ -288,8 +346,9 @@ def merged_download(run_id: str | None, hf_token: str | None, request: gr.Reques
     from engine.export import merged_zip
 
     require_write("Building a merged model")
-    job = finished_job(workspace_of(request), run_id)
-    return served_copy(merged_zip(job, (hf_token or "").strip() or None))
+    ws = workspace_of(request)
+    job = finished_job(ws, run_id)
+    return served_copy(merged_zip(job, job_token_for(ws.owner, hf_token)))
 
 
 def require_run(run_id: str | None) -> str:
@@ -328,7 +387,7 @@ def restore_view(run_id: str | None, request: gr.Request) -> list[Any]:
     jobs = ws.runs()
     ids = {j.id for j in jobs}
     if not run_id or run_id not in ids:
-        active = [j for j in jobs if j.status in ("queued", *ACTIVE)]
+        active = [j for j in jobs if j.status in ("queued", "needs_token", *ACTIVE)]
         run_id = (active or jobs)[0].id if jobs else None
     return [picker_update(ws, run_id, jobs), *view(run_id, ws, jobs)]
 
@@ -367,7 +426,8 @@ def view(run_id: str | None, ws: Workspace, jobs: list[JobRecord] | None = None,
     queue = queue_text(the_store.list(), ws.owner)
     if not run_id:
         return ["No run yet. Load data in the **Data** tab, then press **Start training**." + queue,
-                progress_html(None, None), EMPTY_CURVE, "", history, gr.Timer(active=False), None]
+                progress_html(None, None), EMPTY_CURVE, "", history, gr.Timer(active=False), None,
+                gr.Group(visible=False)]
     job = ws.run(run_id)
     events = the_store.events(run_id)
     points = ev.loss_curve(events)
@@ -380,6 +440,7 @@ def view(run_id: str | None, ws: Workspace, jobs: list[JobRecord] | None = None,
         history,
         gr.Timer(active=job.status in ("queued", *ACTIVE)),
         signature,
+        gr.Group(visible=job.status == "needs_token"),
     ]
 
 
@@ -415,6 +476,11 @@ def status_text(job: JobRecord, events: list[ev.JobEvent], queue_position: int |
                 f"**{_fmt_loss(job.final_loss)}**. **Next:** ask it something below, or download the adapter.")
     if job.status == "cancelled":
         return f"{head}\n\nStopped at step {job.last_step}. Press **Resume** to continue from the last checkpoint."
+    if job.status == "needs_token":
+        return f"{head}\n\n**Waiting for you:** {job.error or 'this run needs your Hugging Face token again.'}"
+    if job.status == "interrupted":
+        return (f"{head}\n\n**Paused:** {job.error or 'the server stopped.'} It goes back in the queue by itself "
+                "when the server starts again.")
     failed = next((e for e in reversed(events) if isinstance(e, ev.Failed)), None)
     reason = failed.reason if failed else (job.error or "The run failed.")
     fixes = "".join(f"\n- {fix}" for fix in (failed.fixes if failed else []))
@@ -433,6 +499,9 @@ def progress_html(job: JobRecord | None, events: list[ev.JobEvent] | None) -> st
         done_steps = total = max(total, done_steps, 1)
     fraction = min(1.0, done_steps / total) if total else 0.0
     parts = [f"Step {done_steps} / {total or '?'}"]
+    phase = current_phase(job, events or [])
+    if phase is not None:
+        parts.insert(0, progress_line(phase))
     if step_event and job.status in ACTIVE:
         if step_event.eta_seconds is not None:
             parts.append(f"ETA {format_duration(step_event.eta_seconds)}")
@@ -444,6 +513,21 @@ def progress_html(job: JobRecord | None, events: list[ev.JobEvent] | None) -> st
     return (f"<div class='ts-progress' data-status='{job.status}' data-step='{done_steps}' data-total='{total}'>"
             f"<progress max='100' value='{fraction * 100:.0f}' style='width:100%'></progress>"
             f"<div class='ts-progress-text'>{text}</div></div>")
+
+
+def current_phase(job: JobRecord, events: list[ev.JobEvent]) -> ev.Progress | None:
+    """The long phase a running job is in (loading, preparing data, evaluating, saving), if any.
+
+    A Progress event counts only until a Step, Eval or Checkpoint follows it: those say the phase is over.
+    """
+    if job.status not in ACTIVE:
+        return None
+    for event in reversed(events):
+        if isinstance(event, ev.Progress):
+            return event
+        if isinstance(event, (ev.Step, ev.Eval, ev.Checkpoint, *ev.TERMINAL)):
+            return None
+    return None
 
 
 def log_text(events: list[ev.JobEvent]) -> str:
@@ -472,6 +556,10 @@ def event_line(event: ev.JobEvent) -> str:
         return f"Failed: {event.reason}"
     if isinstance(event, ev.Cancelled):
         return f"Stopped at step {event.step}."
+    if isinstance(event, ev.Interrupted):
+        return f"Paused at step {event.step}: {event.reason}"
+    if isinstance(event, ev.Progress):
+        return progress_line(event)
     if isinstance(event, ev.Log):
         return f"[{event.level}] {event.message}"
     return ""

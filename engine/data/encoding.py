@@ -24,17 +24,20 @@ Plain text (continued pre-training) is the text plus the EOS token, every token 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from engine.data.errors import DatasetError
-from engine.data.schema import EncodedExample, Example, PreviewExample
+from engine.data.schema import EncodedExample, Example, Message, PreviewExample
 
 TRAIN_ON = ("assistant", "all")
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>", "<|eom_id|>")
 _PROBE = "zq_probe_marker"
 _BATCH = 256
+#: Characters per message tokenised for validation, per token of max length (see :func:`clip_for_stats`).
+CHARS_PER_TOKEN_BOUND = 8
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,29 @@ def tokenize_for_stats(tokenizer: Any, examples: list[Example], train_on: str = 
     ok = [r for r in rendered if isinstance(r, Rendered)]
     toks = iter(_tokenize(tokenizer, ok))
     return [r if isinstance(r, DatasetError) else next(toks) for r in rendered]
+
+
+def row_chars(example: Example) -> int:
+    """Characters of text in one example (messages, tool list, plain text): what ``max_row_chars`` bounds."""
+    return len(example.text or "") + len(example.tools or "") + sum(len(m.content) for m in example.messages)
+
+
+def clip_for_stats(example: Example, max_length: int) -> tuple[Example, bool]:
+    """The example with each message cut to ``CHARS_PER_TOKEN_BOUND × max_length`` characters.
+
+    Why: validation only needs the first ``max_length`` tokens exactly (what training keeps) and to know
+    whether a row goes past them. A token spans far fewer than 8 characters in practice, so a message cut
+    there still reaches past the cut-off, and tokenising it costs what ``max_length`` costs instead of
+    what a 20 MB row would. Plain text is never clipped: it is trained in windows, all of it. Returns
+    whether anything was cut (then the row's token count is only a lower bound).
+    """
+    if example.is_text:
+        return example, False
+    keep = CHARS_PER_TOKEN_BOUND * max(1, max_length)
+    if all(len(m.content) <= keep for m in example.messages):
+        return example, False
+    messages = tuple(Message(m.role, m.content[:keep]) for m in example.messages)
+    return dataclasses.replace(example, messages=messages), True
 
 
 def render_preview(tokenizer: Any, example: Example, max_length: int, train_on: str = "assistant") -> PreviewExample:

@@ -58,7 +58,7 @@ def load_dataset_file(path: str | Path) -> LoadedData:
     name = path.name
     if not path.is_file():
         raise DatasetError(
-            f"The file '{path}' does not exist or is not a file.",
+            f"The file '{name}' does not exist or is not a file.",
             code="not_found",
             fix="Check the path, or upload the file again.",
         )

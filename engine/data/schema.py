@@ -197,6 +197,7 @@ class TokenStats:
     trained_tokens: int = 0
     n_truncated: int = 0
     n_windows: int = 0
+    n_counted_in_part: int = 0  # rows too long to count in full: their lengths are lower bounds
 
 
 @dataclass

@@ -13,10 +13,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from engine.data.encoding import preview_from_tokens, tokenize_for_stats
+from engine.data.encoding import clip_for_stats, preview_from_tokens, row_chars, tokenize_for_stats
 from engine.data.errors import DatasetError, Issue
 from engine.data.formats import prepare
 from engine.data.schema import ColumnMapping, Example, PreparedData, TokenStats, ValidationReport
+from engine.limits import LimitError, Limits, limits
 
 _FEW_EXAMPLES = 20
 
@@ -27,60 +28,37 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
 
 
-def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: str = "assistant") -> ValidationReport:
-    """Row-level issues (from loading and from tokenisation), token statistics and duplicates."""
+def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: str = "assistant",
+             lim: Limits | None = None) -> ValidationReport:
+    """Row-level issues (from loading and from tokenisation), token statistics and duplicates.
+
+    Bounded work per row, whatever the file holds: a row longer than ``max_row_chars`` (``lim``, default the
+    server's limits) is an error and is not tokenised, and chat rows are tokenised only as far as
+    ``max_length`` can keep (:func:`clip_for_stats`), so one 20 MB row costs neither minutes nor gigabytes.
+    """
+    lim = lim or limits()
     issues = list(prepared.issues)
     lines = prepared.lines
     line = lambda row: lines[row - 1] if 0 < row <= len(lines) else None  # noqa: E731
+    fitting: list[Example] = []
+    for ex in prepared.examples:
+        too_long = _too_long(ex, lim)
+        if too_long:
+            issues.append(Issue(ex.row, "error", "too_long", too_long, _TOO_LONG_FIX, "", line(ex.row)))
+        else:
+            fitting.append(ex)
     lengths: list[int] = []
     stats = TokenStats()
     usable: list[Example] = []
-    for ex, tok in zip(prepared.examples, tokenize_for_stats(tokenizer, prepared.examples, train_on), strict=True):
+    for ex, (tok, clipped) in zip(fitting, _tokenize_bounded(tokenizer, fitting, max_length, train_on), strict=True):
         if isinstance(tok, DatasetError):
             issues.append(Issue(ex.row, "error", tok.code, tok.problem, tok.fix, "", line(ex.row)))
             continue
-        n = len(tok.ids)
-        lengths.append(n)
-        stats.total_tokens += n
-        if ex.is_text:
-            stats.n_windows += math.ceil(n / max_length)
-            stats.trained_tokens += n
+        found = _count(ex, tok, clipped, max_length, stats, lengths)
+        if found:
+            issues.append(Issue(ex.row, found[0], "truncated", found[1], found[2], "", line(ex.row)))
+        if not found or found[0] != "error":
             usable.append(ex)
-            continue
-        stats.n_windows += 1
-        kept = sum(tok.mask[:max_length])
-        stats.trained_tokens += kept
-        if n > max_length:
-            stats.n_truncated += 1
-            if kept == 0:
-                issues.append(
-                    Issue(
-                        ex.row,
-                        "error",
-                        "truncated",
-                        f"The row has {n} tokens and the answer starts after the first {max_length}, "
-                        "so nothing would be learned from it.",
-                        "Raise the maximum length or shorten the prompt.",
-                        "",
-                        line(ex.row),
-                    )
-                )
-                continue
-            lost = sum(tok.mask[max_length:])
-            what = f"{lost} tokens of the assistant's reply" if lost else "only prompt tokens"
-            issues.append(
-                Issue(
-                    ex.row,
-                    "warning",
-                    "truncated",
-                    f"The row has {n} tokens; at the maximum length {max_length} the last {n - max_length} "
-                    f"are cut off ({what}).",
-                    "Raise the maximum length, or shorten or split this example.",
-                    "",
-                    line(ex.row),
-                )
-            )
-        usable.append(ex)
     n_duplicates = _duplicates(usable, issues, line)
     _fill_stats(stats, lengths)
     issues.sort(key=lambda i: (i.row, i.severity != "error"))
@@ -88,18 +66,72 @@ def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: 
     error_rows = {i.row for i in issues if i.severity == "error" and i.row}
     warning_rows = {i.row for i in issues if i.severity == "warning" and i.row} - error_rows
     return ValidationReport(
-        format=prepared.format,
-        max_length=max_length,
-        n_rows=prepared.n_rows,
-        n_examples=len(usable),
-        n_error_rows=len(error_rows),
-        n_warning_rows=len(warning_rows),
-        n_duplicates=n_duplicates,
-        token_stats=stats,
-        issues=issues,
-        warnings=warnings,
-        token_lengths=lengths,
+        format=prepared.format, max_length=max_length, n_rows=prepared.n_rows, n_examples=len(usable),
+        n_error_rows=len(error_rows), n_warning_rows=len(warning_rows), n_duplicates=n_duplicates,
+        token_stats=stats, issues=issues, warnings=warnings, token_lengths=lengths,
     )
+
+
+_TOO_LONG_FIX = "Shorten this row or split it into several examples; it was left out without being read further."
+
+
+def _too_long(example: Example, lim: Limits) -> str:
+    """The refusal for a row over ``max_row_chars`` (naming the limit), or "" when it fits."""
+    try:
+        lim.check("max_row_chars", row_chars(example), "The row's length in characters", "")
+    except LimitError as exc:
+        return str(exc).strip()
+    return ""
+
+
+def _tokenize_bounded(tokenizer: Any, examples: list[Example], max_length: int,
+                      train_on: str) -> list[tuple[Any, bool]]:
+    """Per example: (tokens or DatasetError, whether the count is only a lower bound).
+
+    Clipped rows are tokenised from their clipped text; the rare one that then does not even reach past
+    ``max_length`` (more than 8 characters per token) is counted whole instead, so no count is ever wrong.
+    """
+    clipped = [clip_for_stats(ex, max_length) for ex in examples]
+    out = [(tok, cut) for tok, (_, cut) in
+           zip(tokenize_for_stats(tokenizer, [ex for ex, _ in clipped], train_on), clipped, strict=True)]
+    redo = [i for i, (tok, cut) in enumerate(out)
+            if cut and not isinstance(tok, DatasetError) and len(tok.ids) <= max_length]
+    if redo:
+        for i, tok in zip(redo, tokenize_for_stats(tokenizer, [examples[i] for i in redo], train_on), strict=True):
+            out[i] = (tok, False)
+    return out
+
+
+def _count(ex: Example, tok: Any, clipped: bool, max_length: int, stats: TokenStats,
+           lengths: list[int]) -> tuple[str, str, str] | None:
+    """Add one row to the statistics; (severity, message, fix) when truncation matters for it."""
+    n = len(tok.ids)
+    lengths.append(n)
+    stats.total_tokens += n
+    if ex.is_text:
+        stats.n_windows += math.ceil(n / max_length)
+        stats.trained_tokens += n
+        return None
+    stats.n_windows += 1
+    kept = sum(tok.mask[:max_length])
+    stats.trained_tokens += kept
+    if n <= max_length:
+        return None
+    stats.n_truncated += 1
+    stats.n_counted_in_part += clipped
+    size = f"at least {n} tokens (it is too long to count in full)" if clipped else f"{n} tokens"
+    if kept == 0:
+        return ("error", f"The row has {size} and the answer starts after the first {max_length}, so nothing "
+                "would be learned from it.", "Raise the maximum length or shorten the prompt.")
+    lost = sum(tok.mask[max_length:])
+    if clipped:
+        what = f"at least {lost} tokens of the assistant's reply" if lost else "only prompt tokens"
+        message = f"The row has {size}; it will be cut at the maximum length {max_length} ({what} are lost)."
+    else:
+        what = f"{lost} tokens of the assistant's reply" if lost else "only prompt tokens"
+        message = (f"The row has {n} tokens; at the maximum length {max_length} the last {n - max_length} "
+                   f"are cut off ({what}).")
+    return "warning", message, "Raise the maximum length, or shorten or split this example."
 
 
 def _duplicates(examples: list[Example], issues: list[Issue], line: Any) -> int:
@@ -142,9 +174,10 @@ def _file_warnings(n_examples: int, stats: TokenStats, n_duplicates: int, max_le
             "examples work much better."
         )
     if stats.n_truncated:
+        longest = f"at least {stats.max}" if stats.n_counted_in_part else str(stats.max)
         out.append(
             f"{stats.n_truncated} example(s) are longer than the maximum length {max_length} and will be cut; "
-            f"90% of examples fit in {stats.p90} tokens, the longest has {stats.max}."
+            f"90% of examples fit in {stats.p90} tokens, the longest has {longest}."
         )
     if n_duplicates:
         out.append(f"{n_duplicates} row(s) repeat an earlier row exactly.")
