@@ -161,8 +161,11 @@ def cmd_worker(job_id: str) -> int:
     return runner(job_id, store)
 
 
-class _WorkerStopped(Exception):
-    """SIGTERM while the worker was still importing its runner."""
+class _WorkerStopped(BaseException):
+    """SIGTERM while the worker was still importing its runner.
+
+    A BaseException, like KeyboardInterrupt: raised from a signal handler anywhere inside library imports, it
+    must not be caught (and turned into an import error) by a library's ``except Exception``."""
 
 
 class _RunnerMissing(RuntimeError):

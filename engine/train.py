@@ -47,7 +47,7 @@ class TrainResult:
     eval_loss: float | None
 
 
-class WorkerInterrupted(Exception):
+class WorkerInterrupted(BaseException):
     """SIGTERM arrived before training started: nothing to checkpoint, stop now and resume later."""
 
 

@@ -70,7 +70,7 @@ class _CancelledByUser(Exception):
     """The owner pressed Cancel: leave the collection as it was."""
 
 
-class _Interrupted(Exception):
+class _Interrupted(BaseException):
     """The system asked the worker to stop (SIGTERM: a Space restarting or going to sleep)."""
 
 

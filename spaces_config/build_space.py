@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("engine", "rag", "ui")
+CODE_DIRS = ("engine", "services", "rag", "ui")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".ruff_cache", "tests",
                                  "test_*.py", "*.egg-info", ".DS_Store")
 #: Installed locally for tests and linting only; a Space never needs them.
@@ -166,8 +166,9 @@ def space_notes(*, demo: bool, users_secret: bool) -> str:
 - **Persistent storage**: enable it (Settings → Persistent storage; *small* is plenty for the bundled model).
   Everything the app writes (converted models, datasets, runs, indexes, the job database) then lives under
   `/data/tune_studio` and survives restarts; without it a restart loses all of it.
-- **Secrets**: `HF_TOKEN` (read) to load gated base models such as Llama 3.2; optional `TUNE_STUDIO_USERS`
-  for password sign-in. Tokens are never written to the job database, configs or logs.
+- **Secrets**: `HF_TOKEN` (read) lets the owner's own runs load gated base models such as Llama 3.2; visitors
+  paste their own token (kept in memory for their run only). Optional `TUNE_STUDIO_USERS` for password
+  sign-in. Tokens are never written to the job database, configs or logs.
 - **Hardware**: the suggested GPU trains the `balanced-gpu-qlora` preset; on `cpu-basic` only the bundled
   model is practical.
 

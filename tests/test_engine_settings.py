@@ -85,8 +85,6 @@ def test_memory_estimate_moves_the_right_way() -> None:
     assert estimate_memory(base.replace(gradient_checkpointing=True), "cpu").activations_gb < small.activations_gb
     full = estimate_memory(base.replace(quantization="none"), "cpu")
     assert full.weights_gb > small.weights_gb
-    assert small.total_gb == pytest.approx(
-        small.weights_gb + small.adapter_gb + small.optimizer_gb + small.activations_gb + small.overhead_gb)
 
 
 def test_memory_estimate_says_a_7b_model_in_full_precision_does_not_fit_a_small_gpu(monkeypatch) -> None:

@@ -40,7 +40,7 @@ def test_concurrent_chats_while_training(tmp_path: Path) -> None:
             # A CPU step can take tens of seconds on a busy machine: progress = a new step during or soon after.
             after = load.wait_for_progress(home, job.id, before, timeout=240)
         finally:
-            status = load.stop_training(home, job.id)
+            status = load.stop_training(home, job.id, timeout=600)  # Stop waits for the step under way
 
     assert len(phase.answers) == CLIENTS * QUESTIONS
     assert not phase.errors, [(a.client, a.turn, a.error, a.text) for a in phase.errors]
@@ -51,4 +51,4 @@ def test_concurrent_chats_while_training(tmp_path: Path) -> None:
     assert phase.max_overlap("submitted", "finished") > 1, "the visitors' requests should overlap on the server"
     assert after > before, f"training made no progress during the chats (stuck at step {before})"
     assert running == "running", "the training job should still be training after the chats"
-    assert status in ("cancelled", "done", "killed"), f"{status}: {JobStore(home).get(job.id).error}"
+    assert status == "cancelled", f"{status}: {JobStore(home).get(job.id).error}"  # 200 steps: Stop lands first

@@ -66,6 +66,8 @@ def test_build_reorder_ask_and_see_citations(tmp_path: Path):
         # The table's DOM is Gradio's business; its text lists passage [1] before [2].
         first_row = sources.split("[1]", 1)[1].split("[2]", 1)[0]
         assert "fake-memo.pdf" in first_row and "p. 1" in first_row, sources
+        made_by = page.locator("#rag-answer").inner_text()
+        assert "Answered by: base SmolLM2-135M-Instruct · no adapter · collection " in made_by, made_by
         screenshot(page, "rag-3-answer")
         assert not page.errors, page.errors
 

@@ -106,8 +106,8 @@ def test_assembled_space_starts_and_answers(space: Path, tmp_path: Path) -> None
         assert "/compare_refresh" in endpoints
         runs, collections = client.predict(api_name="/compare_refresh")
         assert runs and collections is not None
-        if "/chat" in endpoints:  # once the Chat tab is mounted in the app
-            history, *_ = client.predict("Hello!", None, "base", None, max_new_tokens=4, api_name="/chat")
-            assert history[-1]["role"] == "assistant"
+        assert "/chat" in endpoints
+        history, *_ = client.predict("Hello!", None, "base", None, max_new_tokens=4, api_name="/chat")
+        assert history[-1]["role"] == "assistant"
     log_path = ARTIFACTS / "space-app.log"
     assert "Traceback" not in log_path.read_text()

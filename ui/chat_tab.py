@@ -42,6 +42,7 @@ from ui.common import (
     check_message,
     friendly_errors,
     literal_markdown,
+    model_token,
     named_parameters,
     workspace_of,
 )
@@ -68,6 +69,7 @@ class ChatTabComponents:
     stats: gr.Markdown
     sources: gr.Dataframe
     generation: SettingsForm
+    hf_token: gr.Textbox
 
 
 @dataclass(frozen=True)
@@ -188,8 +190,8 @@ class WithHistory:
         return self.chat.stream([*self.prior, *messages], adapter=adapter, settings=settings, **provenance)
 
 
-def make_comparer(ws: Workspace, model: str | None, collection: str | None,
-                  generation: GenerationSettings, prior: list[dict[str, str]]) -> tuple[Comparer, str, ModelChoice]:
+def make_comparer(ws: Workspace, model: str | None, collection: str | None, generation: GenerationSettings,
+                  prior: list[dict[str, str]], token: str | None = None) -> tuple[Comparer, str, ModelChoice]:
     """The one arm that answers: base / ft, plus +rag when a collection is chosen."""
     choice = resolve_model(ws, model)
     index = open_collection(ws, collection)
@@ -199,7 +201,8 @@ def make_comparer(ws: Workspace, model: str | None, collection: str | None,
     # The message goes to the model unchanged; a RAG prompt is the collection's own (with [n] citations).
     options = CompareSettings(base_template="{question}", rag_template="", top_k=0,
                               max_context_chars=_context_budget(index))
-    comparer = Comparer(WithHistory(chat_model_for(choice.base_model), prior), arms=[arm], adapter=choice.adapter,
+    chat = chat_model_for(choice.base_model, model_token(ws.owner, token))  # a gated base: this visitor's access
+    comparer = Comparer(WithHistory(chat, prior), arms=[arm], adapter=choice.adapter,
                         index=index, generation=generation, settings=options, adapter_label=choice.run_name,
                         collection=collection or None)
     return comparer, arm, choice
@@ -249,13 +252,14 @@ def stats_text(answer: ArmAnswer, choice: ModelChoice, arm: str) -> str:
 
 
 def chat_turns(message: str, history: History | None, settings: GenerationSettings, ws: Workspace,
-               model: str | None, collection: str | None) -> Iterator[tuple[History, list[list[Any]], str]]:
+               model: str | None, collection: str | None, token: str | None = None,
+               ) -> Iterator[tuple[History, list[list[Any]], str]]:
     """Stream (history, source rows, stats) while one answer is generated; the engine does the work."""
     message = (message or "").strip()
     if not message:
         raise ValueError("Type a message first.")
     history = list(history or [])
-    comparer, arm, choice = make_comparer(ws, model, collection, settings, prior_turns(history))
+    comparer, arm, choice = make_comparer(ws, model, collection, settings, prior_turns(history), token)
     history.append({"role": "user", "content": message})
     reply: dict[str, Any] = {"role": "assistant", "content": ""}
     history.append(reply)
@@ -306,8 +310,11 @@ def build() -> ChatTabComponents:
                            label="Retrieved passages for the last answer", elem_id="chat-sources")
     with gr.Accordion("Generation settings", open=False, elem_id="chat-settings"):
         generation = build_settings_form(GenerationSettings, prefix="chat-gen", advanced_label="More")
+        hf_token = gr.Textbox("", label="Hugging Face token (only for a gated base model)", type="password",
+                              info="Used for this chat only, kept in no file; needs read access to the model.",
+                              elem_id="chat-hf-token")
     return ChatTabComponents(model, collection, refresh_button, chatbot, message, send_button, clear_button, stats,
-                             sources, generation)
+                             sources, generation, hf_token)
 
 
 # ----------------------------------------------------------------------------------------- events
@@ -336,16 +343,17 @@ def register(c: ChatTabComponents) -> None:
     @friendly_errors("The model could not answer")
     def on_chat(message: str, history: list[dict[str, Any]] | None, model: str | None, collection: str | None,
                 *values: Any, request: gr.Request) -> Iterator[list[Any]]:
+        *values, hf_token = values
         check_message(message, request)
         check_history(sum(len(message_text(m) if isinstance(m, dict) else str(m)) for m in history or []), request)
         ws = workspace_of(request)  # demo mode: the demo workspace (chat is allowed there)
         settings = c.generation.to_settings(values)
-        for shown, rows, stats in chat_turns(message, history, settings, ws, model, collection):
+        for shown, rows, stats in chat_turns(message, history, settings, ws, model, collection, hf_token):
             yield [shown, "", rows, stats]
 
-    chat = named_parameters(on_chat, [*API_INPUTS, *c.generation.names], request=True)
+    chat = named_parameters(on_chat, [*API_INPUTS, *c.generation.names, "hf_token"], request=True)
     gr.on([c.send_button.click, c.message.submit], chat,
-          [c.message, c.chatbot, c.model, c.collection, *c.generation.components],
+          [c.message, c.chatbot, c.model, c.collection, *c.generation.components, c.hf_token],
           [c.chatbot, c.message, c.sources, c.stats], api_name="chat", show_progress="minimal")
 
     def on_clear() -> list[Any]:

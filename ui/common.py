@@ -345,6 +345,14 @@ def tokenizer_for(model_id: str, token: str | None = None) -> Any:
         ) from exc
 
 
+def model_token(owner: str, typed: str | None) -> str | None:
+    """The token a request of ``owner`` loads a base model with: the visitor's own, else the server's where
+    ``engine.workspace.token_for_job`` allows it (the Space owner's requests). Never another visitor's."""
+    from engine.workspace import token_for_job
+
+    return token_for_job(AccessPolicy.from_env(), owner, typed)
+
+
 def chat_model_for(model_id: str, token: str | None = None) -> Any:
     """The shared ChatModel of a base model (adapters of every run share its weights), access-checked."""
     from services.model_cache import shared_models

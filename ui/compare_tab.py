@@ -212,7 +212,7 @@ def make_comparer(arms: list[str] | None, run: str | None, collection: str | Non
     """
     from engine.__main__ import base_model_of_adapter
     from services.collections import open_collection
-    from ui.common import chat_model_for
+    from ui.common import chat_model_for, model_token
 
     chosen = parse_arms(arms or [])
     job = ws.run(run) if run and run != NO_RUN else None
@@ -226,7 +226,8 @@ def make_comparer(arms: list[str] | None, run: str | None, collection: str | Non
     generation = c.generation.to_settings(gen_values)
     options = c.options.to_settings(opt_values)
     base = (base_model_of_adapter(adapter) if adapter else None) or BUNDLED_ID
-    return Comparer(chat_model_for(base), arms=chosen, adapter=adapter, index=index, generation=generation,
+    chat = chat_model_for(base, model_token(ws.owner, None))  # the owner's token serves the owner's requests only
+    return Comparer(chat, arms=chosen, adapter=adapter, index=index, generation=generation,
                     settings=options, adapter_label=job.name if job else None, collection=collection or None)
 
 

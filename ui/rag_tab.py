@@ -88,11 +88,12 @@ _APPLY_ORDER_JS = f"""(order) => {{
   return order;
 }}"""
 
-GenerateFactory = Callable[[PipelineSpec], Generate]
+GenerateFactory = Callable[[PipelineSpec, Callable[[Any], None] | None], Generate]
 
 
-def bundled_generate(spec: PipelineSpec) -> Generate:
-    """Answer with the app's bundled base model (the engine's ChatModel), using the Generate stage settings."""
+def bundled_generate(spec: PipelineSpec, on_provenance: Callable[[Any], None] | None = None) -> Generate:
+    """Answer with the app's bundled base model (the engine's ChatModel), using the Generate stage settings;
+    ``on_provenance`` receives what produced the answer (``engine.infer.Provenance``)."""
     from engine.config import GenerationSettings
     from engine.models import BUNDLED_ID
     from ui.common import chat_model_for
@@ -100,7 +101,7 @@ def bundled_generate(spec: PipelineSpec) -> Generate:
     gen = spec.stages["generate"]
     settings = GenerationSettings(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature)
     model = chat_model_for(BUNDLED_ID)
-    return lambda prompt: model.stream(prompt, settings=settings)
+    return lambda prompt: model.stream(prompt, settings=settings, on_provenance=on_provenance)
 
 
 @dataclass
@@ -813,7 +814,8 @@ def _register_questions(c: RagTabComponents) -> None:
         spec = PipelineSpec.from_dict(spec_dict)
         hits: list[Hit] = []
         text = ""
-        for event in answer(index, question, c.generate_factory(spec), spec):
+        records: list[Any] = []
+        for event in answer(index, question, c.generate_factory(spec, records.append), spec):
             if isinstance(event, RetrievedEvent):
                 hits = event.hits
                 yield ["*Thinking…*", _source_rows(hits, set()), [_hit_row(h) for h in hits]]
@@ -821,7 +823,9 @@ def _register_questions(c: RagTabComponents) -> None:
                 text += event.text
                 yield [text, gr.skip(), gr.skip()]
             elif isinstance(event, AnswerEvent):
-                yield [_answer_markdown(event), _source_rows(hits, {x.number for x in event.citations}), gr.skip()]
+                made_by = [r.with_collection(index.name, index.version).line() for r in records]
+                yield [_answer_markdown(event, made_by), _source_rows(hits, {x.number for x in event.citations}),
+                       gr.skip()]
 
     c.ask_button.click(on_ask, inputs, [c.answer_text, c.sources, c.hits], api_name="rag_ask")
 
@@ -868,7 +872,7 @@ def _source_rows(hits: list[Hit], cited: set[int]) -> list[list[Any]]:
              f"{h.score:.4f}", _excerpt(h.chunk.text, 400)] for n, h in enumerate(hits, start=1)]
 
 
-def _answer_markdown(event: AnswerEvent) -> str:
+def _answer_markdown(event: AnswerEvent, made_by: list[str] | None = None) -> str:
     text = event.text or "*(the model returned no text)*"
     if event.citations:
         refs = "; ".join(f"[{c.number}] {literal_markdown(c.hit.chunk.location)}" for c in event.citations)
@@ -877,4 +881,6 @@ def _answer_markdown(event: AnswerEvent) -> str:
         text += "\n\n*The answer cites no passage; the passages the model was given are listed below.*"
     if event.invalid_citations:
         text += f"\n\n⚠️ Cites passage(s) {', '.join(map(str, event.invalid_citations))} that were not provided."
+    for line in made_by or []:
+        text += f"\n\n<small>Answered by: {literal_markdown(line)}</small>"
     return text

@@ -9,6 +9,7 @@ The form is generated from ``TrainConfig``; no default is typed here.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 from dataclasses import dataclass
@@ -19,17 +20,19 @@ import pandas as pd
 
 from engine import events as ev
 from engine.config import GenerationSettings, TrainConfig, load_preset, preset_names
+from engine.hub import require_access
 from engine.jobs import ACTIVE, JobRecord, JobStore
 from engine.limits import Limits, limits
 from engine.models import BUNDLED_ID, MODELS, hub_kwargs, model_info, pick_device
 from engine.settings import SettingInfo, SettingsError, describe
-from engine.workspace import AccessPolicy, Workspace, token_for_job
+from engine.workspace import Workspace
 from ui.common import (
     SettingsForm,
     build_settings_form,
     chat_model_for,
     format_duration,
     friendly_errors,
+    model_token,
     named_parameters,
     progress_line,
     require_write,
@@ -281,8 +284,8 @@ def start_run(form: SettingsForm, values: tuple[Any, ...], dataset: dict | None,
 
 
 def job_token_for(owner: str, typed: str | None) -> str | None:
-    """The token a job (or a download) of ``owner`` uses: see ``engine.workspace.token_for_job``."""
-    return token_for_job(AccessPolicy.from_env(), owner, typed)
+    """The token a job (or a download) of ``owner`` uses: see ``ui.common.model_token``."""
+    return model_token(owner, typed)
 
 
 def check_device_and_access(config: TrainConfig, token: str | None) -> None:
@@ -292,7 +295,9 @@ def check_device_and_access(config: TrainConfig, token: str | None) -> None:
         gr.Warning("No GPU here: training a Hub model with 4-bit/8-bit quantization on the CPU is very slow. "
                    "For real runs use a GPU Space; the bundled model is fine on a CPU.")
     if config.base_model != BUNDLED_ID:
-        hub_kwargs(config.base_model, (token or "").strip() or None)  # raises ModelError for a gated model
+        token = (token or "").strip() or None
+        hub_kwargs(config.base_model, token)  # a listed gated model without a token: refused without a request
+        require_access(config.base_model, token)  # any other: the Hub says whether this token may read it
 
 
 def stop_run(run_id: str | None, request: gr.Request) -> list[Any]:
@@ -370,11 +375,14 @@ def run_status(run_id: str, request: gr.Request) -> dict:
     ws = workspace_of(request)
     job = ws.run(run_id)
     the_store = ws.store()
+    events = the_store.events(job.id)
+    latest = next((e for e in reversed(events) if isinstance(e, ev.Progress)), None)
     return {
         "id": job.id, "name": job.name, "status": job.status, "step": job.last_step,
         "total_steps": job.total_steps, "final_loss": job.final_loss, "error": job.error,
         "queue_position": the_store.queue_position(job.id), "resumable": job.resumable,
-        "loss_curve": ev.loss_curve(the_store.events(job.id)),
+        "loss_curve": ev.loss_curve(events),
+        "progress": None if latest is None else {**dataclasses.asdict(latest), "text": progress_line(latest)},
     }
 
 
