@@ -49,7 +49,7 @@ def make_adapters(count: int, folder: Path) -> list[Path]:
 
 def correctness(chat: Any, adapters: list[Path], requests: int, threads: int, seed: int) -> dict[str, Any]:
     """Interleaved requests over base + adapters; answers compared with each request answered alone."""
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
     from engine.infer import adapter_name
 
     settings = GenerationSettings(max_new_tokens=12)
@@ -80,7 +80,7 @@ def correctness(chat: Any, adapters: list[Path], requests: int, threads: int, se
 
 def fairness(chat: Any, adapters: list[Path], per_visitor: int) -> dict[str, Any]:
     """4 visitors on 4 adapters, back to back; how long does a request wait for its adapter?"""
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=16)
     waits: list[float] = []

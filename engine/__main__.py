@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.settings import SettingsError, base_type, describe
 from engine.config import TrainConfig, load_preset, preset_names
-from engine.settings import SettingsError, base_type, describe
 
 ALIASES = {"base_model": ["--base"]}
 RUNNERS: dict[str, str] = {"train": "engine.train:run_job", "index": "services.index_jobs:run_index_job"}
@@ -197,7 +197,7 @@ def _runner(kind: str) -> Callable[..., int]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Print the answer on stdout and what produced it (base, revision, adapter hash, settings) on stderr."""
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
     from services.model_cache import shared_models
 
     base = args.base or (base_model_of_adapter(args.adapter) if args.adapter else None)
@@ -249,7 +249,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _add_compare_parser(sub: Any) -> None:
     """``compare``: every chosen arm over a question set; generation flags come from GenerationSettings."""
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
 
     cmp = sub.add_parser("compare", help="base vs fine-tuned vs RAG vs fine-tuned+RAG on a question set; "
                          "prints the per-arm summary as JSON and writes the report")
@@ -269,7 +269,7 @@ def _add_compare_parser(sub: Any) -> None:
     for info in describe(GenerationSettings):
         group.add_argument("--" + info.name.replace("_", "-"), dest="gen_" + info.name, type=base_type(info.type),
                            default=None, help=f"{info.spec.help} (default: {info.default})")
-    from engine.compare import CompareSettings
+    from services.compare import CompareSettings
 
     options = cmp.add_argument_group("comparison settings")
     for info in describe(CompareSettings):
@@ -279,8 +279,8 @@ def _add_compare_parser(sub: Any) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from engine import compare
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
+    from services import compare
     from services.model_cache import shared_models
 
     if bool(args.questions) == bool(args.holdout):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.settings import Settings, SettingsError, setting
 from engine.hub import HubError, check_model_id
 from engine.models import BUNDLED_ID
-from engine.settings import Settings, SettingsError, setting
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -116,21 +116,6 @@ class TrainConfig(Settings):
         """PEFT accepts the string 'all-linear' or a list of module names."""
         value = self.target_modules.strip()
         return value if value == "all-linear" else [m.strip() for m in value.split(",") if m.strip()]
-
-
-class GenerationSettings(Settings):
-    """Shared by every answer the app produces, so comparisons between models are fair."""
-
-    temperature: float = setting(0.0, "0 answers deterministically (greedy); higher is more varied.",
-                                 minimum=0.0, maximum=2.0, step=0.05)
-    top_p: float = setting(0.9, "Sample only from the most likely tokens whose probabilities add up to this.",
-                           label="Top-p", minimum=0.05, maximum=1.0, step=0.05)
-    max_new_tokens: int = setting(200, "Longest answer in tokens.", label="Max new tokens",
-                                  minimum=1, maximum=4096, step=1)
-    repetition_penalty: float = setting(1.1, "Discourages repeating the same words; 1 = off.",
-                                        minimum=1.0, maximum=2.0, step=0.05, advanced=True)
-    seed: int = setting(0, "Seed for sampling, so the same question gives the same answer.",
-                        minimum=0, maximum=2**31 - 1, step=1, advanced=True)
 
 
 def preset_names() -> list[str]:

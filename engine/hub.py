@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.paths import models_dir
 from engine.events import Progress
-from engine.models import BUNDLED_ID, ModelError
-from engine.paths import models_dir
+from engine.model_ids import BUNDLED_ID, ModelError
 
 log = logging.getLogger("tune_studio.hub")
 

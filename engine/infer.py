@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config import GenerationSettings
+from core.generation import GenerationSettings
 from engine.models import BUNDLED_GGUF_PACKAGE, BUNDLED_ID, load_base_model, load_tokenizer
 
 log = logging.getLogger("tune_studio.infer")

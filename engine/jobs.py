@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.paths import data_dir
 from engine.config import TrainConfig
 from engine.events import TERMINAL, Cancelled, EventLog, Failed, JobEvent, Log, Queued, Step
-from engine.paths import data_dir
 
 log = logging.getLogger("tune_studio.jobs")
 

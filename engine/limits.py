@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from engine.settings import Settings, SettingsError, describe, setting
+from core.settings import Settings, SettingsError, describe, setting
 
 ENV_PREFIX = "TUNE_STUDIO_LIMIT_"
 

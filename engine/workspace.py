@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.paths import data_dir
 from engine.jobs import JobError, JobRecord, JobStore
-from engine.paths import data_dir
 
 LOCAL_OWNER = "local"
 USERS_ENV = "TUNE_STUDIO_USERS"  # "alice:secret1,bob:secret2"

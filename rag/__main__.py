@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.settings import SettingsError
 from engine.hub import HubError
-from engine.settings import SettingsError
 from rag.embedders import EmbedderUnavailableError, UnknownEmbedderError
 from rag.evaluate import EvalDataError, evaluate
 from rag.events import EmbedProgress, FileLoaded, FileRefused, FileRemoved, FileUnchanged, IndexUpdated

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from rag.events import AnswerEvent, AnswerStreamEvent, PromptEvent, RetrievedEvent, TokenEvent
+from rag.hits import Citation, Hit
 from rag.pipeline import PipelineSpec
-from rag.retrieve import Citation, Hit, search
+from rag.retrieve import search
 
 if TYPE_CHECKING:
     from rag.index import RagIndex

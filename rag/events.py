@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from rag.hits import Citation, Hit
 from rag.ingest import RefusalReason
 
 if TYPE_CHECKING:
     from rag.chunking import ChunkPreview
-    from rag.retrieve import Citation, Hit
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError
 from rag.stages import FIXED_STAGES, POST_STEPS
 
 FORMAT = "tune-studio-rag-pipeline"

@@ -1,12 +1,13 @@
-"""Every RAG pipeline stage's parameters, declared once with :func:`engine.settings.setting`.
+"""Every RAG pipeline stage's parameters, declared once with :func:`core.settings.setting`.
 
 The pipeline spec stores these as plain dicts, the CLI and the eval read them, and the UI builds
-each stage card's form from :func:`engine.settings.describe` — so a default lives only here.
+each stage card's form from :func:`core.settings.describe` — so a default lives only here.
 """
 
 from __future__ import annotations
 
-from engine.settings import Settings, SettingsError, setting
+from core.generation import GenerationSettings
+from core.settings import Settings, SettingsError, setting
 
 DEFAULT_PROMPT = (
     "Answer the question using only the numbered context passages below. Cite the passages you use "
@@ -112,12 +113,6 @@ class PromptSettings(Settings):
                                 "question are inserted).")
 
 
-class GenerateSettings(Settings):
-    max_new_tokens: int = setting(256, "Longest answer, in tokens.", minimum=1, maximum=4096)
-    temperature: float = setting(0.0, "0 = deterministic; higher = more varied wording.", minimum=0.0,
-                                 maximum=2.0, step=0.05)
-
-
 FIXED_STAGES: dict[str, type[Settings]] = {
     "load": LoadSettings,
     "split": SplitSettings,
@@ -125,7 +120,7 @@ FIXED_STAGES: dict[str, type[Settings]] = {
     "index": IndexSettings,
     "retrieve": RetrieveSettings,
     "prompt": PromptSettings,
-    "generate": GenerateSettings,
+    "generate": GenerationSettings,  # the app's one definition (core.generation), as Chat and Compare use
 }
 """Stages that always exist, in this order (post-retrieval steps go between retrieve and prompt)."""
 

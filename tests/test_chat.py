@@ -59,7 +59,7 @@ def fake_done_run(home: Path, owner: str, name: str, *, real_adapter: bool = Fal
 
 
 def build_collection(home: Path, owner: str, name: str) -> Path:
-    from engine.compare import build_corpus_index
+    from services.compare import build_corpus_index
 
     home.mkdir(parents=True, exist_ok=True)
     corpus = home / f"{name}-corpus.jsonl"

@@ -23,8 +23,8 @@ def _text(page, elem_id: str) -> str:
 
 def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
     require_browser()
-    from engine.compare import build_corpus_index
     from engine.workspace import LOCAL_OWNER, Workspace
+    from services.compare import build_corpus_index
 
     home = tmp_path / "home"
     corpus = tmp_path / "corpus.jsonl"

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from engine import compare
+from core.generation import GenerationSettings
 from engine.__main__ import main
-from engine.compare import (
+from services import compare
+from services.compare import (
     ArmAnswer,
     CompareError,
     Comparer,
@@ -35,7 +36,6 @@ from engine.compare import (
     wilson_interval,
     win_rates,
 )
-from engine.config import GenerationSettings
 
 SQUAD = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "rag" / "squad_small" / "derived"
 

@@ -78,9 +78,9 @@ def _random_adapter(path: Path) -> Path:
 
 
 def test_four_arms_share_one_copy_of_the_weights(tmp_path: Path):
-    from engine.compare import Comparer, build_corpus_index, load_questions
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
     from engine.infer import ChatModel
+    from services.compare import Comparer, build_corpus_index, load_questions
 
     adapter = _random_adapter(tmp_path / "adapter")
     corpus = tmp_path / "corpus.jsonl"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from core.generation import GenerationSettings
+from core.settings import SettingsError, describe
 from engine.__main__ import _build_parser, _config_from_args
-from engine.config import GenerationSettings, TrainConfig, load_preset, preset_names
+from engine.config import TrainConfig, load_preset, preset_names
 from engine.memory import estimate_memory
-from engine.settings import SettingsError, describe
 
 
 @pytest.mark.parametrize("name", preset_names())

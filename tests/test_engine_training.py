@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import GenerationSettings, TrainConfig
+from core.generation import GenerationSettings
+from engine.config import TrainConfig
 from engine.events import Cancelled, Checkpoint, Done, Failed, Started, Step
 from engine.jobs import JobStore, process_alive
 from tests.conftest import FT_DATA, REPO

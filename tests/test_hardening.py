@@ -38,7 +38,7 @@ INJECTION = "![x](http://evil.example/p.png) and [click](javascript:alert(1)) an
 
 
 def test_csv_exports_neutralise_cells_a_spreadsheet_would_run() -> None:
-    from engine.compare import ArmAnswer, Question, Report, ReportRow
+    from services.compare import ArmAnswer, Question, Report, ReportRow
 
     question = Question('=HYPERLINK("http://evil.example","click")', references=["+1+1", "@SUM(A1:A9)"], qid="-2")
     answer = ArmAnswer("base", text="\t=cmd|' /C calc'!A0", error="\rboom", done=True,
@@ -106,7 +106,7 @@ def _visible(rendered: str) -> str:
 
 
 def test_document_text_renders_literally_in_source_lists() -> None:
-    from engine.compare import ArmAnswer
+    from services.compare import ArmAnswer
     from ui.chat_tab import sources_message
     from ui.common import literal_markdown
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import SettingsError
 from engine import hub
 from engine.config import TrainConfig
 from engine.events import Progress
 from engine.hub import DownloadProgress, HubError, check_model_id, download, require_access
-from engine.settings import SettingsError
 from tests.conftest import REPO
 from tests.hub_server import (
     EMBEDDER_REPO,
@@ -282,7 +282,7 @@ def test_a_subprocess_reaches_the_fake_hub_through_its_environment(hub_server: F
 
 
 def test_push_model_and_space_reach_the_fake_hub_with_the_write_token(fake_hub: FakeHub, tmp_path: Path) -> None:
-    from engine.publish import PublishError, push_model, push_space
+    from services.publish import PublishError, push_model, push_space
 
     (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# my adapter\n")
     (tmp_path / "adapter_config.json").write_text('{"r": 8}')

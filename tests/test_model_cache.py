@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from engine.config import GenerationSettings
+from core.generation import GenerationSettings
 from engine.hub import HubError
 from services.model_cache import ModelCache
 

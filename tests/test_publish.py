@@ -29,7 +29,8 @@ import yaml
 from engine.config import load_preset
 from engine.data import fingerprint_file
 from engine.jobs import JobStore
-from engine.publish import (
+from engine.workspace import LOCAL_OWNER, Workspace
+from services.publish import (
     BUNDLED_HUB_ID,
     PublishError,
     build_demo_space,
@@ -39,7 +40,6 @@ from engine.publish import (
     push_model,
     push_space,
 )
-from engine.workspace import LOCAL_OWNER, Workspace
 from tests.conftest import REPO, TESTDATA
 from tests.ui_harness import ARTIFACTS, free_port, running_app
 
@@ -122,7 +122,7 @@ def test_unfinished_runs_are_refused_by_the_engine_and_the_cli(isolated_home: Pa
         with pytest.raises(PublishError, match="not finished"):
             build()
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
-    cli = [sys.executable, "-m", "engine.publish"]
+    cli = [sys.executable, "-m", "services.publish"]
     card = subprocess.run([*cli, "card", job.id], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert card.returncode == 2 and "not finished" in card.stderr, card.stderr
     push = subprocess.run([*cli, "model", job.id, "--repo", "you/x"], cwd=REPO, env=env, capture_output=True,
@@ -226,7 +226,7 @@ def test_cli_prints_the_card_builds_the_demo_and_reads_the_token_from_the_enviro
                                                                                        tmp_path: Path) -> None:
     job = trained["job"]
     env = {**os.environ, "HF_TOKEN": FAKE_TOKEN}
-    cli = [sys.executable, "-m", "engine.publish"]
+    cli = [sys.executable, "-m", "services.publish"]
     card = subprocess.run([*cli, "card", job.id], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert card.returncode == 0 and fingerprint_file(job.data_path) in card.stdout, card.stderr
     out = tmp_path / "space"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.paths import subdir
+from core.paths import subdir
 from rag.embedders import BUNDLED, get_embedder
 from rag.events import EmbedProgress, FileRefused, FileRemoved, FileUnchanged, IndexUpdated
 from rag.index import EmbedderMismatchError, IndexNotFoundError, RagIndex

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import SettingsError, describe
+from core.settings import SettingsError, describe
 from rag.chunking import preview, split_document
 from rag.ingest import load_file
 from rag.pipeline import FORMAT, VERSION, PipelineSpec, PipelineSpecError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.settings import describe
+from core.settings import describe
 from rag.pipeline import PipelineSpec
 from rag.stages import POST_STEPS
 from ui import rag_tab

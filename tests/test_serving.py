@@ -313,7 +313,7 @@ def tiny_chat(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
 
 
 def test_answer_records_its_base_and_adapter_and_the_active_adapter_read_from_the_model(tiny_chat) -> None:
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
 
     chat, adapters = tiny_chat
     settings = GenerationSettings(max_new_tokens=4)
@@ -331,7 +331,7 @@ def test_answer_records_its_base_and_adapter_and_the_active_adapter_read_from_th
 
 def test_closing_a_stream_stops_its_generation_and_frees_the_model(tiny_chat) -> None:
     """A visitor who leaves mid-answer releases the model at once: no generating on to max tokens."""
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
 
     chat, adapters = tiny_chat
     lengths: list[int] = []
@@ -357,7 +357,7 @@ def test_closing_a_stream_stops_its_generation_and_frees_the_model(tiny_chat) ->
 
 def test_a_withheld_answer_when_the_model_reports_another_adapter(tiny_chat, monkeypatch) -> None:
     """The answer's record is read from the model; if it differs from the request, nothing is returned."""
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
     from engine.infer import AdapterMismatchError
 
     chat, adapters = tiny_chat
@@ -370,8 +370,8 @@ def test_a_withheld_answer_when_the_model_reports_another_adapter(tiny_chat, mon
 
 
 def test_adapters_beyond_the_limit_are_unloaded_least_recently_used_first(tiny_chat, monkeypatch) -> None:
+    from core.generation import GenerationSettings
     from engine import infer
-    from engine.config import GenerationSettings
 
     chat, adapters = tiny_chat
     monkeypatch.setattr(infer, "MAX_LOADED_ADAPTERS", 1)

@@ -48,7 +48,8 @@ def test_front_matter_pins_the_tested_gradio_and_names_the_app(space: Path) -> N
 
 
 def test_only_the_app_is_copied(space: Path) -> None:
-    assert {p.name for p in space.iterdir()} == {"app.py", "tune_studio_app.py", "engine", "rag", "ui", "README.md",
+    assert {p.name for p in space.iterdir()} == {"app.py", "tune_studio_app.py", "core", "engine", "services", "rag",
+                                                 "ui", "README.md",
                                                  "requirements.txt", "requirements-bundled.txt", ".gitignore"}
     names = {p.name for p in space.rglob("*")}
     assert not names & {"__pycache__", ".venv", "tests", ".pytest_cache", ".git"}

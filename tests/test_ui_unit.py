@@ -15,11 +15,11 @@ import gradio as gr
 import pandas as pd
 import pytest
 
+from core.settings import SettingsError, describe
 from engine import events as ev
 from engine.config import TrainConfig
 from engine.jobs import JobStore
 from engine.models import ModelError
-from engine.settings import SettingsError, describe
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "ft" / "llama_factory"
 EXPECTED_API = {

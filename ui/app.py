@@ -96,7 +96,7 @@ def scrub_stored_secrets() -> None:
     Never stops the app from starting: a failure is logged and the app serves as before.
     """
     try:
-        from engine.paths import data_dir
+        from core.paths import data_dir
         from rag.pipeline import scrub_stored_passwords
 
         fixed = scrub_stored_passwords(data_dir())

@@ -4,7 +4,7 @@ Same shape as the other tabs: :func:`build` makes the components, :func:`registe
 every event has a stable ``api_name`` (``chat``, ``chat_refresh``, ``chat_clear``). The conversation lives
 in the ``gr.Chatbot`` value (per visitor, sent with every message), never in module globals.
 
-No prompting or retrieval is written here: an answer is one arm of :class:`engine.compare.Comparer` (base,
+No prompting or retrieval is written here: an answer is one arm of :class:`services.compare.Comparer` (base,
 fine-tuned, RAG or fine-tuned+RAG) on the process-wide model of ``ui.common.chat_model_for``, with the
 earlier turns put in front of the prompt. A RAG answer uses the collection's own pipeline (retrieval depth,
 prompt with [n] citations), and its sources are shown under the answer.
@@ -30,10 +30,10 @@ from typing import Any
 
 import gradio as gr
 
-from engine.compare import ArmAnswer, Comparer, CompareSettings, Question
-from engine.config import GenerationSettings
+from core.generation import GenerationSettings
 from engine.models import BUNDLED_ID
 from engine.workspace import Workspace
+from services.compare import ArmAnswer, Comparer, CompareSettings, Question
 from ui.common import (
     SettingsForm,
     build_settings_form,
@@ -199,23 +199,12 @@ def make_comparer(ws: Workspace, model: str | None, collection: str | None, gene
     if index is not None and not index.chunks:
         raise ValueError(f"The collection {collection!r} has no documents yet; add some in the RAG tab.")
     # The message goes to the model unchanged; a RAG prompt is the collection's own (with [n] citations).
-    options = CompareSettings(base_template="{question}", rag_template="", top_k=0,
-                              max_context_chars=_context_budget(index))
+    options = CompareSettings(base_template="{question}", rag_template="", top_k=0)
     chat = chat_model_for(choice.base_model, model_token(ws.owner, token))  # a gated base: this visitor's access
     comparer = Comparer(WithHistory(chat, prior), arms=[arm], adapter=choice.adapter,
                         index=index, generation=generation, settings=options, adapter_label=choice.run_name,
                         collection=collection or None)
     return comparer, arm, choice
-
-
-def _context_budget(index: Any) -> int:
-    default = CompareSettings().max_context_chars
-    if index is None:
-        return default
-    try:
-        return int(index.spec.stages["prompt"].max_context_chars)
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return default
 
 
 # ----------------------------------------------------------------------------------------- formatting

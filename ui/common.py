@@ -24,11 +24,11 @@ from typing import Any
 
 import gradio as gr
 
+from core.settings import SettingInfo, Settings, SettingsError, base_type, describe
 from engine.data.errors import DatasetError
 from engine.jobs import JobError
 from engine.limits import LimitError, limits
 from engine.models import ModelError
-from engine.settings import SettingInfo, Settings, SettingsError, base_type, describe
 from engine.workspace import AccessError, AccessPolicy, Workspace
 
 log = logging.getLogger("tune_studio.ui")

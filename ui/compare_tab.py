@@ -2,7 +2,7 @@
 
 Same shape as the other tabs: :func:`build` makes the components, :func:`register` wires the events,
 every event has a stable ``api_name`` prefixed ``compare_``, and a visitor's report and blind-vote
-progress live in ``gr.State``. All the work is in :mod:`engine.compare`; this file only formats.
+progress live in ``gr.State``. All the work is in :mod:`services.compare`; this file only formats.
 The arms share one copy of the model, so they answer one after another; each pane streams as it goes.
 """
 
@@ -17,7 +17,11 @@ from typing import Any
 
 import gradio as gr
 
-from engine.compare import (
+from core.generation import GenerationSettings
+from engine.models import BUNDLED_ID
+from engine.quotas import check_upload
+from engine.workspace import AccessPolicy, Workspace
+from services.compare import (
     ARM_LABELS,
     ARMS,
     VOTE_CHOICES,
@@ -36,10 +40,6 @@ from engine.compare import (
     training_prompts,
     win_rates,
 )
-from engine.config import GenerationSettings
-from engine.models import BUNDLED_ID
-from engine.quotas import check_upload
-from engine.workspace import AccessPolicy, Workspace
 from ui.common import (
     SettingsForm,
     build_settings_form,
@@ -210,7 +210,6 @@ def make_comparer(arms: list[str] | None, run: str | None, collection: str | Non
     The run and the collection are looked up in the visitor's workspace: an API client cannot point
     the comparer at someone else's adapter or index by passing a path.
     """
-    from engine.__main__ import base_model_of_adapter
     from services.collections import open_collection
     from ui.common import chat_model_for, model_token
 
@@ -225,7 +224,7 @@ def make_comparer(arms: list[str] | None, run: str | None, collection: str | Non
         index = open_collection(ws.index_path(collection))  # the shared read-only copy of its current version
     generation = c.generation.to_settings(gen_values)
     options = c.options.to_settings(opt_values)
-    base = (base_model_of_adapter(adapter) if adapter else None) or BUNDLED_ID
+    base = job.config.base_model if job else BUNDLED_ID  # the run's own record names its base model
     chat = chat_model_for(base, model_token(ws.owner, None))  # the owner's token serves the owner's requests only
     return Comparer(chat, arms=chosen, adapter=adapter, index=index, generation=generation,
                     settings=options, adapter_label=job.name if job else None, collection=collection or None)

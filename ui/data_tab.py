@@ -19,9 +19,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from core.settings import SettingInfo
 from engine import data
 from engine.quotas import accept_upload
-from engine.settings import SettingInfo
 from ui.common import (
     SettingsForm,
     build_settings_form,
@@ -306,7 +306,7 @@ def file_columns(path: Path) -> list[str]:
 
 
 def _mapping_infos() -> list[SettingInfo]:
-    from engine.settings import describe
+    from core.settings import describe
 
     return describe(data.ColumnMapping)
 

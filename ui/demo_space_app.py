@@ -34,8 +34,8 @@ ensure_bundled_model()
 
 import gradio as gr  # noqa: E402
 
-from engine.compare import Comparer, CompareSettings, Question  # noqa: E402
-from engine.config import GenerationSettings  # noqa: E402
+from core.generation import GenerationSettings  # noqa: E402
+from services.compare import Comparer, CompareSettings, Question  # noqa: E402
 from services.model_cache import shared_models  # noqa: E402
 
 GENERATION = GenerationSettings.from_dict(CONFIG.get("generation") or {})

@@ -34,10 +34,11 @@ from rag.chunking import preview, split_document
 from rag.embedders import REGISTRY
 from rag.estimate import plan_build
 from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
+from rag.hits import Hit
 from rag.index import MANIFEST, CollectionExistsError, RagIndex
 from rag.ingest import SUPPORTED_EXTENSIONS, LoadedDocument, load_file
 from rag.pipeline import PipelineSpec
-from rag.retrieve import Hit, search
+from rag.retrieve import search
 from rag.stages import FIXED_STAGES, POST_STEPS, STAGE_TITLES
 from services import collections
 from services.index_jobs import index_job, index_jobs, read_result, submit_index_job
@@ -94,12 +95,10 @@ GenerateFactory = Callable[[PipelineSpec, Callable[[Any], None] | None], Generat
 def bundled_generate(spec: PipelineSpec, on_provenance: Callable[[Any], None] | None = None) -> Generate:
     """Answer with the app's bundled base model (the engine's ChatModel), using the Generate stage settings;
     ``on_provenance`` receives what produced the answer (``engine.infer.Provenance``)."""
-    from engine.config import GenerationSettings
     from engine.models import BUNDLED_ID
     from ui.common import chat_model_for
 
-    gen = spec.stages["generate"]
-    settings = GenerationSettings(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature)
+    settings = spec.stages["generate"]  # a GenerationSettings: the collection's own answer settings
     model = chat_model_for(BUNDLED_ID)
     return lambda prompt: model.stream(prompt, settings=settings, on_provenance=on_provenance)
 

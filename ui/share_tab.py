@@ -2,7 +2,7 @@
 
 Same shape as the other tabs: :func:`build` makes the components, :func:`register` wires the events,
 and every event has a stable ``api_name`` prefixed ``share_``. All the work is in
-:mod:`engine.publish`; this file picks the visitor's own run and collection through their
+:mod:`services.publish`; this file picks the visitor's own run and collection through their
 :class:`~engine.workspace.Workspace` and formats. The token field is a password box; its value is
 handed to the engine in memory and never logged, stored or echoed.
 """
@@ -16,7 +16,8 @@ import gradio as gr
 
 from engine.files import write_archive
 from engine.jobs import JobRecord
-from engine.publish import (
+from engine.workspace import Workspace
+from services.publish import (
     build_demo_space,
     build_model_folder,
     check_repo_id,
@@ -26,7 +27,6 @@ from engine.publish import (
     push_space,
     require_finished,
 )
-from engine.workspace import Workspace
 from ui.common import friendly_errors, require_write, served_folder, workspace_of
 
 NO_COLLECTION = "(no documents)"

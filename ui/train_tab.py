@@ -18,13 +18,14 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from core.generation import GenerationSettings
+from core.settings import SettingInfo, SettingsError, describe
 from engine import events as ev
-from engine.config import GenerationSettings, TrainConfig, load_preset, preset_names
+from engine.config import TrainConfig, load_preset, preset_names
 from engine.hub import require_access
 from engine.jobs import ACTIVE, JobRecord, JobStore
 from engine.limits import Limits, limits
 from engine.models import BUNDLED_ID, MODELS, hub_kwargs, model_info, pick_device
-from engine.settings import SettingInfo, SettingsError, describe
 from engine.workspace import Workspace
 from ui.common import (
     SettingsForm,

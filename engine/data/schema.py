@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.settings import Settings, setting
 from engine.data.errors import Issue
-from engine.settings import Settings, setting
 
 FORMATS = ("alpaca", "sharegpt", "openai", "prompt_completion", "text")
 ROLES = ("system", "user", "assistant", "tool")

@@ -8,16 +8,16 @@ sources) and runs the same way locally, offline, as on Hugging Face.
 
 The demo does not re-implement anything: it carries copies of this project's ``engine/`` (and
 ``rag/``) packages and answers through :class:`engine.infer.ChatModel` and
-:class:`engine.compare.Comparer` — the same code the app's Compare tab uses.
+:class:`services.compare.Comparer` — the same code the app's Compare tab uses.
 
 A Hugging Face token is only ever passed in memory to ``HfApi``: it is never printed, logged, put
 into an error message or written to any file. No gradio import here (the UI and the CLI share this).
 
 CLI (the token comes from ``$HF_TOKEN`` only, so it never lands in shell history)::
 
-    python -m engine.publish card RUN_ID
-    python -m engine.publish model RUN_ID --repo you/my-adapter [--merged] [--out DIR] [--public]
-    python -m engine.publish demo RUN_ID --out DIR [--index PATH] [--title T] [--push you/my-demo] [--public]
+    python -m services.publish card RUN_ID
+    python -m services.publish model RUN_ID --repo you/my-adapter [--merged] [--out DIR] [--public]
+    python -m services.publish demo RUN_ID --out DIR [--index PATH] [--title T] [--push you/my-demo] [--public]
 """
 
 from __future__ import annotations
@@ -406,8 +406,8 @@ def build_demo_space(job: JobRecord, out_dir: str | Path, index_path: str | Path
     It starts locally (``python app.py`` in the folder, offline with the bundled model) exactly as it
     does on a Space, and answers through ``gradio_client`` at ``/chat``.
     """
-    from engine.compare import CompareSettings
-    from engine.config import GenerationSettings
+    from core.generation import GenerationSettings
+    from services.compare import CompareSettings
 
     require_finished(job)
     index = Path(index_path) if index_path else None
@@ -416,7 +416,7 @@ def build_demo_space(job: JobRecord, out_dir: str | Path, index_path: str | Path
     title = (title or "").strip() or f"{job.name} chat"
     out = _prepare_out_dir(out_dir, DEMO_MARKER)
     copy_adapter(job, out / "adapter")
-    packages = ["engine", "services", "rag"] if index is not None else ["engine", "services"]
+    packages = ["core", "engine", "services", "rag"] if index is not None else ["core", "engine", "services"]
     for package in packages:
         shutil.copytree(PROJECT_ROOT / package, out / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.lock"))
@@ -551,7 +551,7 @@ def _token_from_env() -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine.publish", description="Publish a finished run to the "
+    parser = argparse.ArgumentParser(prog="python -m services.publish", description="Publish a finished run to the "
                                      "Hugging Face Hub. The token is read from $HF_TOKEN only.")
     sub = parser.add_subparsers(dest="command", required=True)
     card = sub.add_parser("card", help="print the model card (README.md) of a finished run")

@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.config import GenerationSettings
+from core.generation import GenerationSettings
+from core.settings import Settings, SettingsError, setting
 from engine.files import csv_text
 from engine.infer import AdapterMismatchError, Provenance, adapter_hash
-from engine.settings import Settings, SettingsError, setting
 
 if TYPE_CHECKING:
     from rag.index import RagIndex
@@ -75,8 +75,9 @@ class CompareSettings(Settings):
                          "answer better from one passage (bundled model on SQuAD-small: 5/20 answers with 1 chunk, "
                          "3/20 with 3); raise it for larger models.", label="Retrieved chunks", minimum=0,
                          maximum=50, step=1)
-    max_context_chars: int = setting(2500, "Context budget for the RAG arms' prompt, in characters.",
-                                     minimum=200, maximum=200000, step=100, advanced=True)
+    max_context_chars: int = setting(0, "Context budget for the RAG arms' prompt, in characters; 0 uses the "
+                                     "collection's own prompt budget (its pipeline's Prompt card).",
+                                     minimum=0, maximum=200000, step=100, advanced=True)
     near_duplicate: float = setting(0.8, "Leakage check: a question whose word overlap (Jaccard) or character "
                                     "similarity with a training prompt reaches this is flagged.",
                                     minimum=0.5, maximum=1.0, step=0.01, advanced=True)
@@ -408,7 +409,9 @@ class Comparer:
         spec = self.index.spec
         if self.settings.top_k:
             spec = spec.with_params("retrieve", top_k=self.settings.top_k)
-        params: dict[str, Any] = {"max_context_chars": self.settings.max_context_chars}
+        params: dict[str, Any] = {}
+        if self.settings.max_context_chars:
+            params["max_context_chars"] = self.settings.max_context_chars
         if self.settings.rag_template:
             params["template"] = self.settings.rag_template
         return spec.with_params("prompt", **params)
