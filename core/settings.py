@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -113,6 +114,36 @@ def describe(cls: type[Settings]) -> list[SettingInfo]:
     return out
 
 
+def _to_bool(value: Any) -> bool:
+    """Booleans as people type them in YAML, on a command line or in a form ("yes", "off", "1"...)."""
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise ValueError
+    return bool(value)
+
+
+def _to_int(value: Any) -> int:
+    """An int, refusing a float that would silently lose its fraction (2.5 is not 2)."""
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _to_list(value: Any) -> list[Any]:
+    """A list; a string is a comma-separated list, as a form field or command line gives it."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+# How a value becomes each plain field type; ValueError/TypeError means it cannot.
+_CONVERTERS: dict[Any, Callable[[Any], Any]] = {bool: _to_bool, int: _to_int, float: float, str: str, list: _to_list}
+
+
 def _coerce(name: str, tp: Any, value: Any) -> Any:
     """Turn YAML/CLI/form values into the field's type, or explain why that is impossible."""
     if value is None:
@@ -120,30 +151,12 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
             return None
         raise SettingsError(name, "a value is required.")
     base = base_type(tp)
-    try:
-        if base is bool:
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered in ("true", "yes", "1", "on"):
-                    return True
-                if lowered in ("false", "no", "0", "off"):
-                    return False
-                raise ValueError
-            return bool(value)
-        if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if base is float:
-            return float(value)
-        if base is str:
-            return str(value)
-        if base is list:
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            return list(value)
-    except (TypeError, ValueError):
-        raise SettingsError(name, f"expected {getattr(base, '__name__', base)}, got {value!r}.") from None
+    convert = _CONVERTERS.get(base)
+    if convert is not None:
+        try:
+            return convert(value)
+        except (TypeError, ValueError):
+            raise SettingsError(name, f"expected {getattr(base, '__name__', base)}, got {value!r}.") from None
     if isinstance(base, type) and issubclass(base, Settings) and isinstance(value, dict):
         return base.from_dict(value)
     return value

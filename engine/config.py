@@ -108,10 +108,6 @@ class TrainConfig(Settings):
         if not self.target_modules.strip():
             raise SettingsError("target_modules", "name at least one layer, or use 'all-linear'.")
 
-    @property
-    def effective_batch_size(self) -> int:
-        return self.batch_size * self.grad_accum
-
     def target_modules_value(self) -> str | list[str]:
         """PEFT accepts the string 'all-linear' or a list of module names."""
         value = self.target_modules.strip()

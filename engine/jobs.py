@@ -43,7 +43,7 @@ from typing import Any
 
 from core.paths import data_dir
 from engine.config import TrainConfig
-from engine.events import TERMINAL, Cancelled, EventLog, Failed, JobEvent, Log, Queued, Step
+from engine.events import TERMINAL, Cancelled, EventLog, Failed, JobEvent, Log, Queued
 
 log = logging.getLogger("tune_studio.jobs")
 
@@ -873,8 +873,3 @@ def _estimated_steps(config: TrainConfig, data_path: Path) -> tuple[int, int] | 
     train_rows = max(1, rows - math.floor(rows * config.val_fraction))
     per_epoch = math.ceil(train_rows / (config.batch_size * config.grad_accum))
     return max(1, math.ceil(per_epoch * config.num_epochs)), rows
-
-
-def last_step_event(events: list[JobEvent]) -> Step | None:
-    steps = [e for e in events if isinstance(e, Step)]
-    return steps[-1] if steps else None

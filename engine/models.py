@@ -179,11 +179,6 @@ def model_folder(model_id: str | None, token: str | None = None, on_progress: On
                     allow_patterns=files or MODEL_FILES)
 
 
-def resolve_model_path(model_id: str | None, token: str | None = None) -> str:
-    """What to hand to ``from_pretrained`` (with ``local_files_only=True``): always a local folder."""
-    return str(model_folder(model_id, token))
-
-
 def hub_kwargs(model_id: str, token: str | None) -> dict[str, Any]:
     """Check a Hub id; refuse a listed gated model without a token before any network call.
 

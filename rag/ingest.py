@@ -6,7 +6,7 @@ every chunk cut later can be cited precisely. A file that cannot be used never r
 file, and how to fix it, so one bad file never stops the rest of a batch.
 
 Libraries: pypdf (BSD) for PDF — no AGPL PDF library; python-docx, python-pptx, openpyxl for
-Office files; BeautifulSoup for HTML/EPUB; striprtf for RTF; charset-normalizer for encodings.
+Office files; BeautifulSoup for HTML/EPUB; striprtf for RTF; core.text (charset-normalizer) for encodings.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from enum import StrEnum
 from pathlib import Path
 from xml.etree import ElementTree
 
-logging.getLogger("pypdf").setLevel(logging.ERROR)
+from core.text import bom_encoding, decode_bytes
 
+logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 class RefusalReason(StrEnum):
@@ -92,70 +93,14 @@ class _Refuse(Exception):
 
 
 # ---------------------------------------------------------------- encodings
-
-_BOMS: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xfe\x00\x00", "utf-32-le"),
-    (b"\x00\x00\xfe\xff", "utf-32-be"),
-    (b"\xef\xbb\xbf", "utf-8-sig"),
-    (b"\xff\xfe", "utf-16-le"),
-    (b"\xfe\xff", "utf-16-be"),
-)
-
-
-def _bom_encoding(data: bytes) -> tuple[str, int] | None:
-    for bom, name in _BOMS:
-        if data.startswith(bom):
-            return name, len(bom)
-    return None
-
-
-def decode_bytes(data: bytes, hint: str | None = None) -> tuple[str, str]:
-    """Decode text whose encoding is unknown; returns ``(text, encoding)``.
-
-    Order matters: a byte-order mark is certain; then a declared ``hint`` (e.g. an HTML meta
-    charset); strict UTF-8 is next because it almost never decodes non-UTF-8 text by accident;
-    then charset-normalizer's guess; cp1252 last because it decodes nearly anything.
-    """
-    bom = _bom_encoding(data)
-    if bom:
-        name, size = bom
-        return data[size:].decode(name, errors="replace"), name.replace("-sig", "")
-    candidates = [hint] if hint else []
-    candidates.append("utf-8")
-    for enc in candidates:
-        try:
-            return data.decode(enc), enc
-        except (UnicodeDecodeError, LookupError):
-            continue
-    from charset_normalizer import from_bytes
-
-    best = from_bytes(data).best()
-    if best is not None and best.encoding:
-        enc = best.encoding
-        # For Latin-script text the single-byte code pages differ in a handful of letters and
-        # charset-normalizer often picks a cousin (cp1250 for German/French text). cp1252 is what
-        # Windows editors actually write, and what HTML5 means by "latin-1", so it wins when valid.
-        if enc in _LATIN_COUSINS:
-            try:
-                return data.decode("cp1252"), "cp1252"
-            except UnicodeDecodeError:
-                pass
-        try:
-            return data.decode(enc), enc
-        except (UnicodeDecodeError, LookupError):
-            pass
-    return data.decode("cp1252", errors="replace"), "cp1252"
-
-
-_LATIN_COUSINS = frozenset(
-    {"cp1250", "cp1252", "cp1254", "cp1257", "latin_1", "mac_roman", "mac_latin2"}
-    | {f"iso8859_{n}" for n in (1, 2, 3, 4, 9, 10, 13, 14, 15, 16)}
-)
+# Detection itself is core.text's (shared with the fine-tuning data loader); only the HTML meta charset,
+# which a page declares about itself, is ingestion's own.
 
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-]+)""", re.IGNORECASE)
 
 
 def _html_charset(data: bytes) -> str | None:
+    """The charset a page declares in its first 4 KiB: a hint that beats guessing, though not a BOM."""
     match = _META_CHARSET.search(data[:4096])
     return match.group(1).decode("ascii").lower() if match else None
 
@@ -198,7 +143,7 @@ def _html_to_sections(html: str, source: str, section: str | None = None) -> tup
 
 
 def _load_html(data: bytes, source: str) -> tuple[list[Section], str]:
-    text, enc = decode_bytes(data, hint=None if _bom_encoding(data) else _html_charset(data))
+    text, enc = decode_bytes(data, hint=None if bom_encoding(data) else _html_charset(data))
     sections, _ = _html_to_sections(text, source)
     return sections, enc
 

@@ -171,38 +171,18 @@ class PipelineSpec:
         post: list[PostStep] = []
         seen_fixed: list[str] = []
         for position, entry in enumerate(entries, start=1):
-            if not isinstance(entry, dict) or not isinstance(entry.get("stage"), str):
-                raise PipelineSpecError(f"Stage #{position} must be an object with a 'stage' name.")
-            name, params = entry["stage"], entry.get("params") or {}
-            if not isinstance(params, dict):
-                raise PipelineSpecError(f"Stage '{name}': 'params' must be an object.")
-            params = {k: v for k, v in params.items() if k not in RETIRED_PARAMS.get(name, ())}
+            name, params = _entry(entry, position)
             if name in FIXED_STAGES:
-                if name in stages:
-                    raise PipelineSpecError(f"Stage '{name}' appears twice; keep one.")
-                if post and list(FIXED_STAGES).index(name) <= list(FIXED_STAGES).index("retrieve"):
-                    raise PipelineSpecError(f"Stage '{name}' must come before the post-retrieval steps.")
-                stages[name] = _build(name, FIXED_STAGES[name], params)
+                _add_fixed(name, params, stages, post)
                 seen_fixed.append(name)
             elif name in POST_STEPS:
-                if any(s.name == name for s in post):
-                    raise PipelineSpecError(f"Post-retrieval step '{name}' appears twice; keep one.")
-                if "retrieve" not in stages and seen_fixed:
-                    raise PipelineSpecError(f"Step '{name}' must come after 'retrieve'.")
-                if "prompt" in stages:
-                    raise PipelineSpecError(f"Step '{name}' must come before 'prompt'.")
-                post.append(PostStep(name, bool(entry.get("enabled", True)), _build(name, POST_STEPS[name], params)))
+                _add_post(name, entry, params, stages, post, seen_fixed)
             else:
                 known = ", ".join([*FIXED_STAGES, *POST_STEPS])
                 raise PipelineSpecError(f"Unknown stage '{name}' (stage #{position}). Known stages: {known}.")
         if seen_fixed != [n for n in FIXED_STAGES if n in seen_fixed]:
             raise PipelineSpecError(f"Stages are out of order: {seen_fixed}. Expected {list(FIXED_STAGES)}.")
-        for name, settings_cls in FIXED_STAGES.items():
-            stages.setdefault(name, settings_cls())
-        # Steps the file does not mention are kept, disabled, at the end: an older file stays valid.
-        named = {s.name for s in post}
-        post.extend(PostStep(n, False, c()) for n, c in POST_STEPS.items() if n not in named)
-        return cls({n: stages[n] for n in FIXED_STAGES}, tuple(post))
+        return cls(*_with_defaults(stages, post))
 
     @classmethod
     def from_json(cls, text: str) -> PipelineSpec:
@@ -257,6 +237,50 @@ def scrub_stored_passwords(root: str | Path) -> list[Path]:
         fixed.append(path)
     return fixed
 
+
+
+def _entry(entry: Any, position: int) -> tuple[str, dict[str, Any]]:
+    """A spec entry's stage name and parameters, without parameters that older versions wrote and this one dropped."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("stage"), str):
+        raise PipelineSpecError(f"Stage #{position} must be an object with a 'stage' name.")
+    name, params = entry["stage"], entry.get("params") or {}
+    if not isinstance(params, dict):
+        raise PipelineSpecError(f"Stage '{name}': 'params' must be an object.")
+    return name, {k: v for k, v in params.items() if k not in RETIRED_PARAMS.get(name, ())}
+
+
+def _add_fixed(name: str, params: dict[str, Any], stages: dict[str, Settings], post: list[PostStep]) -> None:
+    """A fixed stage: once only, and those up to 'retrieve' before any post-retrieval step."""
+    if name in stages:
+        raise PipelineSpecError(f"Stage '{name}' appears twice; keep one.")
+    if post and list(FIXED_STAGES).index(name) <= list(FIXED_STAGES).index("retrieve"):
+        raise PipelineSpecError(f"Stage '{name}' must come before the post-retrieval steps.")
+    stages[name] = _build(name, FIXED_STAGES[name], params)
+
+
+def _add_post(name: str, entry: dict[str, Any], params: dict[str, Any], stages: dict[str, Settings],
+              post: list[PostStep], seen_fixed: list[str]) -> None:
+    """A post-retrieval step: once only, after 'retrieve' (when stages are named at all) and before 'prompt'."""
+    if any(s.name == name for s in post):
+        raise PipelineSpecError(f"Post-retrieval step '{name}' appears twice; keep one.")
+    if "retrieve" not in stages and seen_fixed:
+        raise PipelineSpecError(f"Step '{name}' must come after 'retrieve'.")
+    if "prompt" in stages:
+        raise PipelineSpecError(f"Step '{name}' must come before 'prompt'.")
+    post.append(PostStep(name, bool(entry.get("enabled", True)), _build(name, POST_STEPS[name], params)))
+
+
+def _with_defaults(stages: dict[str, Settings],
+                   post: list[PostStep]) -> tuple[dict[str, Settings], tuple[PostStep, ...]]:
+    """Every fixed stage (defaults for those not named) in order; unnamed steps kept, disabled, at the end.
+
+    So a file written by an older version, which did not know a newer stage or step, stays valid.
+    """
+    for name, settings_cls in FIXED_STAGES.items():
+        stages.setdefault(name, settings_cls())
+    named = {s.name for s in post}
+    post.extend(PostStep(n, False, c()) for n, c in POST_STEPS.items() if n not in named)
+    return {n: stages[n] for n in FIXED_STAGES}, tuple(post)
 
 def _build(stage: str, settings_cls: type[Settings], params: dict[str, Any]) -> Settings:
     try:

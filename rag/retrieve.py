@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+# Its module calls itself internal: the version is pinned in requirements.txt and tests/test_rag_index.py checks it.
+from langchain_core.vectorstores.utils import maximal_marginal_relevance
+
 from rag.hits import Hit
 from rag.pipeline import PipelineSpec
 from rag.stages import DedupeSettings, MMRSettings, RerankSettings, ThresholdSettings
@@ -111,20 +114,17 @@ def _dedupe(hits: list[Hit], settings: DedupeSettings, *, index: RagIndex, **_: 
 
 def _mmr(hits: list[Hit], settings: MMRSettings, *, index: RagIndex, qvec: np.ndarray | None, top_k: int,
          **_: Any) -> list[Hit]:
-    """Maximal marginal relevance: trade query similarity against similarity to already chosen chunks."""
+    """Maximal marginal relevance (langchain-core's): trade query similarity against similarity to chosen chunks.
+
+    It picks ``top_k`` hits; they come first and the others follow in their order, so a later step (rerank)
+    still sees every candidate. Its cosine equals our dot product: the index's vectors are normalised.
+    """
     if qvec is None or len(hits) < 2:
         return hits
     vectors = index.vectors[[h.position for h in hits]]
-    relevance = vectors @ qvec
-    chosen: list[int] = []
-    remaining = list(range(len(hits)))
-    while remaining and len(chosen) < max(top_k, 1):
-        redundancy = (vectors[remaining] @ vectors[chosen].T).max(axis=1) if chosen else np.zeros(len(remaining))
-        mmr = settings.lambda_mult * relevance[remaining] - (1 - settings.lambda_mult) * redundancy
-        best = remaining[int(np.argmax(mmr))]
-        chosen.append(best)
-        remaining.remove(best)
-    return [hits[i] for i in chosen] + [hits[i] for i in remaining]
+    chosen = maximal_marginal_relevance(qvec, vectors, lambda_mult=settings.lambda_mult, k=max(top_k, 1))
+    picked = set(chosen)
+    return [hits[i] for i in chosen] + [h for i, h in enumerate(hits) if i not in picked]
 
 
 _RERANKERS: dict[str, Any] = {}
@@ -132,14 +132,17 @@ _RERANK_LOCK = threading.Lock()
 
 
 def _rerank(hits: list[Hit], settings: RerankSettings, *, query: str, **_: Any) -> list[Hit]:
-    """Re-score the first ``top_n`` candidates with a cross-encoder (downloaded from the Hub on first use)."""
+    """Re-score the first ``top_n`` candidates with a cross-encoder (downloaded from the Hub on first use, through
+    the same downloader as embedders)."""
     if not hits:
         return hits
     with _RERANK_LOCK:
         if settings.model not in _RERANKERS:
             from sentence_transformers import CrossEncoder
 
-            _RERANKERS[settings.model] = CrossEncoder(settings.model)
+            from rag.embedders import hub_folder
+
+            _RERANKERS[settings.model] = CrossEncoder(str(hub_folder(settings.model)), local_files_only=True)
     model = _RERANKERS[settings.model]
     head, tail = hits[: settings.top_n], hits[settings.top_n:]
     scores = model.predict([(query, h.chunk.text) for h in head], show_progress_bar=False)

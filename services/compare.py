@@ -214,37 +214,48 @@ def load_questions(path: str | Path, limit: int = 0) -> list[Question]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Question set {path.name} does not exist.")
-    text = path.read_text(encoding="utf-8-sig")
-    rows: list[dict[str, Any]] = []
-    if path.suffix.lower() == ".csv":
-        rows = [dict(r) for r in csv.DictReader(io.StringIO(text))]
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CompareError(f"{path.name}, line {number}: not valid JSON ({exc.msg}). Use one JSON object "
-                                   "per line, or a CSV with a 'question' column.") from None
-            if not isinstance(row, dict):
-                raise CompareError(f"{path.name}, line {number}: expected an object with a 'question' field.")
-            rows.append(row)
+    rows = _question_rows(path, path.read_text(encoding="utf-8-sig"))
     questions = []
     for number, row in enumerate(rows, start=1):
-        lowered = {str(k).strip().lower(): v for k, v in row.items()}
-        q = str(lowered.get("question") or lowered.get("prompt") or lowered.get("query") or "").strip()
-        if not q:
-            raise CompareError(f"{path.name}, row {number}: no 'question' value. The question set needs a "
-                               "'question' column (and optionally 'answer' and 'gold_doc_id').")
-        if _truthy(lowered.get("is_impossible")):
-            continue
-        gold = lowered.get("gold_doc_id") or lowered.get("gold_doc") or lowered.get("doc_id")
-        questions.append(Question(q, _references(lowered), str(gold) if gold else None,
-                                  str(lowered.get("qid") or lowered.get("id") or number)))
+        question = _question_of(row, number, path.name)
+        if question is not None:
+            questions.append(question)
     if not questions:
         raise CompareError(f"{path.name} has no answerable questions.")
     return questions[:limit] if limit and limit > 0 else questions
+
+
+def _question_rows(path: Path, text: str) -> list[dict[str, Any]]:
+    """The rows of a question set: a CSV with a header, or one JSON object per line (blank lines skipped)."""
+    if path.suffix.lower() == ".csv":
+        return [dict(r) for r in csv.DictReader(io.StringIO(text))]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CompareError(f"{path.name}, line {number}: not valid JSON ({exc.msg}). Use one JSON object "
+                               "per line, or a CSV with a 'question' column.") from None
+        if not isinstance(row, dict):
+            raise CompareError(f"{path.name}, line {number}: expected an object with a 'question' field.")
+        rows.append(row)
+    return rows
+
+
+def _question_of(row: dict[str, Any], number: int, name: str) -> Question | None:
+    """One row as a question (column names in any case; common aliases accepted), or None if it is unanswerable."""
+    lowered = {str(k).strip().lower(): v for k, v in row.items()}
+    q = str(lowered.get("question") or lowered.get("prompt") or lowered.get("query") or "").strip()
+    if not q:
+        raise CompareError(f"{name}, row {number}: no 'question' value. The question set needs a "
+                           "'question' column (and optionally 'answer' and 'gold_doc_id').")
+    if _truthy(lowered.get("is_impossible")):
+        return None
+    gold = lowered.get("gold_doc_id") or lowered.get("gold_doc") or lowered.get("doc_id")
+    return Question(q, _references(lowered), str(gold) if gold else None,
+                    str(lowered.get("qid") or lowered.get("id") or number))
 
 
 def _prompt_and_answer(example: Any) -> tuple[str, str]:
@@ -459,9 +470,21 @@ class Comparer:
         yield result
 
     def _generate_arm(self, arm: str, question: Question, result: ArmAnswer, start: float) -> Iterator[ArmAnswer]:
-        from rag.answer import answer as rag_answer
-        from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
+        """Stream one arm's answer into ``result``: the question alone, or retrieval first and then the answer."""
+        generate, add = self._arm_callbacks(arm, result, start)
+        if "rag" in arm:
+            yield from self._stream_rag(question, result, generate, add)
+            return
+        for piece in generate(self.settings.base_template.replace("{question}", question.question.strip())):
+            add(piece)
+            yield result
 
+    def _arm_callbacks(self, arm: str, result: ArmAnswer,
+                       start: float) -> tuple[Callable[[Any], Iterator[str]], Callable[[str], None]]:
+        """The arm's generator (its adapter or none; it records what produced the answer) and its token sink.
+
+        The sink also times the first token, which is what "time to first token" means for every arm alike.
+        """
         adapter = self.adapter if arm.startswith("ft") else None
         uses_rag = "rag" in arm
 
@@ -479,11 +502,14 @@ class Comparer:
                 result.ttft_s = time.perf_counter() - start
             result.text += piece
 
-        if not uses_rag:
-            for piece in generate(self.settings.base_template.replace("{question}", question.question.strip())):
-                add(piece)
-                yield result
-            return
+        return generate, add
+
+    def _stream_rag(self, question: Question, result: ArmAnswer, generate: Callable[[Any], Iterator[str]],
+                    add: Callable[[str], None]) -> Iterator[ArmAnswer]:
+        """A RAG arm: the retrieved chunks first (shown before any token), then tokens, then the cited answer."""
+        from rag.answer import answer as rag_answer
+        from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
+
         for event in rag_answer(self.index, question.question, generate, self.spec):  # type: ignore[arg-type]
             if isinstance(event, RetrievedEvent):
                 result.retrieved = [{"source": h.chunk.source, "location": h.chunk.location,

@@ -27,7 +27,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,28 +226,39 @@ class _Reporter:
         self.log.append(Log(self.job_id, message=message, level=level))
 
     def __call__(self, event: Any) -> None:
-        if isinstance(event, ReadingFile):
-            self.progress("read", done=event.number - 1, total=event.total, unit="files", item=event.source)
-        elif isinstance(event, FileLoaded):
-            self.note(f"{event.source}: {event.sections} section(s), {event.chars:,} characters"
-                      + (f", {event.pages} page(s)" if event.pages else ""))
-        elif isinstance(event, FileRefused):
-            self.note(event.message, "warning")
-        elif isinstance(event, FileUnchanged):
-            self.note(f"{event.source} is already indexed with the same content.")
-        elif isinstance(event, FileRemoved):
-            verb = "replaced (old chunks removed)" if event.replaced else "removed"
-            self.note(f"{event.source} {verb}: {event.chunks} chunk(s)")
-        elif isinstance(event, Splitting):
-            self.progress("split", done=event.number - 1, total=event.total, unit="documents", item=event.source)
-        elif isinstance(event, Chunked):
-            self.note(event.preview.summary())
-        elif isinstance(event, EmbedProgress):
-            self._embedded(event)
-        elif isinstance(event, Writing):
-            self.progress("index", done=event.chunks, unit="chunks")
-        elif isinstance(event, IndexUpdated):
-            self.final = event
+        """One event from rag's indexer, as job progress or a log line; events not listed are not shown."""
+        handle = _REPORTER_HANDLERS.get(type(event))
+        if handle is not None:
+            handle(self, event)
+
+    def _reading(self, event: ReadingFile) -> None:
+        self.progress("read", done=event.number - 1, total=event.total, unit="files", item=event.source)
+
+    def _loaded(self, event: FileLoaded) -> None:
+        self.note(f"{event.source}: {event.sections} section(s), {event.chars:,} characters"
+                  + (f", {event.pages} page(s)" if event.pages else ""))
+
+    def _refused(self, event: FileRefused) -> None:
+        self.note(event.message, "warning")
+
+    def _unchanged(self, event: FileUnchanged) -> None:
+        self.note(f"{event.source} is already indexed with the same content.")
+
+    def _removed(self, event: FileRemoved) -> None:
+        verb = "replaced (old chunks removed)" if event.replaced else "removed"
+        self.note(f"{event.source} {verb}: {event.chunks} chunk(s)")
+
+    def _splitting(self, event: Splitting) -> None:
+        self.progress("split", done=event.number - 1, total=event.total, unit="documents", item=event.source)
+
+    def _chunked(self, event: Chunked) -> None:
+        self.note(event.preview.summary())
+
+    def _writing(self, event: Writing) -> None:
+        self.progress("index", done=event.chunks, unit="chunks")
+
+    def _updated(self, event: IndexUpdated) -> None:
+        self.final = event
 
     def _embedded(self, event: EmbedProgress) -> None:
         now = time.monotonic()
@@ -258,6 +269,15 @@ class _Reporter:
         eta = (event.total - event.done) / rate if rate else (0.0 if event.done >= event.total else None)
         self.progress("embed", done=event.done, total=event.total, unit="chunks", rate=rate, eta_seconds=eta,
                       message=f"{event.reused:,} reused" if event.reused else "")
+
+
+# Which _Reporter method turns each indexing event into the job's log; events not listed are not shown.
+_REPORTER_HANDLERS: dict[type, Callable[[_Reporter, Any], None]] = {
+    ReadingFile: _Reporter._reading, FileLoaded: _Reporter._loaded, FileRefused: _Reporter._refused,
+    FileUnchanged: _Reporter._unchanged, FileRemoved: _Reporter._removed, Splitting: _Reporter._splitting,
+    Chunked: _Reporter._chunked, EmbedProgress: _Reporter._embedded, Writing: _Reporter._writing,
+    IndexUpdated: _Reporter._updated,
+}
 
 
 def collection_path(payload: dict[str, Any], root: Path) -> Path:

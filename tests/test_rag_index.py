@@ -190,6 +190,32 @@ def test_post_steps_threshold_mmr_and_order(copy):
     assert "mmr" in diverse.log[-1]
 
 
+def test_mmr_puts_a_diverse_hit_before_a_near_duplicate_and_keeps_the_rest_in_order():
+    from types import SimpleNamespace
+
+    from rag.chunking import Chunk
+    from rag.hits import Hit
+    from rag.retrieve import POST_STEPS
+    from rag.stages import MMRSettings
+
+    def unit(*v: float) -> list[float]:
+        return list(np.array(v) / np.linalg.norm(v))
+
+    # a is the closest to the query, b nearly repeats a, c is less relevant but says something else
+    vectors = {"b": unit(0.89, 0.45, 0.05), "a": unit(0.9, 0.43, 0.0), "c": unit(0.8, -0.6, 0.0),
+               "d": unit(0.0, 0.0, 1.0)}
+    index = SimpleNamespace(vectors=np.array(list(vectors.values()), dtype=np.float32))
+    hits = [Hit(Chunk(name, "doc", i), i, 1.0 - i / 10) for i, name in enumerate(vectors)]
+    query = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    mmr = POST_STEPS["mmr"]
+    picked = mmr(hits, MMRSettings(lambda_mult=0.5), index=index, qvec=query, top_k=2)
+    assert [h.chunk.text for h in picked] == ["a", "c", "b", "d"]  # chosen first, then the rest in their order
+    relevance_only = mmr(hits, MMRSettings(lambda_mult=1.0), index=index, qvec=query, top_k=2)
+    assert [h.chunk.text for h in relevance_only] == ["a", "b", "c", "d"]
+    assert mmr(hits, MMRSettings(), index=index, qvec=None, top_k=2) == hits
+    assert mmr(hits[:1], MMRSettings(), index=index, qvec=query, top_k=2) == hits[:1]
+
+
 def test_unusable_files_do_not_stop_the_batch(embedder, tmp_path):
     index = RagIndex.create(tmp_path / "idx", small_spec())
     names = ["empty.txt", "loremipsum-flat.pdf", "password.pdf", "fake-text-utf-32.txt"]

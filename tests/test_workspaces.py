@@ -172,18 +172,20 @@ def test_demo_mode_refuses_training_and_indexing_but_answers(tmp_path: Path) -> 
 
 
 def test_hugging_face_sign_in_names_the_workspace() -> None:
-    """On a Space, "Sign in with Hugging Face" leaves the profile in the session; expired means signed out."""
+    """On a Space, "Sign in with Hugging Face" reaches handlers as Gradio's ``gr.OAuthProfile`` parameter;
+    Gradio passes None when there is no sign-in or it has expired, which reads as signed out."""
     from types import SimpleNamespace
+
+    import gradio as gr
 
     from ui.common import signed_in_user
 
-    def request(session: dict | None) -> SimpleNamespace:
-        return SimpleNamespace(username=None, session=session)
+    def request() -> SimpleNamespace:
+        return SimpleNamespace(username=None)
 
-    fresh = {"oauth_info": {"expires_at": time.time() + 600, "userinfo": {"preferred_username": "dana"}}}
-    stale = {"oauth_info": {"expires_at": time.time() - 1, "userinfo": {"preferred_username": "dana"}}}
-    assert signed_in_user(request(fresh)) == "dana"
-    assert signed_in_user(request(stale)) is None
-    assert signed_in_user(request({})) is None
+    dana = gr.OAuthProfile({"name": "Dana", "preferred_username": "dana", "profile": "", "picture": ""})
+    assert signed_in_user(request(), dana) == "dana"
+    assert signed_in_user(request(), None) is None  # expired: Gradio hands the handler no profile
+    assert signed_in_user(request()) is None
     assert signed_in_user(SimpleNamespace(username="erin")) == "erin"  # password sign-in
     assert signed_in_user(None) is None

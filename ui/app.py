@@ -18,7 +18,7 @@ from engine.quotas import upload_bytes_limit
 from engine.workspace import AccessPolicy
 from services.hub import connect_downloads
 from ui import chat_tab, compare_tab, data_tab, share_tab, train_tab
-from ui.common import guard_endpoints, signed_in_user
+from ui.common import UndeclaredEndpointError, signed_in_user
 
 log = logging.getLogger("tune_studio.ui")
 
@@ -48,7 +48,8 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
     """The whole web app. Per-visitor state lives in gr.State / component values, never in module globals.
 
     ``policy`` (default: from the environment) decides sign-in and the read-only demo: in the demo the
-    building tabs are hidden *and* their handlers refuse, so the API cannot train either.
+    building tabs are hidden *and* their handlers refuse, so the API cannot train either (every public
+    event is registered through ``ui.common.endpoint``, which puts the demo check in front of it).
     """
     policy = policy or AccessPolicy.from_env()
     writable = not policy.demo
@@ -71,11 +72,12 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
                 data = data_tab.build(dataset)
             with gr.Tab("Train", id="train", visible=writable):
                 train = train_tab.build(dataset)
-            add_rag_tab(visible=writable)
+            add_rag_tab(demo, visible=writable)
             with gr.Tab("Compare", id="compare"):
                 compare_tab.register(compare_tab.build())
             with gr.Tab("Chat", id="chat"):
-                chat_tab.register(chat_tab.build())
+                chat = chat_tab.build()
+                chat_tab.register(chat)
             with gr.Tab("Share", id="share", visible=writable):
                 share = share_tab.build()
         data_tab.register(data, check_with=[train.control(name) for name in data_tab.CHECK_SETTINGS],
@@ -84,9 +86,9 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
         train_tab.register_page_load(demo, train)
         share_tab.register(share)
         share_tab.register_page_load(demo, share)
+        chat_tab.register_page_load(demo, chat)
         register_guide(guide, guide_buttons, tabs, train)
         demo.load(signed_in_text, None, who, api_visibility="private")
-        guard_endpoints(demo)  # last: every event is registered; the demo refuses writes and owner downloads
     return demo
 
 
@@ -107,9 +109,9 @@ def scrub_stored_secrets() -> None:
         log.warning("Removed stored PDF passwords from %d saved pipeline(s)", len(fixed))
 
 
-def signed_in_text(request: gr.Request) -> str:
+def signed_in_text(request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
     """Whose workspace this page shows, so two people on one Space know they are apart."""
-    user = signed_in_user(request)
+    user = signed_in_user(request, profile)
     return f"Signed in as **{user}** — your datasets, runs and indexes are yours only." if user else ""
 
 
@@ -145,8 +147,11 @@ def register_guide(guide: gr.Walkthrough, buttons: dict[str, gr.Button], tabs: g
     buttons["to_train"].click(lambda: gr.Tabs(selected="train"), None, tabs, api_visibility="private")
 
 
-def add_rag_tab(visible: bool = True) -> None:
-    """Add the RAG tab when ``ui/rag_tab.py`` exists and builds; otherwise say so, and keep the app up."""
+def add_rag_tab(demo: gr.Blocks, visible: bool = True) -> None:
+    """Add the RAG tab when ``ui/rag_tab.py`` exists and builds; otherwise say so, and keep the app up.
+
+    ``demo`` is the app's Blocks: the tab follows a visitor's running index job again on every page load.
+    """
     try:
         rag_tab: Any = importlib.import_module("ui.rag_tab")
     except ModuleNotFoundError as exc:
@@ -158,7 +163,11 @@ def add_rag_tab(visible: bool = True) -> None:
         return
     with gr.Tab("RAG", id="rag", visible=visible):
         try:
-            rag_tab.register(rag_tab.build())
+            components = rag_tab.build()
+            rag_tab.register(components)
+            rag_tab.register_page_load(demo, components)
+        except UndeclaredEndpointError:
+            raise  # a programming error, not a server problem: the app must not start with it
         except Exception:
             log.exception("RAG tab failed to build")
             gr.Markdown("⚠️ The RAG tab could not be built on this server; the other tabs work. "

@@ -1,8 +1,9 @@
 """The Chat tab: talk to the base model or one of your fine-tuned runs, optionally grounded in a RAG collection.
 
-Same shape as the other tabs: :func:`build` makes the components, :func:`register` wires the events, and
-every event has a stable ``api_name`` (``chat``, ``chat_refresh``, ``chat_clear``). The conversation lives
-in the ``gr.Chatbot`` value (per visitor, sent with every message), never in module globals.
+Same shape as the other tabs: :func:`build` makes the components, :func:`register` wires the events
+(:func:`register_page_load` the page-load one), and every event has a stable ``api_name`` (``chat``,
+``chat_refresh``, ``chat_clear``). The conversation lives in the ``gr.Chatbot`` value (per visitor, sent
+with every message), never in module globals.
 
 No prompting or retrieval is written here: an answer is one arm of :class:`services.compare.Comparer` (base,
 fine-tuned, RAG or fine-tuned+RAG) on the process-wide model of ``ui.common.chat_model_for``, with the
@@ -40,6 +41,7 @@ from ui.common import (
     chat_model_for,
     check_history,
     check_message,
+    endpoint,
     friendly_errors,
     literal_markdown,
     model_token,
@@ -310,56 +312,55 @@ def build() -> ChatTabComponents:
 
 
 def register(c: ChatTabComponents) -> None:
-    def on_refresh(model: str | None, collection: str | None, request: gr.Request) -> list[Any]:
-        ws = workspace_of(request)
-        models = model_choices(ws)
-        names = collection_choices(ws)
-        keep_model = model if model in {value for _, value in models} else BASE
-        keep_collection = collection if collection in names else None
-        return [gr.Dropdown(choices=models, value=keep_model), gr.Dropdown(choices=names, value=keep_collection)]
-
-    refresh = friendly_errors("Could not list your models")(on_refresh)
-    c.refresh_button.click(refresh, [c.model, c.collection], [c.model, c.collection], api_name="chat_refresh")
-
-    def on_load(model: str | None, collection: str | None, request: gr.Request) -> list[Any]:
-        try:
-            return on_refresh(model, collection, request)
-        except Exception:  # not signed in yet, say: no toast on page load; the lists fill on ↻ Refresh
-            return [gr.skip(), gr.skip()]
-
-    _on_page_load(on_load, [c.model, c.collection], [c.model, c.collection])
+    """Wire Refresh, Send (button or Enter) and Clear; each is a public API endpoint (see the module docstring)."""
+    endpoint(c.refresh_button.click, friendly_errors("Could not list your models")(refresh_pickers),
+             [c.model, c.collection], [c.model, c.collection], api_name="chat_refresh")
 
     @friendly_errors("The model could not answer")
     def on_chat(message: str, history: list[dict[str, Any]] | None, model: str | None, collection: str | None,
-                *values: Any, request: gr.Request) -> Iterator[list[Any]]:
+                *values: Any, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Iterator[list[Any]]:
         *values, hf_token = values
-        check_message(message, request)
-        check_history(sum(len(message_text(m) if isinstance(m, dict) else str(m)) for m in history or []), request)
-        ws = workspace_of(request)  # demo mode: the demo workspace (chat is allowed there)
+        check_message(message, request, profile=profile)
+        check_history(sum(len(message_text(m) if isinstance(m, dict) else str(m)) for m in history or []), request,
+                      profile)
+        ws = workspace_of(request, profile)  # demo mode: the demo workspace (chat is allowed there)
         settings = c.generation.to_settings(values)
         for shown, rows, stats in chat_turns(message, history, settings, ws, model, collection, hf_token):
             yield [shown, "", rows, stats]
 
     chat = named_parameters(on_chat, [*API_INPUTS, *c.generation.names, "hf_token"], request=True)
-    gr.on([c.send_button.click, c.message.submit], chat,
-          [c.message, c.chatbot, c.model, c.collection, *c.generation.components, c.hf_token],
-          [c.chatbot, c.message, c.sources, c.stats], api_name="chat", show_progress="minimal")
+    endpoint([c.send_button.click, c.message.submit], chat,
+             [c.message, c.chatbot, c.model, c.collection, *c.generation.components, c.hf_token],
+             [c.chatbot, c.message, c.sources, c.stats], api_name="chat", show_progress="minimal")
 
     def on_clear() -> list[Any]:
         return [[], "", [], ""]
 
-    c.clear_button.click(on_clear, None, [c.chatbot, c.message, c.sources, c.stats], api_name="chat_clear",
-                         show_progress="hidden")
+    endpoint(c.clear_button.click, on_clear, None, [c.chatbot, c.message, c.sources, c.stats], api_name="chat_clear",
+             show_progress="hidden")
 
 
-def _on_page_load(fn: Any, inputs: list[Any], outputs: list[Any]) -> None:
-    """Fill the pickers with the visitor's own runs and collections when the page opens.
+def refresh_pickers(model: str | None, collection: str | None, request: gr.Request,
+                    profile: gr.OAuthProfile | None = None) -> list[Any]:
+    """The visitor's own models and collections; a choice that is still there stays chosen."""
+    ws = workspace_of(request, profile)
+    models = model_choices(ws)
+    names = collection_choices(ws)
+    keep_model = model if model in {value for _, value in models} else BASE
+    keep_collection = collection if collection in names else None
+    return [gr.Dropdown(choices=models, value=keep_model), gr.Dropdown(choices=names, value=keep_collection)]
 
-    The tab is built inside the app's Blocks (``register(build())``), so the enclosing Blocks is the
-    current root; a tab built outside one simply keeps its refresh button.
-    """
-    from gradio.context import Context
 
-    root = Context.root_block
-    if root is not None:
-        root.load(fn, inputs, outputs, api_visibility="private", show_progress="hidden")
+def fill_pickers_on_load(model: str | None, collection: str | None, request: gr.Request,
+                         profile: gr.OAuthProfile | None = None) -> list[Any]:
+    """:func:`refresh_pickers` without the toast: on page load a visitor not signed in yet just keeps ↻ Refresh."""
+    try:
+        return refresh_pickers(model, collection, request, profile)
+    except Exception:
+        return [gr.skip(), gr.skip()]
+
+
+def register_page_load(demo: gr.Blocks, c: ChatTabComponents) -> None:
+    """Fill the pickers with the visitor's own runs and collections when the page opens (Gradio's ``demo.load``)."""
+    demo.load(fill_pickers_on_load, [c.model, c.collection], [c.model, c.collection], api_visibility="private",
+              show_progress="hidden")

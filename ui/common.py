@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,63 +71,98 @@ def hide_paths(text: str) -> str:
     return _SERVER_PATH.sub(lambda match: match.group(1) or "…", text)
 
 
-def friendly_errors(title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+@contextmanager
+def _errors_translated(on_error: Callable[[Exception], BaseException] | None) -> Iterator[None]:
+    """Raise ``on_error(exc)`` instead of ``exc``; a ``gr.Error`` raised on purpose passes through unchanged."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception as exc:
+        if on_error is None:
+            raise
+        raise on_error(exc) from exc
+
+
+def wrap_calls(fn: Callable[..., Any], *, before: Callable[[], None] | None = None,
+               on_error: Callable[[Exception], BaseException] | None = None) -> Callable[..., Any]:
+    """``fn`` with ``before()`` run first and its exceptions translated by ``on_error`` (gr.Error passes through).
+
+    Why one helper: Gradio reads a handler's signature (kept by ``functools.wraps``) and decides from the kind of
+    function (plain, generator, coroutine or async generator) how to call and stream it, so every wrapper must
+    be the same kind as ``fn``. The demo guard and the friendly errors both wrap through here.
+    """
+    start = before or (lambda: None)
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            with _errors_translated(on_error):
+                start()
+                async for item in fn(*args, **kwargs):
+                    yield item
+        return agen_wrapper
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def coro_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _errors_translated(on_error):
+                start()
+                return await fn(*args, **kwargs)
+        return coro_wrapper
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with _errors_translated(on_error):
+                start()
+                yield from fn(*args, **kwargs)
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _errors_translated(on_error):
+            start()
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def friendly_errors(title: str, translate: Callable[[Exception], Exception] | None = None,
+                    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Turn any exception of a handler into a titled gr.Error, so no click ever shows a raw trace.
 
-    Works for plain functions and generators (streaming answers). A ``gr.Error`` raised on purpose
-    passes through unchanged.
+    Works for plain functions, generators (streaming answers) and async ones (job followers). A ``gr.Error``
+    raised on purpose passes through unchanged. ``translate`` first maps an exception to one whose message is
+    meant for the user (a tab's own library errors), so it is shown as such and not as "something unexpected".
     """
 
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.isgeneratorfunction(fn):
-            @functools.wraps(fn)
-            def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                try:
-                    yield from fn(*args, **kwargs)
-                except gr.Error:
-                    raise
-                except Exception as exc:
-                    raise user_error(exc, title) from exc
-            return gen_wrapper
+    def to_user_error(exc: Exception) -> BaseException:
+        return user_error(translate(exc) if translate else exc, title)
 
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:
-                raise user_error(exc, title) from exc
-        return wrapper
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return wrap_calls(fn, on_error=to_user_error)
 
     return wrap
 
 
-def signed_in_user(request: gr.Request | None) -> str | None:
-    """The visitor's user name: password sign-in (``request.username``) or "Sign in with Hugging Face"."""
-    if request is None:
-        return None
-    username = getattr(request, "username", None)
+def signed_in_user(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str | None:
+    """The visitor's user name: password sign-in (``request.username``), else "Sign in with Hugging Face".
+
+    The Hugging Face profile is Gradio's public ``gr.OAuthProfile | None`` handler parameter: Gradio fills it
+    from the sign-in session and passes None when there is none or it has expired, so nothing here reads the
+    session itself.
+    """
+    username = getattr(request, "username", None) if request is not None else None
     if username:
         return str(username)
-    try:
-        session = request.session  # only present when OAuth's session middleware is installed
-    except (AssertionError, AttributeError, KeyError):
-        return None
-    info = (session or {}).get("oauth_info") or {}
-    if info.get("expires_at") and float(info["expires_at"]) < time.time():
-        return None
-    return (info.get("userinfo") or {}).get("preferred_username")
+    return (profile.username or None) if profile is not None else None
 
 
-def visitor_of(request: gr.Request | None) -> str:
+def visitor_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
     """Who a request is from, for per-visitor caps: the signed-in (or OAuth) user, else the client address.
 
     Never the session hash: a reload makes a new one, so a cap keyed by it would reset on F5. Behind a
     Space's proxy the client address is the first hop of ``X-Forwarded-For``; elsewhere that header could
     be forged by the client, so the socket's peer address is used.
     """
-    user = signed_in_user(request)
+    user = signed_in_user(request, profile)
     if user:
         return f"user:{user}"
     if request is None:
@@ -137,21 +173,21 @@ def visitor_of(request: gr.Request | None) -> str:
     return f"ip:{address or 'unknown'}"
 
 
-def owner_of(request: gr.Request | None) -> str:
+def owner_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
     """Whose workspace a request works in: the signed-in user, the demo's workspace, or one local owner.
 
     A shared local owner (no sign-in configured) is what lets a second browser or a refreshed page see
     the running job. With sign-in configured, an anonymous request is refused with a clear message.
     """
     try:
-        return AccessPolicy.from_env().owner_for(signed_in_user(request))
+        return AccessPolicy.from_env().owner_for(signed_in_user(request, profile))
     except AccessError as exc:
         raise gr.Error(str(exc), title="Please sign in") from exc
 
 
-def workspace_of(request: gr.Request | None) -> Workspace:
+def workspace_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> Workspace:
     """The visitor's workspace: every handler that reads or writes user data goes through this."""
-    return Workspace(owner_of(request))
+    return Workspace(owner_of(request, profile))
 
 
 #: The one temporary folder the app hands downloads out of, and how long a copy is kept there.
@@ -413,17 +449,25 @@ def progress_line(event: Any) -> str:
     return text
 
 
+#: The parameters Gradio fills in itself for ``named_parameters(..., request=True)``, in signature order:
+#: the request, and the "Sign in with Hugging Face" profile (None when signed out). Neither is an API parameter.
+VISITOR_PARAMETERS: dict[str, Any] = {"request": gr.Request, "profile": gr.OAuthProfile | None}
+
+
 def named_parameters(fn: Callable[..., Any], names: list[str], *, request: bool = False) -> Callable[..., Any]:
     """Give a ``*values`` handler one named parameter per input, so API clients see setting names.
 
     Gradio names API parameters from the handler's signature; generated forms otherwise show up
     as ``param_3``, ``param_4``... With this, ``client.predict(max_steps=4, api_name="/train_start")``
-    works. ``request`` appends a ``gr.Request`` parameter that Gradio fills in itself.
+    works. ``request`` appends the :data:`VISITOR_PARAMETERS` (``request``, ``profile``), which Gradio fills
+    in itself and ``fn`` receives by keyword.
     """
+    extra = VISITOR_PARAMETERS if request else {}
+
     def split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Gradio passes the request positionally, where the signature puts it; hand it on by keyword."""
-        if request and len(args) > len(names) and "request" not in kwargs:
-            return args[: len(names)], {**kwargs, "request": args[len(names)]}
+        """Gradio passes request and profile positionally, where the signature puts them; hand them on by keyword."""
+        if extra and len(args) > len(names) and "request" not in kwargs:
+            return args[: len(names)], {**kwargs, **dict(zip(extra, args[len(names):], strict=False))}
         return args, kwargs
 
     if inspect.isgeneratorfunction(fn):
@@ -436,12 +480,9 @@ def named_parameters(fn: Callable[..., Any], names: list[str], *, request: bool 
             return fn(*args, **kwargs)
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter(name, kind) for name in names]
-    annotations: dict[str, Any] = {}
-    if request:
-        params.append(inspect.Parameter("request", kind, annotation=gr.Request))
-        annotations["request"] = gr.Request
+    params += [inspect.Parameter(name, kind, annotation=hint) for name, hint in extra.items()]
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = annotations
+    wrapper.__annotations__ = dict(extra)
     wrapper.__name__ = getattr(fn, "__name__", "handler")
     wrapper.__doc__ = fn.__doc__
     return wrapper
@@ -487,23 +528,25 @@ def limits_panel(elem_id: str) -> gr.Accordion:
     return panel
 
 
-def check_message(text: str | None, request: gr.Request | None = None, what: str = "your message") -> None:
+def check_message(text: str | None, request: gr.Request | None = None, what: str = "your message",
+                  profile: gr.OAuthProfile | None = None) -> None:
     """Refuse a chat message or question longer than ``max_message_chars`` (the message names the limit)."""
     _check_length("max_message_chars", len(text or ""), f"The length of {what} (characters)",
-                  "Shorten it, or split it into several messages.", request)
+                  "Shorten it, or split it into several messages.", visitor_of(request, profile))
 
 
-def check_history(chars: int, request: gr.Request | None = None) -> None:
+def check_history(chars: int, request: gr.Request | None = None, profile: gr.OAuthProfile | None = None) -> None:
     """Refuse a conversation history longer than ``max_history_chars`` sent with a message."""
     _check_length("max_history_chars", chars, "The length of the conversation sent with your message (characters)",
-                  "Press Clear to start a new conversation (the model only reads the latest turns anyway).", request)
+                  "Press Clear to start a new conversation (the model only reads the latest turns anyway).",
+                  visitor_of(request, profile))
 
 
-def _check_length(name: str, value: int, what: str, fix: str, request: gr.Request | None) -> None:
+def _check_length(name: str, value: int, what: str, fix: str, visitor: str) -> None:
     try:
         limits().check(name, value, what, fix)
     except LimitError:
-        log.info("Refused %s of %d characters from %s", name, value, visitor_of(request))  # who sends oversize
+        log.info("Refused %s of %d characters from %s", name, value, visitor)  # who sends oversize
         raise
 
 
@@ -515,8 +558,9 @@ OWNER_FILES = "downloads owner files"
 
 #: What each API endpoint does to the workspace it works in, by ``api_name``: (kind, action for messages).
 #: In the read-only demo that workspace is the Space owner's, so every endpoint that is not READ_ONLY is
-#: refused there by :func:`guard_endpoints`. An endpoint missing from this table is refused in the demo
-#: (fail closed) and fails ``tests/test_demo_readonly.py``: a new endpoint must be declared here.
+#: refused there (:func:`endpoint` registers every public event with that check in front). An endpoint
+#: missing from this table cannot be registered at all, so the app fails to build (fail closed), and
+#: ``tests/test_demo_readonly.py`` checks the running app's API against it: a new endpoint is declared here.
 ENDPOINT_ACCESS: dict[str, tuple[str, str]] = {
     # Data
     "data_upload": (WRITES, "Uploading a dataset"),
@@ -581,55 +625,47 @@ def refuse_in_demo(kind: str, action: str) -> None:
         raise gr.Error(str(exc), title="Read-only demo") from exc
 
 
-def _guarded(fn: Callable[..., Any], kind: str, action: str) -> Callable[..., Any]:
-    """``fn`` with :func:`refuse_in_demo` in front; same signature (Gradio reads it) and the same kind of
-    function (plain, generator, coroutine or async generator: Gradio decides how to call it from that)."""
-    if inspect.isasyncgenfunction(fn):
-        @functools.wraps(fn)
-        async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-            refuse_in_demo(kind, action)
-            async for item in fn(*args, **kwargs):
-                yield item
-        return agen_wrapper
-    if inspect.iscoroutinefunction(fn):
-        @functools.wraps(fn)
-        async def coro_wrapper(*args: Any, **kwargs: Any) -> Any:
-            refuse_in_demo(kind, action)
-            return await fn(*args, **kwargs)
-        return coro_wrapper
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def gen_wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
-            refuse_in_demo(kind, action)
-            yield from fn(*args, **kwargs)
-        return gen_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        refuse_in_demo(kind, action)
-        return fn(*args, **kwargs)
-    return wrapper
+class UndeclaredEndpointError(LookupError):
+    """A public ``api_name`` missing from :data:`ENDPOINT_ACCESS`: the app refuses to build with it."""
 
 
-def guard_endpoints(blocks: gr.Blocks) -> list[str]:
-    """Put the demo check in front of every event handler of ``blocks`` that is not declared read-only.
+def declared_access(api_name: str) -> tuple[str, str]:
+    """``(kind, action)`` of a public endpoint from :data:`ENDPOINT_ACCESS`; an undeclared one fails the build.
 
-    Call once, after every event is registered. Handlers are looked up in :data:`ENDPOINT_ACCESS` by
-    ``api_name``; an API endpoint that is not there is treated as writing (refused in the demo) and
-    returned, so a test can fail on it. Private UI plumbing (tab switches, timers, page loads) only reads.
+    Why fail at build time: an endpoint nobody classified could write to the demo owner's workspace, so
+    the app does not start with one (``tests/test_demo_readonly.py`` checks the running app the same way).
     """
-    undeclared = []
-    for block_fn in blocks.fns.values():
-        if block_fn.fn is None:
-            continue
-        declared = ENDPOINT_ACCESS.get(block_fn.api_name or "")
-        if declared is None:
-            if block_fn.api_visibility == "private":
-                continue
-            undeclared.append(str(block_fn.api_name))
-            declared = (WRITES, f"'{block_fn.api_name}'")
-        if declared[0] != READ_ONLY:
-            block_fn.fn = _guarded(block_fn.fn, *declared)
-    if undeclared:
-        log.warning("Endpoints not declared in ui.common.ENDPOINT_ACCESS (refused in the demo): %s", undeclared)
-    return undeclared
+    try:
+        return ENDPOINT_ACCESS[api_name]
+    except KeyError:
+        raise UndeclaredEndpointError(
+            f"API endpoint {api_name!r} is not declared in ui.common.ENDPOINT_ACCESS: add it there as READ_ONLY, "
+            "WRITES or OWNER_FILES, so the read-only demo knows whether to refuse it.") from None
+
+
+def demo_guarded(fn: Callable[..., Any], api_name: str) -> Callable[..., Any]:
+    """``fn`` itself when ``api_name`` only reads, else ``fn`` with :func:`refuse_in_demo` in front.
+
+    The check runs inside the very function the API calls (not in a ``validator=``, which Gradio runs as a
+    separate call before it), and reads the policy at call time, like every other access check.
+    """
+    kind, action = declared_access(api_name)
+    if kind == READ_ONLY:
+        return fn
+    return wrap_calls(fn, before=functools.partial(refuse_in_demo, kind, action))
+
+
+def endpoint(triggers: Any, fn: Callable[..., Any], inputs: Any = None, outputs: Any = None, *, api_name: str,
+             **kwargs: Any) -> gr.events.Dependency:
+    """Register one public API event with Gradio's ``gr.on``, guarded for the read-only demo.
+
+    Every event in ui/ with a public ``api_name`` is registered through here (``api_endpoint`` for ``gr.api``),
+    so its access is declared before it exists: see :func:`declared_access` and :func:`demo_guarded`.
+    ``triggers`` is one event listener (``button.click``) or a list; ``kwargs`` go to ``gr.on`` unchanged.
+    """
+    return gr.on(triggers, demo_guarded(fn, api_name), inputs, outputs, api_name=api_name, **kwargs)
+
+
+def api_endpoint(fn: Callable[..., Any], *, api_name: str, **kwargs: Any) -> gr.events.Dependency:
+    """An API-only function (``gr.api``), declared and guarded like :func:`endpoint`."""
+    return gr.api(demo_guarded(fn, api_name), api_name=api_name, **kwargs)

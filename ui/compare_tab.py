@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from ui.common import (
     SettingsForm,
     build_settings_form,
     check_message,
+    endpoint,
     friendly_errors,
     hide_paths,
     named_parameters,
@@ -121,23 +122,35 @@ def collection_choices(ws: Workspace | None = None) -> list[str]:
 
 
 def build() -> CompareTabComponents:
+    """The tab top to bottom: pickers and settings, side by side, question set, blind vote and export."""
+    return CompareTabComponents(**_build_pickers(), **_build_side_by_side(), **_build_question_set(),
+                                **_build_blind_vote())
+
+
+def _build_pickers() -> dict[str, Any]:
+    """The intro, the per-visitor states, the arms/run/collection pickers and the shared settings."""
     gr.Markdown("Ask the same question to each model you pick and see which answers best. **One copy of the "
                 "model serves every arm**: the fine-tuned adapter is switched on and off, so the arms answer one "
                 "after another (each pane streams as it goes) with the same generation settings.")
-    report_state = gr.State(None)
-    blind_state = gr.State(None)
+    parts: dict[str, Any] = {"report_state": gr.State(None), "blind_state": gr.State(None)}
     with gr.Row(equal_height=True):
-        arms = gr.CheckboxGroup(choices=[(ARM_LABELS[a], a) for a in ARMS], value=["base", "rag"], label="Arms",
-                                elem_id="compare-arms", scale=3)
-        run = gr.Dropdown(choices=run_choices(), value=NO_RUN, label="Fine-tuned run (for the fine-tuned arms)",
-                          elem_id="compare-run", scale=2)
-        collection = gr.Dropdown(choices=collection_choices(), value=None, label="RAG collection (for the RAG arms)",
-                                 elem_id="compare-collection", scale=2)
-        refresh_button = gr.Button("↻ Refresh lists", elem_id="compare-refresh", scale=1)
+        parts["arms"] = gr.CheckboxGroup(choices=[(ARM_LABELS[a], a) for a in ARMS], value=["base", "rag"],
+                                         label="Arms", elem_id="compare-arms", scale=3)
+        parts["run"] = gr.Dropdown(choices=run_choices(), value=NO_RUN,
+                                   label="Fine-tuned run (for the fine-tuned arms)", elem_id="compare-run", scale=2)
+        parts["collection"] = gr.Dropdown(choices=collection_choices(), value=None,
+                                          label="RAG collection (for the RAG arms)", elem_id="compare-collection",
+                                          scale=2)
+        parts["refresh_button"] = gr.Button("↻ Refresh lists", elem_id="compare-refresh", scale=1)
     with gr.Accordion("Generation settings (shared by every arm)", open=False, elem_id="compare-settings"):
-        generation = build_settings_form(GenerationSettings, prefix="compare-gen", advanced_label="More")
-        options = build_settings_form(CompareSettings, prefix="compare-opt", advanced_label="Prompts and checks")
+        parts["generation"] = build_settings_form(GenerationSettings, prefix="compare-gen", advanced_label="More")
+        parts["options"] = build_settings_form(CompareSettings, prefix="compare-opt",
+                                               advanced_label="Prompts and checks")
+    return parts
 
+
+def _build_side_by_side() -> dict[str, Any]:
+    """One question, and one pane per arm (only the chosen arms' panes are visible)."""
     gr.Markdown("### Side by side")
     with gr.Row(equal_height=True):
         question = gr.Textbox(label="Question", placeholder="Ask something your data or documents cover…",
@@ -146,52 +159,67 @@ def build() -> CompareTabComponents:
     panes: dict[str, ComparePane] = {}
     with gr.Row(equal_height=False):
         for arm in ARMS:
-            slug = arm.replace("+", "-")
-            with gr.Column(visible=arm in ("base", "rag"), min_width=240, elem_id=f"compare-pane-{slug}") as column:
-                gr.Markdown(f"**{ARM_LABELS[arm]}**")
-                answer = gr.Markdown("", elem_id=f"compare-answer-{slug}")
-                stats = gr.Markdown("", elem_id=f"compare-stats-{slug}")
-                chunks = gr.Dataframe(headers=CHUNK_HEADERS, interactive=False, wrap=True, max_height=260,
-                                      visible="rag" in arm, elem_id=f"compare-chunks-{slug}")
-            panes[arm] = ComparePane(column, answer, stats, chunks)
+            panes[arm] = _build_pane(arm)
+    return {"question": question, "ask_button": ask_button, "panes": panes}
 
+
+def _build_pane(arm: str) -> ComparePane:
+    """One arm's column: its name, the streamed answer, its timing, and (RAG arms) the retrieved chunks."""
+    slug = arm.replace("+", "-")
+    with gr.Column(visible=arm in ("base", "rag"), min_width=240, elem_id=f"compare-pane-{slug}") as column:
+        gr.Markdown(f"**{ARM_LABELS[arm]}**")
+        answer = gr.Markdown("", elem_id=f"compare-answer-{slug}")
+        stats = gr.Markdown("", elem_id=f"compare-stats-{slug}")
+        chunks = gr.Dataframe(headers=CHUNK_HEADERS, interactive=False, wrap=True, max_height=260,
+                              visible="rag" in arm, elem_id=f"compare-chunks-{slug}")
+    return ComparePane(column, answer, stats, chunks)
+
+
+def _build_question_set() -> dict[str, Any]:
+    """The question-set files and limit, Run, and the progress, summary and per-answer tables."""
     gr.Markdown("### Question set\nUpload questions (CSV or JSONL with `question`, optional `answer`, optional "
                 "`gold_doc_id`), or hold out part of a fine-tuning file. Every chosen arm answers every question.")
+    parts: dict[str, Any] = {}
     with gr.Row(equal_height=True):
-        questions_file = gr.File(label="Question set (CSV / JSONL)", file_types=[".csv", ".jsonl", ".json"],
-                                 elem_id="compare-questions", height=110)
-        holdout_file = gr.File(label="…or a fine-tuning file to hold out from (also checked for leakage)",
-                               file_types=[".csv", ".jsonl", ".json", ".parquet", ".txt"],
-                               elem_id="compare-holdout", height=110)
-        limit = gr.Number(value=20, precision=0, minimum=0, label="Questions (0 = all)", elem_id="compare-limit")
-        run_button = gr.Button("Run the question set", variant="primary", elem_id="compare-run-set")
-    status = gr.HTML("", elem_id="compare-status")
-    summary = gr.Dataframe(headers=SUMMARY_HEADERS, interactive=False, elem_id="compare-summary")
-    table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, max_height=500,
-                         elem_id="compare-table")
+        parts["questions_file"] = gr.File(label="Question set (CSV / JSONL)", file_types=[".csv", ".jsonl", ".json"],
+                                          elem_id="compare-questions", height=110)
+        parts["holdout_file"] = gr.File(label="…or a fine-tuning file to hold out from (also checked for leakage)",
+                                        file_types=[".csv", ".jsonl", ".json", ".parquet", ".txt"],
+                                        elem_id="compare-holdout", height=110)
+        parts["limit"] = gr.Number(value=20, precision=0, minimum=0, label="Questions (0 = all)",
+                                   elem_id="compare-limit")
+        parts["run_button"] = gr.Button("Run the question set", variant="primary", elem_id="compare-run-set")
+    parts["status"] = gr.HTML("", elem_id="compare-status")
+    parts["summary"] = gr.Dataframe(headers=SUMMARY_HEADERS, interactive=False, elem_id="compare-summary")
+    parts["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, max_height=500,
+                                  elem_id="compare-table")
+    return parts
 
+
+def _build_blind_vote() -> dict[str, Any]:
+    """Blind voting on the last question set (anonymous A/B), the win rates, and the report export."""
     gr.Markdown("### Blind vote\nArm names are hidden and left/right positions are shuffled per question.")
-    blind_button = gr.Button("Start blind voting on the last question set", elem_id="compare-blind-start")
-    blind_question = gr.Markdown("", elem_id="compare-blind-question")
+    parts: dict[str, Any] = {
+        "blind_button": gr.Button("Start blind voting on the last question set", elem_id="compare-blind-start"),
+        "blind_question": gr.Markdown("", elem_id="compare-blind-question"),
+    }
     with gr.Row(equal_height=False):
-        blind_a = gr.Markdown("", elem_id="compare-blind-a")
-        blind_b = gr.Markdown("", elem_id="compare-blind-b")
+        parts["blind_a"] = gr.Markdown("", elem_id="compare-blind-a")
+        parts["blind_b"] = gr.Markdown("", elem_id="compare-blind-b")
     with gr.Row():
-        vote_buttons = {
+        parts["vote_buttons"] = {
             "A": gr.Button("A is better", elem_id="compare-vote-a"),
             "B": gr.Button("B is better", elem_id="compare-vote-b"),
             "tie": gr.Button("Tie", elem_id="compare-vote-tie"),
             "both_bad": gr.Button("Both bad", elem_id="compare-vote-both-bad"),
         }
-    blind_status = gr.Markdown("", elem_id="compare-blind-status")
-    wins = gr.Dataframe(headers=WIN_HEADERS, interactive=False, elem_id="compare-wins")
+    parts["blind_status"] = gr.Markdown("", elem_id="compare-blind-status")
+    parts["wins"] = gr.Dataframe(headers=WIN_HEADERS, interactive=False, elem_id="compare-wins")
     with gr.Row(equal_height=True):
-        export_button = gr.Button("Export report (JSON, CSV, HTML)", elem_id="compare-export")
-        exports = gr.File(label="Report files", file_count="multiple", interactive=False, elem_id="compare-exports")
-    return CompareTabComponents(report_state, blind_state, arms, run, collection, refresh_button, generation, options,
-                                question, ask_button, panes, questions_file, holdout_file, limit, run_button, status,
-                                summary, table, blind_button, blind_question, blind_a, blind_b, vote_buttons,
-                                blind_status, wins, export_button, exports)
+        parts["export_button"] = gr.Button("Export report (JSON, CSV, HTML)", elem_id="compare-export")
+        parts["exports"] = gr.File(label="Report files", file_count="multiple", interactive=False,
+                                   elem_id="compare-exports")
+    return parts
 
 
 # ----------------------------------------------------------------------------------------- logic
@@ -356,79 +384,117 @@ def export_files(report: Report | None, ws: Workspace, keep: bool = True) -> lis
 
 
 def register(c: CompareTabComponents) -> None:
-    settings_inputs = [*c.generation.components, *c.options.components]
-    n_gen = len(c.generation.components)
-    pane_outputs: list[Any] = []
-    for arm in ARMS:
-        p = c.panes[arm]
-        pane_outputs += [p.column, p.answer, p.stats, p.chunks]
+    """Wire every event: the pickers, Ask, Run, blind voting and export (``compare_*`` API endpoints)."""
+    _register_lists(c)
+    _register_ask(c)
+    _register_run(c)
+    _register_blind(c)
+    endpoint(c.export_button.click, friendly_errors("Could not export")(export_for_request), c.report_state,
+             c.exports, api_name="compare_export")
 
-    def on_refresh(request: gr.Request) -> list[Any]:
-        ws = workspace_of(request)
-        return [gr.Dropdown(choices=run_choices(ws)), gr.Dropdown(choices=collection_choices(ws))]
 
-    c.refresh_button.click(on_refresh, None, [c.run, c.collection], api_name="compare_refresh")
+def refresh_lists(request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[Any]:
+    """The visitor's own runs and collections for the two pickers."""
+    ws = workspace_of(request, profile)
+    return [gr.Dropdown(choices=run_choices(ws)), gr.Dropdown(choices=collection_choices(ws))]
+
+
+def export_for_request(report: Report | None, request: gr.Request,
+                       profile: gr.OAuthProfile | None = None) -> list[str]:
+    """:func:`export_files` in the visitor's workspace (kept there, except in the read-only demo)."""
+    return export_files(report, workspace_of(request, profile), keep=not AccessPolicy.from_env().demo)
+
+
+def _register_lists(c: CompareTabComponents) -> None:
+    """Refresh (button, or opening a picker) and showing only the chosen arms' panes."""
+    endpoint(c.refresh_button.click, refresh_lists, None, [c.run, c.collection], api_name="compare_refresh")
     # Lists are the visitor's own, so they are filled when the visitor opens them, not when the page is built.
-    c.run.focus(on_refresh, None, [c.run, c.collection], api_visibility="private", show_progress="hidden")
-    c.collection.focus(on_refresh, None, [c.run, c.collection], api_visibility="private", show_progress="hidden")
+    c.run.focus(refresh_lists, None, [c.run, c.collection], api_visibility="private", show_progress="hidden")
+    c.collection.focus(refresh_lists, None, [c.run, c.collection], api_visibility="private", show_progress="hidden")
 
     def on_arms(arms: list[str] | None) -> list[Any]:
         return [gr.Column(visible=arm in (arms or [])) for arm in ARMS]
 
     c.arms.change(on_arms, c.arms, [c.panes[a].column for a in ARMS], api_visibility="private")
 
+
+def _settings_inputs(c: CompareTabComponents) -> list[Any]:
+    """The generation form, then the compare options: the values ``_comparer_for`` splits again."""
+    return [*c.generation.components, *c.options.components]
+
+
+def _setting_api_names(c: CompareTabComponents) -> list[str]:
+    """API names of :func:`_settings_inputs`. Both forms have a "seed" (sampling vs blind-pair shuffling):
+    the option keeps a distinct API name."""
+    return [*c.generation.names, *(f"compare_{n}" if n in c.generation.names else n for n in c.options.names)]
+
+
+def _comparer_for(c: CompareTabComponents, arms: list[str] | None, run: str | None, collection: str | None,
+                  values: tuple[Any, ...], ws: Workspace) -> Comparer:
+    """:func:`make_comparer` from the pickers and the :func:`_settings_inputs` values."""
+    n_gen = len(c.generation.components)
+    return make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c, ws)
+
+
+def _register_ask(c: CompareTabComponents) -> None:
+    """Ask every chosen arm one question; each pane streams its answer in turn."""
+    pane_outputs = [x for arm in ARMS for x in (c.panes[arm].column, c.panes[arm].answer, c.panes[arm].stats,
+                                                c.panes[arm].chunks)]
+
     @friendly_errors("Could not compare")
-    def on_ask(arms: list[str] | None, run: str | None, collection: str | None, question: str,
-               *values: Any, request: gr.Request) -> Iterator[list[Any]]:
+    def on_ask(arms: list[str] | None, run: str | None, collection: str | None, question: str, *values: Any,
+               request: gr.Request, profile: gr.OAuthProfile | None = None) -> Iterator[list[Any]]:
         if not (question or "").strip():
             raise ValueError("Type a question first.")
-        check_message(question, request, "the question")
-        comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c,
-                                 workspace_of(request))
-        q = Question(question.strip())
+        check_message(question, request, "the question", profile)
+        comparer = _comparer_for(c, arms, run, collection, values, workspace_of(request, profile))
         current: dict[str, list[Any]] = {}
         for arm in ARMS:
             chosen = arm in comparer.arms
             current[arm] = [gr.Column(visible=chosen), "*waiting for its turn…*" if chosen else "", "", []]
-
-        def flat() -> list[Any]:
-            return [x for arm in ARMS for x in current[arm]]
-
-        yield flat()
-        for arm, partial in comparer.answer_all(q):
+        yield [x for arm in ARMS for x in current[arm]]
+        for arm, partial in comparer.answer_all(Question(question.strip())):
             current[arm] = [gr.skip(), partial.text or "…", pane_stats(partial), chunk_rows(partial)]
-            yield flat()
+            yield [x for arm in ARMS for x in current[arm]]
 
-    # Both forms have a "seed" (sampling vs blind-pair shuffling): the option keeps a distinct API name.
-    setting_names = [*c.generation.names,
-                     *(f"compare_{n}" if n in c.generation.names else n for n in c.options.names)]
-    ask_names = ["arms", "run", "collection", "question", *setting_names]
-    c.ask_button.click(named_parameters(on_ask, ask_names, request=True),
-                       [c.arms, c.run, c.collection, c.question, *settings_inputs], pane_outputs,
-                       api_name="compare_ask")
+    ask_names = ["arms", "run", "collection", "question", *_setting_api_names(c)]
+    endpoint(c.ask_button.click, named_parameters(on_ask, ask_names, request=True),
+             [c.arms, c.run, c.collection, c.question, *_settings_inputs(c)], pane_outputs, api_name="compare_ask")
+
+
+def _register_run(c: CompareTabComponents) -> None:
+    """Run the question set: a progress bar while it runs, then the summary and every answer."""
 
     @friendly_errors("Could not run the question set")
     def on_run(arms: list[str] | None, run: str | None, collection: str | None, questions_file: Any,
-               holdout_file: Any, limit: float | None, *values: Any, request: gr.Request) -> Iterator[list[Any]]:
-        comparer = make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c,
-                                 workspace_of(request))
+               holdout_file: Any, limit: float | None, *values: Any, request: gr.Request,
+               profile: gr.OAuthProfile | None = None) -> Iterator[list[Any]]:
+        comparer = _comparer_for(c, arms, run, collection, values, workspace_of(request, profile))
         questions, leaks = load_question_set(questions_file, holdout_file, int(limit or 0), comparer.settings)
         for item in comparer.iter_run(questions):
             if isinstance(item, Progress):
                 yield [gr.skip(), None, progress_html(item), gr.skip(), gr.skip()]
                 continue
-            note = (f" ⚠ {leaks} question(s) appear (exactly or nearly) in the training data; scores on them "
-                    "measure memory, not skill." if leaks else "")
-            text = (f"<p>Done: {len(questions)} question(s) × {len(comparer.arms)} arm(s).{html.escape(note)} "
-                    "Below: the per-arm summary and every answer; a RAG miss is a <i>retrieval failure</i> when the "
-                    "gold document was not retrieved, a <i>generation failure</i> when it was.</p>")
-            yield [item, None, text, summary_rows(item), table_rows(item)]
+            yield [item, None, run_done_html(len(questions), len(comparer.arms), leaks), summary_rows(item),
+                   table_rows(item)]
 
-    run_names = ["arms", "run", "collection", "questions_file", "holdout_file", "limit", *setting_names]
-    c.run_button.click(named_parameters(on_run, run_names, request=True),
-                       [c.arms, c.run, c.collection, c.questions_file, c.holdout_file, c.limit, *settings_inputs],
-                       [c.report_state, c.blind_state, c.status, c.summary, c.table], api_name="compare_run")
+    run_names = ["arms", "run", "collection", "questions_file", "holdout_file", "limit", *_setting_api_names(c)]
+    endpoint(c.run_button.click, named_parameters(on_run, run_names, request=True),
+             [c.arms, c.run, c.collection, c.questions_file, c.holdout_file, c.limit, *_settings_inputs(c)],
+             [c.report_state, c.blind_state, c.status, c.summary, c.table], api_name="compare_run")
 
+
+def run_done_html(questions: int, arms: int, leaks: int) -> str:
+    """The status line after a question set: what ran, a leakage warning, and how to read the tables."""
+    note = (f" ⚠ {leaks} question(s) appear (exactly or nearly) in the training data; scores on them "
+            "measure memory, not skill." if leaks else "")
+    return (f"<p>Done: {questions} question(s) × {arms} arm(s).{html.escape(note)} "
+            "Below: the per-arm summary and every answer; a RAG miss is a <i>retrieval failure</i> when the "
+            "gold document was not retrieved, a <i>generation failure</i> when it was.</p>")
+
+
+def _register_blind(c: CompareTabComponents) -> None:
+    """Start blind voting on the last report, and the four vote buttons (one API endpoint each)."""
     blind_outputs = [c.blind_question, c.blind_a, c.blind_b, c.blind_status, c.wins]
 
     @friendly_errors("Could not start blind voting")
@@ -439,24 +505,19 @@ def register(c: CompareTabComponents) -> None:
                  "position": 0}
         return [blind, *blind_view(report, blind)]
 
-    seed_input = c.options.controls["seed"]
-    c.blind_button.click(on_blind, [c.report_state, seed_input], [c.blind_state, *blind_outputs],
-                         api_name="compare_blind_start")
-
-    def vote_handler(choice: str) -> Any:
-        @friendly_errors("Could not record the vote")
-        def on_vote(report: Report | None, blind: dict[str, Any] | None) -> list[Any]:
-            record_vote(report, blind, choice)
-            return [report, blind, *blind_view(report, blind)]  # type: ignore[arg-type]
-
-        return on_vote
-
+    endpoint(c.blind_button.click, on_blind, [c.report_state, c.options.controls["seed"]],
+             [c.blind_state, *blind_outputs], api_name="compare_blind_start")
     for choice, button in c.vote_buttons.items():
-        button.click(vote_handler(choice), [c.report_state, c.blind_state],
-                     [c.report_state, c.blind_state, *blind_outputs], api_name=f"compare_vote_{choice.lower()}")
+        endpoint(button.click, vote_handler(choice), [c.report_state, c.blind_state],
+                 [c.report_state, c.blind_state, *blind_outputs], api_name=f"compare_vote_{choice.lower()}")
 
-    @friendly_errors("Could not export")
-    def on_export(report: Report | None, request: gr.Request) -> list[str]:
-        return export_files(report, workspace_of(request), keep=not AccessPolicy.from_env().demo)
 
-    c.export_button.click(on_export, c.report_state, c.exports, api_name="compare_export")
+def vote_handler(choice: str) -> Callable[..., list[Any]]:
+    """The handler of one vote button: record ``choice`` for the current pair and show the next one."""
+
+    @friendly_errors("Could not record the vote")
+    def on_vote(report: Report | None, blind: dict[str, Any] | None) -> list[Any]:
+        record_vote(report, blind, choice)
+        return [report, blind, *blind_view(report, blind)]  # type: ignore[arg-type]
+
+    return on_vote

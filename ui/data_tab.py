@@ -26,6 +26,7 @@ from ui.common import (
     SettingsForm,
     build_settings_form,
     display_value,
+    endpoint,
     friendly_errors,
     limits_panel,
     named_parameters,
@@ -112,11 +113,12 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
     outputs = [c.dataset, c.examples, c.status, *c.mapping.components, c.report, c.issues, c.histogram,
                c.preview_index, c.preview_info, c.preview]
 
-    def on_upload(path: str | None, *check: Any, request: gr.Request) -> list[Any]:
+    def on_upload(path: str | None, *check: Any, request: gr.Request,
+                  profile: gr.OAuthProfile | None = None) -> list[Any]:
         """A new file is always detected afresh: the mapping shown belongs to the previous file."""
         if not path:
             return [gr.skip()] * len(outputs)
-        ws = workspace_of(request)
+        ws = workspace_of(request, profile)
         accept_upload(Path(path), ws)  # size and disk quota, before anything is copied (API clients skip the browser)
         return analyse_file(store_upload(Path(path), ws.datasets), None, *check)
 
@@ -137,25 +139,29 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
 
     form_and_check = [*c.mapping.components, *check_with]
     mapping_names, check_names = c.mapping.names, list(CHECK_SETTINGS)
-    c.upload.upload(
+    endpoint(
+        c.upload.upload,
         named_parameters(friendly_errors("This file cannot be used")(on_upload), ["file", *check_names], request=True),
         [c.upload, *check_with], outputs, api_name="data_upload", show_progress_on=c.status)
-    gr.on([b.click for b in [c.demo_button, *(extra_demo_triggers or [])]],
-          named_parameters(friendly_errors("The demo dataset could not be loaded")(on_demo), check_names),
-          check_with, outputs, api_name="data_load_demo", show_progress_on=c.status)
-    c.apply_mapping.click(
+    endpoint([b.click for b in [c.demo_button, *(extra_demo_triggers or [])]],
+             named_parameters(friendly_errors("The demo dataset could not be loaded")(on_demo), check_names),
+             check_with, outputs, api_name="data_load_demo", show_progress_on=c.status)
+    endpoint(
+        c.apply_mapping.click,
         named_parameters(friendly_errors("This column mapping does not work")(on_apply),
                          ["dataset", *mapping_names, *check_names]),
         [c.dataset, *form_and_check], outputs, api_name="data_apply_mapping",
         show_progress_on=c.status)
     recheck = named_parameters(friendly_errors("The data could not be checked again")(on_recheck),
                                ["dataset", *check_names])
-    c.check_again.click(recheck, [c.dataset, *check_with], outputs, api_name="data_check", show_progress_on=c.report)
+    endpoint(c.check_again.click, recheck, [c.dataset, *check_with], outputs, api_name="data_check",
+             show_progress_on=c.report)
     for name, control in zip(CHECK_SETTINGS, check_with, strict=True):
         if name in AUTO_RECHECK:
             committed = control.release if isinstance(control, gr.Slider) else control.change
             committed(recheck, [c.dataset, *check_with], outputs, api_visibility="private", show_progress_on=c.report)
-    c.preview_index.change(
+    endpoint(
+        c.preview_index.change,
         named_parameters(friendly_errors("The preview failed")(show_preview), ["examples", "example", *check_names]),
         [c.examples, c.preview_index, *check_with], [c.preview_info, c.preview], api_name="data_preview")
 

@@ -1,10 +1,10 @@
 """RAG tab: drop documents, see the chunks, arrange the pipeline, test retrieval, get cited answers.
 
-``build()`` creates the components; ``register()`` wires them. Every event has a stable
-``api_name`` prefixed ``rag_``. Per-visitor state is small: the open collection's name and version
-and the index job being followed — never a loaded index that could be written back over someone
-else's change. Every change (Build, Remove, Re-index, Apply) is a background index job
-(``services.index_jobs``) applied to the collection's latest version under its lock; the handler
+``build()`` creates the components; ``register()`` wires them (``register_page_load()`` the page-load
+event, on the app's Blocks). Every event has a stable ``api_name`` prefixed ``rag_``. Per-visitor state
+is small: the open collection's name and version and the index job being followed — never a loaded index
+that could be written back over someone else's change. Every change (Build, Remove, Re-index, Apply) is a
+background index job (``services.index_jobs``) applied to the collection's latest version under its lock; the handler
 streams the job's events and returns when it ends, so an API caller still gets "Done" with the counts.
 Search and answers read the current version from the shared cache (``services.collections``).
 Each stage card's form is generated from its settings class, so no default is typed here.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from ui.common import (
     SettingsForm,
     build_settings_form,
     check_message,
+    endpoint,
     format_duration,
     friendly_errors,
     limit_label,
@@ -54,7 +54,6 @@ from ui.common import (
     progress_line,
     require_write,
     served_folder,
-    user_error,
     visitor_of,
     workspace_of,
 )
@@ -65,27 +64,31 @@ HIT_HEADERS = ["rank", "source", "page / section", "dense", "BM25", "fused", "te
 SOURCE_HEADERS = ["[n]", "cited", "source", "page / section", "score", "text"]
 POLL_SECONDS = 0.5  # how often a follower reads the job's event log
 
-# Read the post-retrieval cards' on-screen order (gr.Draggable reorders the DOM, not the server).
+#: One selector for every post-retrieval card by its own elem_id (``rag-step-<name>``) inside the Draggable's
+#: own elem_id; ``querySelectorAll`` returns the matches in document order, which is the order on screen.
+_STEP_CARDS = ", ".join(f"#{POST_CONTAINER_ID} #rag-step-{name}" for name in POST_STEPS)
+
+# gr.Draggable (Gradio 6.31) has no value and no event: it moves the cards' DOM nodes and nothing tells the
+# server. So the order is read from, and written to, the document, relying only on our own elem_ids (never
+# on Gradio's internal classes): read before Apply/Preview, written after Open/Import. gr.Group repeats its
+# elem_id on an inner element, so a name can match twice; the first match of each name (an ancestor comes
+# before its descendants) is the card itself. Appending a card to its parent is all a reorder needs: the
+# Draggable watches its children and re-indexes them itself. tests/test_rag_browser.py drags a card by the
+# same ids and checks the applied order, so a Gradio upgrade that breaks this fails that test.
 _READ_ORDER_JS = f"""(...args) => {{
-  const items = document.querySelectorAll('#{POST_CONTAINER_ID} > .draggable-item');
-  const order = Array.from(items).map(e => e.id.replace('rag-step-', '')).filter(Boolean);
+  const cards = document.querySelectorAll('{_STEP_CARDS}');
+  const order = [...new Set(Array.from(cards).map(e => e.id.replace('rag-step-', '')))].filter(Boolean);
   if (order.length) {{ args[0] = order.join(','); }}
   return args;
 }}"""
 
-# After an import, put the cards in the imported order.
+# After an open or import, put the cards in the spec's order.
 _APPLY_ORDER_JS = f"""(order) => {{
-  const box = document.getElementById('{POST_CONTAINER_ID}');
-  if (!box || !order) return order;
+  if (!order) return order;
   for (const name of order.split(',')) {{
-    const item = box.querySelector(':scope > #rag-step-' + name.trim());
-    if (item) box.appendChild(item);
+    const card = document.querySelector('#{POST_CONTAINER_ID} #rag-step-' + name.trim());
+    if (card && card.parentElement) card.parentElement.appendChild(card);
   }}
-  box.querySelectorAll(':scope > .draggable-item').forEach((e, i) => {{
-    e.dataset.index = i;
-    const handle = e.querySelector(':scope > .drag-handle');
-    if (handle) handle.dataset.index = i;
-  }});
   return order;
 }}"""
 
@@ -158,48 +161,65 @@ def _settings_cls(name: str) -> Any:
     return FIXED_STAGES.get(name) or POST_STEPS[name]
 
 
-def collection_choices(request: gr.Request) -> Any:
+def collection_choices(request: gr.Request, profile: gr.OAuthProfile | None = None) -> Any:
     """The visitor's own collections, listed when they open the dropdown (never at build time: the page is shared)."""
-    return gr.Dropdown(choices=workspace_of(request).index_names())
+    return gr.Dropdown(choices=workspace_of(request, profile).index_names())
 
 
 def build(generate_factory: GenerateFactory | None = None) -> RagTabComponents:
+    """The tab top to bottom: collection bar, documents, pipeline cards, pipeline import/export, questions."""
     spec = PipelineSpec()
-    forms: dict[str, SettingsForm] = {}
-    enabled: dict[str, gr.Checkbox] = {}
+    return RagTabComponents(**_build_collection_bar(spec), **_build_documents(), **_build_pipeline(spec),
+                            **_build_pipeline_io(spec), **_build_ask(),
+                            generate_factory=generate_factory or bundled_generate)
+
+
+def _build_collection_bar(spec: PipelineSpec) -> dict[str, Any]:
+    """The intro, the per-visitor states, and the collection picker with Open and the status line."""
     gr.Markdown("Build a searchable collection from your own documents, check what it finds, and get answers "
                 "that cite their sources.")
-    collection_state = gr.State(None)
-    job_state = gr.State(None)
-    spec_state = gr.State(spec.to_dict())
+    parts: dict[str, Any] = {"collection_state": gr.State(None), "job_state": gr.State(None),
+                             "spec_state": gr.State(spec.to_dict())}
     with gr.Row(equal_height=True):
-        collection = gr.Dropdown(choices=[], value=DEFAULT_COLLECTION, allow_custom_value=True,
-                                 label="Collection", info="Pick one, or type a new name.", elem_id="rag-collection",
-                                 scale=3)
-        open_button = gr.Button("Open collection", elem_id="rag-open", scale=1)
-    status = gr.Markdown("No collection open yet.", elem_id="rag-status")
+        parts["collection"] = gr.Dropdown(choices=[], value=DEFAULT_COLLECTION, allow_custom_value=True,
+                                          label="Collection", info="Pick one, or type a new name.",
+                                          elem_id="rag-collection", scale=3)
+        parts["open_button"] = gr.Button("Open collection", elem_id="rag-open", scale=1)
+    parts["status"] = gr.Markdown("No collection open yet.", elem_id="rag-status")
+    return parts
 
+
+def _build_documents() -> dict[str, Any]:
+    """Upload, Preview/Build/Cancel, the build options and log, the indexed files; the chunk preview beside them."""
+    parts: dict[str, Any] = {}
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            upload = gr.File(file_count="multiple", label="Drop documents here",
-                             file_types=list(SUPPORTED_EXTENSIONS), elem_id="rag-upload")
+            parts["upload"] = gr.File(file_count="multiple", label="Drop documents here",
+                                      file_types=list(SUPPORTED_EXTENSIONS), elem_id="rag-upload")
             with gr.Row():
-                preview_button = gr.Button("Preview chunks", elem_id="rag-preview")
-                build_button = gr.Button("Build index", variant="primary", elem_id="rag-build")
-                cancel_button = gr.Button("Cancel", variant="stop", elem_id="rag-cancel", min_width=80)
-            pdf_password, confirm_build = _build_options()
-            build_log = gr.Markdown(elem_id="rag-build-log")
+                parts["preview_button"] = gr.Button("Preview chunks", elem_id="rag-preview")
+                parts["build_button"] = gr.Button("Build index", variant="primary", elem_id="rag-build")
+                parts["cancel_button"] = gr.Button("Cancel", variant="stop", elem_id="rag-cancel", min_width=80)
+            parts["pdf_password"], parts["confirm_build"] = _build_options()
+            parts["build_log"] = gr.Markdown(elem_id="rag-build-log")
             with gr.Row(equal_height=True):
-                indexed = gr.Dropdown(choices=[], multiselect=True, label="Indexed files", elem_id="rag-indexed",
-                                      scale=3)
-                remove_button = gr.Button("Remove selected", elem_id="rag-remove", scale=1)
-            reindex_button = gr.Button("Re-index with the new settings", visible=False, variant="stop",
-                                       elem_id="rag-reindex")
+                parts["indexed"] = gr.Dropdown(choices=[], multiselect=True, label="Indexed files",
+                                               elem_id="rag-indexed", scale=3)
+                parts["remove_button"] = gr.Button("Remove selected", elem_id="rag-remove", scale=1)
+            parts["reindex_button"] = gr.Button("Re-index with the new settings", visible=False, variant="stop",
+                                                elem_id="rag-reindex")
         with gr.Column(scale=1):
-            preview_text = gr.Markdown(elem_id="rag-preview-text")
-            preview_table = gr.Dataframe(headers=["file", "#", "page / section", "chars", "chunk"], interactive=False,
-                                         wrap=True, max_height=360, elem_id="rag-preview-table")
+            parts["preview_text"] = gr.Markdown(elem_id="rag-preview-text")
+            parts["preview_table"] = gr.Dataframe(headers=["file", "#", "page / section", "chars", "chunk"],
+                                                  interactive=False, wrap=True, max_height=360,
+                                                  elem_id="rag-preview-table")
+    return parts
 
+
+def _build_pipeline(spec: PipelineSpec) -> dict[str, Any]:
+    """The stage cards: the fixed stages in a row, then the draggable post-retrieval steps beside prompt/generate."""
+    forms: dict[str, SettingsForm] = {}
+    enabled: dict[str, gr.Checkbox] = {}
     gr.Markdown("### Pipeline\nEach card is a stage. Drag the post-retrieval steps (⋮⋮ handle) into the order you "
                 "want, tick the ones to use, then **Apply pipeline**.")
     with gr.Row(equal_height=False):
@@ -209,44 +229,59 @@ def build(generate_factory: GenerateFactory | None = None) -> RagTabComponents:
                 forms[name] = _stage_card(name)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            gr.Markdown("**Post-retrieval steps** (top runs first)")
-            with gr.Draggable(elem_id=POST_CONTAINER_ID):
-                for step in spec.post:
-                    with gr.Group(elem_id=f"rag-step-{step.name}", elem_classes=["rag-step"]):
-                        enabled[step.name] = gr.Checkbox(value=step.enabled, label=STAGE_TITLES[step.name],
-                                                         elem_id=f"rag-enable-{step.name}")
-                        forms[step.name] = _stage_card(step.name)
-            order = gr.Textbox(value=",".join(s.name for s in spec.post), label="Order", interactive=False,
-                               elem_id="rag-order")
+            order = _build_post_steps(spec, forms, enabled)
         with gr.Column(scale=3):
             for name in ("prompt", "generate"):
                 with gr.Group(elem_id=f"rag-card-{name}"):
                     gr.Markdown(f"**{STAGE_TITLES[name]}**")
                     forms[name] = _stage_card(name)
-    with gr.Row(equal_height=True):
-        apply_button = gr.Button("Apply pipeline", variant="primary", elem_id="rag-apply")
-        export_button = gr.DownloadButton("Export pipeline JSON", value=_spec_file(spec), elem_id="rag-export")
-        import_file = gr.File(file_types=[".json"], label="Import pipeline JSON", elem_id="rag-import", height=100)
-    with gr.Accordion("Pipeline spec (JSON)", open=False):
-        spec_code = gr.Code(value=spec.to_json(), language="json", interactive=False, elem_id="rag-spec")
+    return {"forms": forms, "enabled": enabled, "order": order}
 
+
+def _build_post_steps(spec: PipelineSpec, forms: dict[str, SettingsForm], enabled: dict[str, gr.Checkbox],
+                      ) -> gr.Textbox:
+    """One card per post-retrieval step in a gr.Draggable, each with our own ``rag-step-<name>`` elem_id (the
+    order scripts above read them), and the box holding the order the server last saw."""
+    gr.Markdown("**Post-retrieval steps** (top runs first)")
+    with gr.Draggable(elem_id=POST_CONTAINER_ID):
+        for step in spec.post:
+            with gr.Group(elem_id=f"rag-step-{step.name}", elem_classes=["rag-step"]):
+                enabled[step.name] = gr.Checkbox(value=step.enabled, label=STAGE_TITLES[step.name],
+                                                 elem_id=f"rag-enable-{step.name}")
+                forms[step.name] = _stage_card(step.name)
+    return gr.Textbox(value=",".join(s.name for s in spec.post), label="Order", interactive=False,
+                      elem_id="rag-order")
+
+
+def _build_pipeline_io(spec: PipelineSpec) -> dict[str, Any]:
+    """Apply, export and import of the pipeline, and its JSON for reading."""
+    parts: dict[str, Any] = {}
+    with gr.Row(equal_height=True):
+        parts["apply_button"] = gr.Button("Apply pipeline", variant="primary", elem_id="rag-apply")
+        parts["export_button"] = gr.DownloadButton("Export pipeline JSON", value=_spec_file(spec),
+                                                   elem_id="rag-export")
+        parts["import_file"] = gr.File(file_types=[".json"], label="Import pipeline JSON", elem_id="rag-import",
+                                       height=100)
+    with gr.Accordion("Pipeline spec (JSON)", open=False):
+        parts["spec_code"] = gr.Code(value=spec.to_json(), language="json", interactive=False, elem_id="rag-spec")
+    return parts
+
+
+def _build_ask() -> dict[str, Any]:
+    """The question box, Test retrieval and Ask, and what they show: hits, the answer and its sources."""
     gr.Markdown("### Ask")
-    question = gr.Textbox(label="Question", placeholder="What do my documents say about…?", elem_id="rag-question")
+    parts: dict[str, Any] = {"question": gr.Textbox(label="Question", placeholder="What do my documents say about…?",
+                                                    elem_id="rag-question")}
     with gr.Row():
-        search_button = gr.Button("Test retrieval", elem_id="rag-search")
-        ask_button = gr.Button("Ask", variant="primary", elem_id="rag-ask")
-    search_log = gr.Markdown(elem_id="rag-search-log")
-    hits = gr.Dataframe(headers=HIT_HEADERS, interactive=False, wrap=True, max_height=400, elem_id="rag-hits")
-    answer_text = gr.Markdown(elem_id="rag-answer")
-    sources = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=400,
-                           elem_id="rag-sources")
-    return RagTabComponents(collection_state, job_state, spec_state, collection, open_button, status, upload,
-                            preview_button, build_button, preview_text, preview_table, build_log, cancel_button,
-                            indexed, remove_button,
-                            reindex_button, forms, enabled, order, apply_button, spec_code, export_button,
-                            import_file, question, search_button, search_log, hits, ask_button, answer_text, sources,
-                            generate_factory or bundled_generate, pdf_password=pdf_password,
-                            confirm_build=confirm_build)
+        parts["search_button"] = gr.Button("Test retrieval", elem_id="rag-search")
+        parts["ask_button"] = gr.Button("Ask", variant="primary", elem_id="rag-ask")
+    parts["search_log"] = gr.Markdown(elem_id="rag-search-log")
+    parts["hits"] = gr.Dataframe(headers=HIT_HEADERS, interactive=False, wrap=True, max_height=400,
+                                 elem_id="rag-hits")
+    parts["answer_text"] = gr.Markdown(elem_id="rag-answer")
+    parts["sources"] = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=400,
+                                    elem_id="rag-sources")
+    return parts
 
 
 def _build_options() -> tuple[gr.Textbox, gr.Checkbox]:
@@ -298,46 +333,12 @@ def _user_facing(exc: Exception) -> Exception:
 
 
 def handler_errors(title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``friendly_errors`` for this tab's handlers, async generators (job followers) included.
+    """``friendly_errors`` for this tab's handlers: rag's index errors carry messages meant for the user.
 
-    Why its own: the followers are async generators, so many visitors following builds hold no worker
-    threads while they wait; and rag's index errors carry messages meant for the user.
+    Many handlers are async generators (job followers), so many visitors following builds hold no worker
+    threads while they wait; ``friendly_errors`` wraps those as well.
     """
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.isasyncgenfunction(fn):
-            @functools.wraps(fn)
-            async def agen(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-                try:
-                    async for item in fn(*args, **kwargs):
-                        yield item
-                except gr.Error:
-                    raise
-                except Exception as exc:
-                    raise user_error(_user_facing(exc), title) from exc
-            return agen
-        if inspect.isgeneratorfunction(fn):
-            @functools.wraps(fn)
-            def gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                try:
-                    yield from fn(*args, **kwargs)
-                except gr.Error:
-                    raise
-                except Exception as exc:
-                    raise _user_facing(exc) from exc
-            return friendly_errors(title)(gen)
-
-        @functools.wraps(fn)
-        def plain(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:
-                raise _user_facing(exc) from exc
-        return friendly_errors(title)(plain)
-
-    return wrap
+    return friendly_errors(title, translate=_user_facing)
 
 
 # ----------------------------------------------------------------------------------------- logic
@@ -592,7 +593,6 @@ def register(c: RagTabComponents) -> None:
     _register_remove_and_reindex(c)
     _register_apply(c)
     _register_questions(c)
-    _register_page_load(c)
 
 
 def _spec_views(spec: PipelineSpec) -> list[Any]:
@@ -605,33 +605,35 @@ def _register_open_and_import(c: RagTabComponents) -> None:
     spec_outputs = [c.spec_state, c.spec_code, c.export_button]
 
     @handler_errors("Could not open the collection")
-    def on_open(name: str, spec_dict: dict[str, Any], request: gr.Request) -> list[Any]:
-        ws = workspace_of(request)
+    def on_open(name: str, spec_dict: dict[str, Any], request: gr.Request,
+                profile: gr.OAuthProfile | None = None) -> list[Any]:
+        ws = workspace_of(request, profile)
         index, note = open_or_create(name, spec_dict, ws)
         return [_state(index), f"{_status(index)}\n\n{note}", _files_update(index),
                 gr.Dropdown(choices=ws.index_names(), value=index.name), gr.Button(visible=False),
                 *_spec_views(index.spec), *form_updates(c, index.spec)]
 
-    c.open_button.click(on_open, [c.collection, c.spec_state],
-                        [c.collection_state, c.status, c.indexed, c.collection, c.reindex_button, *spec_outputs,
-                         *form], api_name="rag_open").then(
+    endpoint(c.open_button.click, on_open, [c.collection, c.spec_state],
+             [c.collection_state, c.status, c.indexed, c.collection, c.reindex_button, *spec_outputs, *form],
+             api_name="rag_open").then(
         None, c.order, c.order, js=_APPLY_ORDER_JS, api_visibility="private")
 
     @handler_errors("Could not import the pipeline")
-    def on_import(file: Any, state: dict[str, Any] | None, request: gr.Request) -> list[Any]:
+    def on_import(file: Any, state: dict[str, Any] | None, request: gr.Request,
+                  profile: gr.OAuthProfile | None = None) -> list[Any]:
         if not file:
             return [gr.skip()] * (len(spec_outputs) + len(form) + 1)
         check_upload(getattr(file, "name", None) or str(file))  # API clients skip the browser's size check
         spec = PipelineSpec.load(getattr(file, "name", None) or str(file))
         note = "Pipeline imported. Press **Apply pipeline** to use it with the open collection."
-        index = read_collection(workspace_of(request), state) if state else None
+        index = read_collection(workspace_of(request, profile), state) if state else None
         if index is not None and spec.embed.model != index.embedder_name:
             note += f" ⚠️ It uses embedder `{spec.embed.model}`; this collection was built with " \
                     f"`{index.embedder_name}`, so applying it will offer to re-index."
         return [note, *_spec_views(spec), *form_updates(c, spec)]
 
-    c.import_file.upload(on_import, [c.import_file, c.collection_state], [c.status, *spec_outputs, *form],
-                         api_name="rag_import_pipeline").then(
+    endpoint(c.import_file.upload, on_import, [c.import_file, c.collection_state], [c.status, *spec_outputs, *form],
+             api_name="rag_import_pipeline").then(
         None, c.order, c.order, js=_APPLY_ORDER_JS, api_visibility="private")
 
     @handler_errors("Could not preview the chunks")
@@ -639,8 +641,8 @@ def _register_open_and_import(c: RagTabComponents) -> None:
         *values, files, pdf_password = values
         return preview_chunks(files, spec_from_form(c, values), pdf_password or "")
 
-    c.preview_button.click(on_preview, [*form, c.upload, c.pdf_password], [c.preview_text, c.preview_table],
-                           api_name="rag_preview", js=_READ_ORDER_JS)
+    endpoint(c.preview_button.click, on_preview, [*form, c.upload, c.pdf_password],
+             [c.preview_text, c.preview_table], api_name="rag_preview", js=_READ_ORDER_JS)
 
 
 def _register_build_and_cancel(c: RagTabComponents) -> None:
@@ -649,32 +651,33 @@ def _register_build_and_cancel(c: RagTabComponents) -> None:
     @handler_errors("Could not build the index")
     async def on_build(files: list[Any] | None, state: dict[str, Any] | None, name: str,
                        spec_dict: dict[str, Any], pdf_password: str | None, confirm: bool | None,
-                       request: gr.Request) -> AsyncIterator[list[Any]]:
+                       request: gr.Request, profile: gr.OAuthProfile | None = None) -> AsyncIterator[list[Any]]:
         """Check quota and duration, stage the uploads, queue the job, stream its log until it ends."""
         require_write("Building an index")
-        ws, target, uploads = workspace_of(request), _target(state, name), _uploads(files)
+        ws, target, uploads = workspace_of(request, profile), _target(state, name), _uploads(files)
         await anyio.to_thread.run_sync(check_new_collection, ws, target)
         question = await anyio.to_thread.run_sync(build_question, ws, target, uploads, spec_dict, bool(confirm))
         if question:  # a long build asks before it starts; nothing is queued
             yield [gr.skip(), gr.skip(), question, gr.skip(), gr.skip()]
             return
         async for job_id, log, index in submit_and_follow(ws, target, "add", uploads=uploads, visitor=visitor_of(
-                request), spec=PipelineSpec.from_dict(spec_dict), pdf_password=pdf_password or ""):
+                request, profile), spec=PipelineSpec.from_dict(spec_dict), pdf_password=pdf_password or ""):
             if index is None:
                 yield [gr.skip(), job_id, log, gr.skip(), gr.skip()]
             else:
                 yield [_state(index), None, log, _status(index), _files_update(index)]
 
-    c.build_button.click(on_build, [c.upload, c.collection_state, c.collection, c.spec_state, c.pdf_password,
-                                    c.confirm_build],
-                         [c.collection_state, c.job_state, c.build_log, c.status, c.indexed], api_name="rag_build",
-                         concurrency_limit=None)
+    endpoint(c.build_button.click, on_build,
+             [c.upload, c.collection_state, c.collection, c.spec_state, c.pdf_password, c.confirm_build],
+             [c.collection_state, c.job_state, c.build_log, c.status, c.indexed], api_name="rag_build",
+             concurrency_limit=None)
 
     @handler_errors("Could not cancel")
-    def on_cancel(job_id: str | None, state: dict[str, Any] | None, request: gr.Request) -> str:
-        return cancel_job(workspace_of(request), job_id, state)
+    def on_cancel(job_id: str | None, state: dict[str, Any] | None, request: gr.Request,
+                  profile: gr.OAuthProfile | None = None) -> str:
+        return cancel_job(workspace_of(request, profile), job_id, state)
 
-    c.cancel_button.click(on_cancel, [c.job_state, c.collection_state], c.build_log, api_name="rag_cancel")
+    endpoint(c.cancel_button.click, on_cancel, [c.job_state, c.collection_state], c.build_log, api_name="rag_cancel")
 
 
 def _register_remove_and_reindex(c: RagTabComponents) -> None:
@@ -682,37 +685,37 @@ def _register_remove_and_reindex(c: RagTabComponents) -> None:
 
     @handler_errors("Could not remove the files")
     async def on_remove(state: dict[str, Any] | None, selected: list[str] | None,
-                        request: gr.Request) -> AsyncIterator[list[Any]]:
+                        request: gr.Request, profile: gr.OAuthProfile | None = None) -> AsyncIterator[list[Any]]:
         require_write("Removing files")
-        ws = workspace_of(request)
+        ws = workspace_of(request, profile)
         target = await anyio.to_thread.run_sync(lambda: read_collection(ws, state).name)
         async for job_id, log, index in submit_and_follow(ws, target, "remove", sources=selected or [],
-                                                          visitor=visitor_of(request)):
+                                                          visitor=visitor_of(request, profile)):
             if index is None:
                 yield [gr.skip(), job_id, log, gr.skip(), gr.skip()]
             else:
                 yield [_state(index), None, log, _status(index), _files_update(index)]
 
-    c.remove_button.click(on_remove, [c.collection_state, c.indexed],
-                          [c.collection_state, c.job_state, c.build_log, c.status, c.indexed],
-                          api_name="rag_remove", concurrency_limit=None)
+    endpoint(c.remove_button.click, on_remove, [c.collection_state, c.indexed],
+             [c.collection_state, c.job_state, c.build_log, c.status, c.indexed],
+             api_name="rag_remove", concurrency_limit=None)
 
     @handler_errors("Could not re-index")
     async def on_reindex(state: dict[str, Any] | None, spec_dict: dict[str, Any],
-                         request: gr.Request) -> AsyncIterator[list[Any]]:
+                         request: gr.Request, profile: gr.OAuthProfile | None = None) -> AsyncIterator[list[Any]]:
         require_write("Re-indexing")
-        ws = workspace_of(request)
+        ws = workspace_of(request, profile)
         target = await anyio.to_thread.run_sync(lambda: read_collection(ws, state).name)
-        async for job_id, log, index in submit_and_follow(ws, target, "reindex", visitor=visitor_of(request),
+        async for job_id, log, index in submit_and_follow(ws, target, "reindex", visitor=visitor_of(request, profile),
                                                           spec=PipelineSpec.from_dict(spec_dict)):
             if index is None:
                 yield [gr.skip(), job_id, log, gr.Button(visible=True), gr.skip()]
             else:
                 yield [_state(index), None, log, gr.Button(visible=False), _status(index)]
 
-    c.reindex_button.click(on_reindex, [c.collection_state, c.spec_state],
-                           [c.collection_state, c.job_state, c.build_log, c.reindex_button, c.status],
-                           api_name="rag_reindex", concurrency_limit=None)
+    endpoint(c.reindex_button.click, on_reindex, [c.collection_state, c.spec_state],
+             [c.collection_state, c.job_state, c.build_log, c.reindex_button, c.status],
+             api_name="rag_reindex", concurrency_limit=None)
 
 
 def cancel_job(ws: Workspace, job_id: str | None, state: dict[str, Any] | None) -> str:
@@ -739,14 +742,15 @@ def _register_apply(c: RagTabComponents) -> None:
     spec_outputs = [c.spec_state, c.spec_code, c.export_button]
 
     @handler_errors("Could not apply the pipeline")
-    async def on_apply(request: gr.Request, *values: Any) -> AsyncIterator[list[Any]]:
+    async def on_apply(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any,
+                       ) -> AsyncIterator[list[Any]]:
         *values, state = values
         spec = spec_from_form(c, tuple(values))
         if not state:
             yield [gr.skip(), gr.skip(), "Pipeline applied.", gr.Button(visible=False), *_spec_views(spec)]
             return
         require_write("Changing a collection's pipeline")
-        ws = workspace_of(request)
+        ws = workspace_of(request, profile)
         index = await anyio.to_thread.run_sync(read_collection, ws, state)
         refusal = apply_refusal(index, spec)
         if refusal is not None:
@@ -757,7 +761,7 @@ def _register_apply(c: RagTabComponents) -> None:
                    gr.Button(visible=False), *_spec_views(spec)]
             return
         async for job_id, log, latest in submit_and_follow(ws, index.name, "apply", spec=spec,
-                                                           visitor=visitor_of(request)):
+                                                           visitor=visitor_of(request, profile)):
             if latest is None:
                 yield [gr.skip(), job_id, log, gr.skip(), *_spec_views(spec)]
             else:
@@ -766,9 +770,9 @@ def _register_apply(c: RagTabComponents) -> None:
                        gr.Button(visible=stale), *_spec_views(spec)]
 
     # The order box must be the first input: the JS hook overwrites args[0] with the on-screen order.
-    c.apply_button.click(on_apply, [*form, c.collection_state],
-                         [c.collection_state, c.job_state, c.status, c.reindex_button, *spec_outputs],
-                         api_name="rag_apply_pipeline", js=_READ_ORDER_JS, concurrency_limit=None).then(
+    endpoint(c.apply_button.click, on_apply, [*form, c.collection_state],
+             [c.collection_state, c.job_state, c.status, c.reindex_button, *spec_outputs],
+             api_name="rag_apply_pipeline", js=_READ_ORDER_JS, concurrency_limit=None).then(
         lambda spec: ",".join(s["stage"] for s in spec["stages"] if s["stage"] in POST_STEPS), c.spec_state, c.order,
         api_visibility="private")
 
@@ -789,27 +793,27 @@ def _register_questions(c: RagTabComponents) -> None:
     """Search and Ask read the open collection's current version from the shared cache."""
     @handler_errors("Retrieval failed")
     def on_search(state: dict[str, Any] | None, question: str, spec_dict: dict[str, Any],
-                  request: gr.Request) -> tuple[str, list[list]]:
-        index = _require_chunks(read_collection(workspace_of(request), state))
+                  request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, list[list]]:
+        index = _require_chunks(read_collection(workspace_of(request, profile), state))
         if not (question or "").strip():
             raise ValueError("Type a question first.")
-        check_message(question, request, "the question")
+        check_message(question, request, "the question", profile)
         result = search(index, question, PipelineSpec.from_dict(spec_dict))
         log = (f"{len(result.hits)} chunk(s) from **{index.name}** v{index.version} in "
                f"{result.seconds * 1000:.0f} ms · " + " · ".join(result.log))
         return log, [_hit_row(h) for h in result.hits]
 
     inputs = [c.collection_state, c.question, c.spec_state]
-    c.search_button.click(on_search, inputs, [c.search_log, c.hits], api_name="rag_search")
+    endpoint(c.search_button.click, on_search, inputs, [c.search_log, c.hits], api_name="rag_search")
     c.question.submit(on_search, inputs, [c.search_log, c.hits], api_visibility="private")
 
     @handler_errors("Could not answer")
     def on_ask(state: dict[str, Any] | None, question: str, spec_dict: dict[str, Any],
-               request: gr.Request) -> Iterator[list[Any]]:
-        index = _require_chunks(read_collection(workspace_of(request), state))
+               request: gr.Request, profile: gr.OAuthProfile | None = None) -> Iterator[list[Any]]:
+        index = _require_chunks(read_collection(workspace_of(request, profile), state))
         if not (question or "").strip():
             raise ValueError("Type a question first.")
-        check_message(question, request, "the question")
+        check_message(question, request, "the question", profile)
         spec = PipelineSpec.from_dict(spec_dict)
         hits: list[Hit] = []
         text = ""
@@ -826,44 +830,46 @@ def _register_questions(c: RagTabComponents) -> None:
                 yield [_answer_markdown(event, made_by), _source_rows(hits, {x.number for x in event.citations}),
                        gr.skip()]
 
-    c.ask_button.click(on_ask, inputs, [c.answer_text, c.sources, c.hits], api_name="rag_ask")
+    endpoint(c.ask_button.click, on_ask, inputs, [c.answer_text, c.sources, c.hits], api_name="rag_ask")
 
 
-def _register_page_load(c: RagTabComponents) -> None:
+def register_page_load(demo: gr.Blocks, c: RagTabComponents) -> None:
     """After a reload (or in a second tab), find the visitor's running index job and follow it again."""
-    root = gr.context.Context.root_block
-    if root is None:
+    demo.load(follow_running_job, None, [c.collection, c.collection_state, c.job_state, c.build_log, c.status,
+                                         c.indexed], api_visibility="private", concurrency_limit=None,
+              show_progress="hidden")
+
+
+async def follow_running_job(request: gr.Request, profile: gr.OAuthProfile | None = None,
+                             ) -> AsyncIterator[list[Any]]:
+    """Pick the running job (else the oldest waiting one) of this workspace, show its collection, follow it.
+
+    Yields (collection picker, collection state, job id, log, status, indexed files) as the job goes on.
+    """
+    skip = [gr.skip()] * 6
+    try:
+        ws = workspace_of(request, profile)
+        active = await anyio.to_thread.run_sync(functools.partial(index_jobs, ws, active_only=True))
+    except Exception:  # not signed in yet, or a passing database hiccup: the page works without it
+        yield skip
         return
-
-    async def restore(request: gr.Request) -> AsyncIterator[list[Any]]:
-        """Pick the running job (else the oldest waiting one) of this workspace, show its collection, follow it."""
-        skip = [gr.skip()] * 6
-        try:
-            ws = workspace_of(request)
-            active = await anyio.to_thread.run_sync(functools.partial(index_jobs, ws, active_only=True))
-        except Exception:  # not signed in yet, or a passing database hiccup: the page works without it
-            yield skip
-            return
-        running = [j for j in active if j.status in ("running", "cancelling")] or active[::-1]
-        if not running:
-            yield skip
-            return
-        job = running[0]
-        name = str(job.payload.get("collection", ""))
-        current = await anyio.to_thread.run_sync(_latest, ws, name)
-        yield [gr.Dropdown(value=name), _state(current) if current else gr.skip(), job.id,
-               "Following your index job that is still running…",
-               f"{_status(current)}\n\nA change to it is running below." if current else gr.skip(),
-               _files_update(current) if current else gr.skip()]
-        async for _, log, finished in follow_job(ws, job.id):
-            latest = await anyio.to_thread.run_sync(_latest, ws, name) if finished else None
-            if latest is None:
-                yield [gr.skip(), gr.skip(), job.id, log, gr.skip(), gr.skip()]
-            else:
-                yield [gr.skip(), _state(latest), None, log, _status(latest), _files_update(latest)]
-
-    root.load(restore, None, [c.collection, c.collection_state, c.job_state, c.build_log, c.status, c.indexed],
-              api_visibility="private", concurrency_limit=None, show_progress="hidden")
+    running = [j for j in active if j.status in ("running", "cancelling")] or active[::-1]
+    if not running:
+        yield skip
+        return
+    job = running[0]
+    name = str(job.payload.get("collection", ""))
+    current = await anyio.to_thread.run_sync(_latest, ws, name)
+    yield [gr.Dropdown(value=name), _state(current) if current else gr.skip(), job.id,
+           "Following your index job that is still running…",
+           f"{_status(current)}\n\nA change to it is running below." if current else gr.skip(),
+           _files_update(current) if current else gr.skip()]
+    async for _, log, finished in follow_job(ws, job.id):
+        latest = await anyio.to_thread.run_sync(_latest, ws, name) if finished else None
+        if latest is None:
+            yield [gr.skip(), gr.skip(), job.id, log, gr.skip(), gr.skip()]
+        else:
+            yield [gr.skip(), _state(latest), None, log, _status(latest), _files_update(latest)]
 
 
 def _source_rows(hits: list[Hit], cited: set[int]) -> list[list[Any]]:

@@ -27,7 +27,7 @@ from services.publish import (
     push_space,
     require_finished,
 )
-from ui.common import friendly_errors, require_write, served_folder, workspace_of
+from ui.common import endpoint, friendly_errors, require_write, served_folder, workspace_of
 
 NO_COLLECTION = "(no documents)"
 
@@ -152,33 +152,34 @@ def demo_folder(ws: Workspace, job: JobRecord, collection: str | None, title: st
                             title=title, model_repo=optional_repo(model_repo))
 
 
-def refresh(run_id: str | None, request: gr.Request) -> list[gr.Dropdown]:
+def refresh(run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[gr.Dropdown]:
     """The visitor's runs and collections; the chosen run stays chosen, else the newest one is picked."""
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     runs = run_choices(ws)
     ids = [value for _, value in runs]
     chosen = run_id if run_id in ids else (ids[0] if ids else None)
     return [gr.Dropdown(choices=runs, value=chosen), gr.Dropdown(choices=collection_choices(ws))]
 
 
-def preview_card(run_id: str | None, model_repo: str | None, include_merged: bool, request: gr.Request) -> str:
-    job = chosen_run(workspace_of(request), run_id)
+def preview_card(run_id: str | None, model_repo: str | None, include_merged: bool, request: gr.Request,
+                 profile: gr.OAuthProfile | None = None) -> str:
+    job = chosen_run(workspace_of(request, profile), run_id)
     return card_preview(model_card(job, optional_repo(model_repo), bool(include_merged)))
 
 
 def build_demo(run_id: str | None, collection: str | None, space_title: str | None, model_repo: str | None,
-               request: gr.Request) -> list[str]:
+               request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[str]:
     require_write("Publishing")
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     folder = demo_folder(ws, chosen_run(ws, run_id), collection, space_title, model_repo)
     return [f"Built the demo Space for run {run_id}. Unzip it and run `python app.py` in the folder "
             "(http://127.0.0.1:7860), or push it with **Push the demo Space**.", zipped_copy(folder)]
 
 
 def push_model_repo(run_id: str | None, model_repo: str | None, hf_token: str | None, private: bool,
-                    include_merged: bool, request: gr.Request) -> str:
+                    include_merged: bool, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
     require_write("Publishing")
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     job = chosen_run(ws, run_id)
     repo, token = check_repo_id(model_repo), check_token(hf_token)  # before a (possibly slow) merge
     folder = build_model_folder(job, ws.exports / f"model-{job.id}", include_merged=bool(include_merged),
@@ -188,9 +189,10 @@ def push_model_repo(run_id: str | None, model_repo: str | None, hf_token: str | 
 
 
 def push_demo_space(run_id: str | None, collection: str | None, space_title: str | None, space_repo: str | None,
-                    model_repo: str | None, hf_token: str | None, private: bool, request: gr.Request) -> str:
+                    model_repo: str | None, hf_token: str | None, private: bool, request: gr.Request,
+                    profile: gr.OAuthProfile | None = None) -> str:
     require_write("Publishing")
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     job = chosen_run(ws, run_id)
     repo, token = check_repo_id(space_repo), check_token(hf_token)
     folder = demo_folder(ws, job, collection, space_title, model_repo)
@@ -202,18 +204,17 @@ def push_demo_space(run_id: str | None, collection: str | None, space_title: str
 
 
 def register(c: ShareTabComponents) -> None:
-    c.refresh_button.click(refresh, c.run, [c.run, c.collection], api_name="share_refresh")
-    c.card_button.click(friendly_errors("Could not write the model card")(preview_card),
-                        [c.run, c.model_repo, c.include_merged], c.card, api_name="share_model_card")
-    c.build_button.click(friendly_errors("Could not build the demo Space")(build_demo),
-                         [c.run, c.collection, c.space_title, c.model_repo], [c.status, c.download],
-                         api_name="share_build_demo")
-    c.push_model_button.click(friendly_errors("Could not push the model")(push_model_repo),
-                              [c.run, c.model_repo, c.hf_token, c.private, c.include_merged], c.status,
-                              api_name="share_push_model")
-    c.push_demo_button.click(friendly_errors("Could not push the demo Space")(push_demo_space),
-                             [c.run, c.collection, c.space_title, c.space_repo, c.model_repo, c.hf_token, c.private],
-                             c.status, api_name="share_push_demo")
+    """Wire Refresh, the model card preview, Build and the two pushes (``share_*`` API endpoints)."""
+    endpoint(c.refresh_button.click, refresh, c.run, [c.run, c.collection], api_name="share_refresh")
+    endpoint(c.card_button.click, friendly_errors("Could not write the model card")(preview_card),
+             [c.run, c.model_repo, c.include_merged], c.card, api_name="share_model_card")
+    endpoint(c.build_button.click, friendly_errors("Could not build the demo Space")(build_demo),
+             [c.run, c.collection, c.space_title, c.model_repo], [c.status, c.download], api_name="share_build_demo")
+    endpoint(c.push_model_button.click, friendly_errors("Could not push the model")(push_model_repo),
+             [c.run, c.model_repo, c.hf_token, c.private, c.include_merged], c.status, api_name="share_push_model")
+    endpoint(c.push_demo_button.click, friendly_errors("Could not push the demo Space")(push_demo_space),
+             [c.run, c.collection, c.space_title, c.space_repo, c.model_repo, c.hf_token, c.private], c.status,
+             api_name="share_push_demo")
 
 
 def register_page_load(demo: gr.Blocks, c: ShareTabComponents) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,10 @@ from engine.models import BUNDLED_ID, MODELS, hub_kwargs, model_info, pick_devic
 from engine.workspace import Workspace
 from ui.common import (
     SettingsForm,
+    api_endpoint,
     build_settings_form,
     chat_model_for,
+    endpoint,
     format_duration,
     friendly_errors,
     model_token,
@@ -202,53 +205,72 @@ def limits_text() -> str:
 
 
 def register(c: TrainTabComponents) -> None:
-    view_outputs = [c.status, c.progress, c.loss_plot, c.log, c.runs_table, c.timer, c.plotted, c.token_panel]
-    picker_and_view = [c.run_picker, *view_outputs]
-    form = c.form.components
+    """Wire the form, the run buttons, the run view and Try/Download (``train_*`` API endpoints)."""
+    _register_form(c)
+    _register_run_buttons(c)
+    _register_try_and_download(c)
 
-    c.preset.change(friendly_errors("This preset could not be loaded")(lambda name: apply_preset(c.form, name)),
-                    c.preset, form, api_name="train_apply_preset")
+
+def _register_form(c: TrainTabComponents) -> None:
+    """Presets fill the form; any change re-estimates memory (and a new model shows its notes)."""
+    form = c.form.components
+    endpoint(c.preset.change,
+             friendly_errors("This preset could not be loaded")(lambda name: apply_preset(c.form, name)),
+             c.preset, form, api_name="train_apply_preset")
     c.form.controls["base_model"].change(model_notes_text, c.form.controls["base_model"], c.model_notes,
                                          api_visibility="private")
-    gr.on([control.change for control in form],
-          named_parameters(lambda *v: memory_text(c.form, v), c.form.names), form, c.memory,
-          api_name="train_estimate_memory", show_progress="hidden", trigger_mode="always_last")
+    endpoint([control.change for control in form],
+             named_parameters(lambda *v: memory_text(c.form, v), c.form.names), form, c.memory,
+             api_name="train_estimate_memory", show_progress="hidden", trigger_mode="always_last")
 
-    def start(run_name: str, token: str, dataset: dict | None, *values: Any, request: gr.Request) -> list[Any]:
+
+def _register_run_buttons(c: TrainTabComponents) -> None:
+    """Start, Stop, Resume, a waiting run's token, and which run is shown (picked, refreshed, or every second)."""
+    view_outputs = [c.status, c.progress, c.loss_plot, c.log, c.runs_table, c.timer, c.plotted, c.token_panel]
+    picker_and_view = [c.run_picker, *view_outputs]
+
+    def start(run_name: str, token: str, dataset: dict | None, *values: Any, request: gr.Request,
+              profile: gr.OAuthProfile | None = None) -> list[Any]:
         require_write("Training")
-        ws = workspace_of(request)
-        job = start_run(c.form, values, dataset, run_name, token, ws.owner, visitor=visitor_of(request))
+        ws = workspace_of(request, profile)
+        job = start_run(c.form, values, dataset, run_name, token, ws.owner, visitor=visitor_of(request, profile))
         return [picker_update(ws, job.id), *view(job.id, ws)]
 
-    c.start.click(named_parameters(friendly_errors("Training could not start")(start),
-                                   ["run_name", "hf_token", "dataset", *c.form.names], request=True),
-                  [c.run_name, c.hf_token, c.dataset, *form],
-                  picker_and_view, api_name="train_start", show_progress_on=c.status)
-    c.stop.click(friendly_errors("The run could not be stopped")(stop_run), [c.run_picker], view_outputs,
-                 api_name="train_stop", show_progress_on=c.status)
-    c.resume.click(friendly_errors("The run could not be resumed")(resume_run), [c.run_picker, c.hf_token],
-                   view_outputs, api_name="train_resume", show_progress_on=c.status)
-    c.provide_token.click(friendly_errors("The run could not continue")(provide_token_run),
-                          [c.run_picker, c.token_again], [*view_outputs, c.token_again],
-                          api_name="train_provide_token", show_progress_on=c.status)
-    c.run_picker.select(friendly_errors("The run could not be shown")(view_for_request), [c.run_picker],
-                        view_outputs, api_name="train_show_run", show_progress_on=c.status)
-    c.refresh_runs.click(friendly_errors("The runs could not be listed")(restore_view), [c.run_picker],
-                         picker_and_view, api_name="train_refresh", show_progress_on=c.status)
+    endpoint(c.start.click, named_parameters(friendly_errors("Training could not start")(start),
+                                             ["run_name", "hf_token", "dataset", *c.form.names], request=True),
+             [c.run_name, c.hf_token, c.dataset, *c.form.components],
+             picker_and_view, api_name="train_start", show_progress_on=c.status)
+    endpoint(c.stop.click, friendly_errors("The run could not be stopped")(stop_run), [c.run_picker], view_outputs,
+             api_name="train_stop", show_progress_on=c.status)
+    endpoint(c.resume.click, friendly_errors("The run could not be resumed")(resume_run), [c.run_picker, c.hf_token],
+             view_outputs, api_name="train_resume", show_progress_on=c.status)
+    endpoint(c.provide_token.click, friendly_errors("The run could not continue")(provide_token_run),
+             [c.run_picker, c.token_again], [*view_outputs, c.token_again],
+             api_name="train_provide_token", show_progress_on=c.status)
+    endpoint(c.run_picker.select, friendly_errors("The run could not be shown")(view_for_request), [c.run_picker],
+             view_outputs, api_name="train_show_run", show_progress_on=c.status)
+    endpoint(c.refresh_runs.click, friendly_errors("The runs could not be listed")(restore_view), [c.run_picker],
+             picker_and_view, api_name="train_refresh", show_progress_on=c.status)
     c.timer.tick(tick_view, [c.run_picker, c.plotted], view_outputs, api_visibility="private",
                  show_progress="hidden")
-    def ask(run_id: str | None, prompt: str, token: str | None, *values: Any, request: gr.Request) -> Any:
-        yield from try_run(c.generation, workspace_of(request), run_id, prompt, token, values)
 
-    c.try_button.click(
-        named_parameters(friendly_errors("The model could not answer")(ask),
-                         ["run_id", "prompt", "hf_token", *c.generation.names], request=True),
-        [c.run_picker, c.try_prompt, c.hf_token, *c.generation.components], c.try_answer, api_name="train_try")
-    c.download_adapter.click(friendly_errors("The adapter could not be packed")(adapter_download), c.run_picker,
-                             c.download_file, api_name="train_download_adapter")
-    c.download_merged.click(friendly_errors("The merged model could not be built")(merged_download),
-                            [c.run_picker, c.hf_token], c.download_file, api_name="train_download_merged")
-    gr.api(friendly_errors("The run could not be read")(run_status), api_name="train_status")
+
+def _register_try_and_download(c: TrainTabComponents) -> None:
+    """Try a finished run, download its adapter or merged model, and the run status for scripts."""
+
+    def ask(run_id: str | None, prompt: str, token: str | None, *values: Any, request: gr.Request,
+            profile: gr.OAuthProfile | None = None) -> Any:
+        yield from try_run(c.generation, workspace_of(request, profile), run_id, prompt, token, values)
+
+    endpoint(c.try_button.click,
+             named_parameters(friendly_errors("The model could not answer")(ask),
+                              ["run_id", "prompt", "hf_token", *c.generation.names], request=True),
+             [c.run_picker, c.try_prompt, c.hf_token, *c.generation.components], c.try_answer, api_name="train_try")
+    endpoint(c.download_adapter.click, friendly_errors("The adapter could not be packed")(adapter_download),
+             c.run_picker, c.download_file, api_name="train_download_adapter")
+    endpoint(c.download_merged.click, friendly_errors("The merged model could not be built")(merged_download),
+             [c.run_picker, c.hf_token], c.download_file, api_name="train_download_merged")
+    api_endpoint(friendly_errors("The run could not be read")(run_status), api_name="train_status")
 
 
 def register_page_load(demo: gr.Blocks, c: TrainTabComponents) -> None:
@@ -301,16 +323,17 @@ def check_device_and_access(config: TrainConfig, token: str | None) -> None:
         require_access(config.base_model, token)  # any other: the Hub says whether this token may read it
 
 
-def stop_run(run_id: str | None, request: gr.Request) -> list[Any]:
+def stop_run(run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[Any]:
     require_write("Stopping a run")
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     ws.store().cancel(ws.run(require_run(run_id)).id)
     return view(run_id, ws)
 
 
-def resume_run(run_id: str | None, hf_token: str | None, request: gr.Request) -> list[Any]:
+def resume_run(run_id: str | None, hf_token: str | None, request: gr.Request,
+               profile: gr.OAuthProfile | None = None) -> list[Any]:
     require_write("Resuming a run")
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     job = ws.run(require_run(run_id))
     job_token = job_token_for(ws.owner, hf_token)
     check_device_and_access(job.config, job_token)
@@ -318,10 +341,11 @@ def resume_run(run_id: str | None, hf_token: str | None, request: gr.Request) ->
     return view(run_id, ws)
 
 
-def provide_token_run(run_id: str | None, token: str | None, request: gr.Request) -> list[Any]:
+def provide_token_run(run_id: str | None, token: str | None, request: gr.Request,
+                      profile: gr.OAuthProfile | None = None) -> list[Any]:
     """'Continue with this token': a run that lost its token in a restart goes back to its place in the queue."""
     require_write("Continuing a run")
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     job = ws.run(require_run(run_id))
     ws.store().provide_token(job.id, (token or "").strip())
     return [*view(run_id, ws), ""]  # the token field is emptied: the server holds it now
@@ -341,18 +365,19 @@ def try_run(generation: SettingsForm, ws: Workspace, run_id: str | None, prompt:
         yield answer
 
 
-def adapter_download(run_id: str | None, request: gr.Request) -> str:
+def adapter_download(run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
     """A copy outside the data directory: only files the app hands out are served, never the data directory."""
     from engine.export import adapter_zip
 
-    return served_copy(adapter_zip(finished_job(workspace_of(request), run_id)))
+    return served_copy(adapter_zip(finished_job(workspace_of(request, profile), run_id)))
 
 
-def merged_download(run_id: str | None, hf_token: str | None, request: gr.Request) -> str:
+def merged_download(run_id: str | None, hf_token: str | None, request: gr.Request,
+                    profile: gr.OAuthProfile | None = None) -> str:
     from engine.export import merged_zip
 
     require_write("Building a merged model")
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     job = finished_job(ws, run_id)
     return served_copy(merged_zip(job, job_token_for(ws.owner, hf_token)))
 
@@ -371,9 +396,9 @@ def finished_job(ws: Workspace, run_id: str | None) -> JobRecord:
     return job
 
 
-def run_status(run_id: str, request: gr.Request) -> dict:
+def run_status(run_id: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> dict:
     """A run's state as plain data, for scripts (gradio_client) polling a run they started."""
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     job = ws.run(run_id)
     the_store = ws.store()
     events = the_store.events(job.id)
@@ -390,9 +415,9 @@ def run_status(run_id: str, request: gr.Request) -> dict:
 # ----------------------------------------------------------------------------------------- views
 
 
-def restore_view(run_id: str | None, request: gr.Request) -> list[Any]:
+def restore_view(run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[Any]:
     """Keep the run this browser shows; after a reload pick the owner's active run, else the newest."""
-    ws = workspace_of(request)
+    ws = workspace_of(request, profile)
     jobs = ws.runs()
     ids = {j.id for j in jobs}
     if not run_id or run_id not in ids:
@@ -401,15 +426,16 @@ def restore_view(run_id: str | None, request: gr.Request) -> list[Any]:
     return [picker_update(ws, run_id, jobs), *view(run_id, ws, jobs)]
 
 
-def view_for_request(run_id: str | None, request: gr.Request) -> list[Any]:
-    return view(run_id, workspace_of(request))
+def view_for_request(run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[Any]:
+    return view(run_id, workspace_of(request, profile))
 
 
-def tick_view(run_id: str | None, plotted: str | None, request: gr.Request) -> list[Any]:
+def tick_view(run_id: str | None, plotted: str | None, request: gr.Request,
+              profile: gr.OAuthProfile | None = None) -> list[Any]:
     """The 1 s refresh: the chart is only re-sent when it gained points (no flicker), and a passing
     hiccup (a locked database, a half-written file) just waits for the next tick."""
     try:
-        return view(run_id, workspace_of(request), plotted=plotted)
+        return view(run_id, workspace_of(request, profile), plotted=plotted)
     except Exception:
         logging.getLogger("tune_studio.ui").warning("Refresh of run %s failed; retrying", run_id, exc_info=True)
         return [gr.skip()] * VIEW_SIZE
@@ -544,33 +570,41 @@ def log_text(events: list[ev.JobEvent]) -> str:
     return "\n".join(lines[-LOG_LINES_SHOWN:])
 
 
+def _started_line(event: ev.Started) -> str:
+    resumed = f", resuming from step {event.resumed_from_step}" if event.resumed_from_step else ""
+    return (f"Started on {event.device}: {event.train_rows} training / {event.eval_rows} validation examples, "
+            f"{event.total_steps} steps{resumed}.")
+
+
+def _done_line(event: ev.Done) -> str:
+    return (f"Done: {event.steps} steps in {format_duration(event.duration_seconds)}, final loss "
+            f"{_fmt_loss(event.final_loss)}.")
+
+
+#: How each kind of job event reads in the run log (one line each).
+_EVENT_LINES: dict[type, Callable[[Any], str]] = {
+    ev.Queued: lambda e: f"Queued (position {e.position})." if e.position else "Queued.",
+    ev.Started: _started_line,
+    ev.Step: lambda e: f"step {e.step}/{e.total_steps}  loss {_fmt_loss(e.loss)}",
+    ev.Eval: lambda e: f"eval at step {e.step}: loss {_fmt_loss(e.eval_loss)}",
+    ev.Checkpoint: lambda e: f"Checkpoint saved at step {e.step}.",
+    ev.Done: _done_line,
+    ev.Failed: lambda e: f"Failed: {e.reason}",
+    ev.Cancelled: lambda e: f"Stopped at step {e.step}.",
+    ev.Interrupted: lambda e: f"Paused at step {e.step}: {e.reason}",
+    ev.Progress: progress_line,
+    ev.Log: lambda e: f"[{e.level}] {e.message}",
+}
+
+
 def event_line(event: ev.JobEvent) -> str:
-    """One readable line per event; the UI only formats typed events, it never parses worker output."""
-    if isinstance(event, ev.Queued):
-        return f"Queued (position {event.position})." if event.position else "Queued."
-    if isinstance(event, ev.Started):
-        resumed = f", resuming from step {event.resumed_from_step}" if event.resumed_from_step else ""
-        return (f"Started on {event.device}: {event.train_rows} training / {event.eval_rows} validation examples, "
-                f"{event.total_steps} steps{resumed}.")
-    if isinstance(event, ev.Step):
-        return f"step {event.step}/{event.total_steps}  loss {_fmt_loss(event.loss)}"
-    if isinstance(event, ev.Eval):
-        return f"eval at step {event.step}: loss {_fmt_loss(event.eval_loss)}"
-    if isinstance(event, ev.Checkpoint):
-        return f"Checkpoint saved at step {event.step}."
-    if isinstance(event, ev.Done):
-        return f"Done: {event.steps} steps in {format_duration(event.duration_seconds)}, final loss " \
-               f"{_fmt_loss(event.final_loss)}."
-    if isinstance(event, ev.Failed):
-        return f"Failed: {event.reason}"
-    if isinstance(event, ev.Cancelled):
-        return f"Stopped at step {event.step}."
-    if isinstance(event, ev.Interrupted):
-        return f"Paused at step {event.step}: {event.reason}"
-    if isinstance(event, ev.Progress):
-        return progress_line(event)
-    if isinstance(event, ev.Log):
-        return f"[{event.level}] {event.message}"
+    """One readable line per event; the UI only formats typed events, it never parses worker output.
+
+    Looked up along the event's class hierarchy, so a subclass of a known event reads like its parent.
+    """
+    for cls in type(event).__mro__:
+        if cls in _EVENT_LINES:
+            return _EVENT_LINES[cls](event)
     return ""
 
 

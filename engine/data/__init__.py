@@ -8,8 +8,10 @@ Typical use (the trainer, the UI and ``python -m engine inspect`` all go through
     rows = [e.to_trainer_row() for e in encode_examples(tokenizer, train, max_length)]
     preview = render_preview(tokenizer, train[0], max_length)   # same encoding, with learned segments
 
-Module map: ``loading`` (bytes -> rows), ``detection`` (which format), ``formats`` (rows -> :class:`Example`),
-``encoding`` (chat template -> tokens + loss mask), ``validation`` (report, split, inspect).
+Module map: ``loading`` (bytes -> rows; ``sniff`` refuses what is not a dataset, ``csv_rows`` reads tables,
+``large_files`` keeps the rows of big files in memory-mapped Arrow; text decoding is ``core.text``),
+``detection`` (which format), ``formats`` (rows -> :class:`Example`), ``encoding`` (chat template -> tokens +
+loss mask), ``validation`` (report, split, inspect).
 """
 
 from engine.data.encoding import (

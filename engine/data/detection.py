@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from engine.data.loading import BadLine
@@ -37,7 +38,7 @@ _TEXT_ALIASES = ("text", "content", "document", "body")
 # ----------------------------------------------------------------------------------------- detection
 
 
-def detect_format(records: list[Any], mapping: ColumnMapping | None = None) -> Detection:
+def detect_format(records: Sequence[Any], mapping: ColumnMapping | None = None) -> Detection:
     """Decide the format from the columns present (first rows sampled), or honour an explicit mapping.
 
     A refusal (multimodal, preference data, unknown columns) is returned in ``Detection.refusal``

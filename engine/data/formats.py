@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from engine.data.detection import _MEDIA_PART_TYPES, _as_bool, _maybe_json, detect_format
 from engine.data.errors import DatasetError, Issue
 from engine.data.loading import BadLine, load_dataset_file
-from engine.data.schema import ColumnMapping, DataOptions, Example, Message, PreparedData
+from engine.data.schema import ColumnMapping, DataOptions, Detection, Example, LoadedData, Message, PreparedData
 
 ROLE_ALIASES = {
     "system": "system",
@@ -267,7 +268,13 @@ def _history(record: dict[str, Any], mapping: ColumnMapping) -> list[Message]:
 # ----------------------------------------------------------------------------------------- conversation checks
 
 
-def check_conversation(example: Example) -> tuple[Example, list[tuple[str, str, str, str]]]:
+Finding = tuple[str, str, str, str]  # (severity, kind, message, fix)
+_FIX_ROLES = "Make user and assistant turns alternate (merge consecutive turns from the same speaker)."
+# Which role may follow which: an assistant turn may call tools, and tool results go back to the assistant.
+_NEXT_ROLES = {"user": {"assistant"}, "assistant": {"user", "tool"}, "tool": {"assistant", "tool"}}
+
+
+def check_conversation(example: Example) -> tuple[Example, list[Finding]]:
     """Check turn order; return the (possibly trimmed) example and (severity, kind, message, fix) findings.
 
     Rules: an optional system turn first; then user and assistant alternate, where an assistant turn may be
@@ -277,71 +284,56 @@ def check_conversation(example: Example) -> tuple[Example, list[tuple[str, str, 
     if example.is_text:
         return example, []
     msgs = list(example.messages)
-    found: list[tuple[str, str, str, str]] = []
-    fix_roles = "Make user and assistant turns alternate (merge consecutive turns from the same speaker)."
+    errors = _turn_errors(msgs) or _order_errors(msgs)
+    if errors:
+        return example, errors
+    return _without_trailing_turns(example, msgs)
+
+
+def _error(kind: str, message: str, fix: str) -> list[Finding]:
+    """One error finding: the row is left out of training."""
+    return [("error", kind, message, fix)]
+
+
+def _turn_errors(msgs: list[Message]) -> list[Finding]:
+    """The first turn that is wrong on its own: a system message after the start, or an empty turn."""
     for i, m in enumerate(msgs):
         if m.role == "system" and i > 0:
-            return example, [
-                (
-                    "error",
-                    "roles",
-                    f"Turn {i + 1} is a system message; only the first turn may be one.",
-                    "Move the system prompt to the start or delete it.",
-                )
-            ]
+            return _error("roles", f"Turn {i + 1} is a system message; only the first turn may be one.",
+                          "Move the system prompt to the start or delete it.")
         if not m.content.strip() and m.role != "system":
-            return example, [
-                (
-                    "error",
-                    "empty_field",
-                    f"Turn {i + 1} ({m.role}) is empty.",
-                    "Fill in the text of that turn or delete the row.",
-                )
-            ]
+            return _error("empty_field", f"Turn {i + 1} ({m.role}) is empty.",
+                          "Fill in the text of that turn or delete the row.")
+    return []
+
+
+def _order_errors(msgs: list[Message]) -> list[Finding]:
+    """What is wrong with the order of the turns after the system prompt (the first problem only)."""
     body = [m for m in msgs if m.role != "system"]
     if not any(m.role == "assistant" for m in body):
-        return example, [
-            (
-                "error",
-                "no_assistant",
-                "The conversation has no assistant turn, so there is nothing to learn.",
-                "Add the answer the model should give (role assistant/gpt).",
-            )
-        ]
+        return _error("no_assistant", "The conversation has no assistant turn, so there is nothing to learn.",
+                      "Add the answer the model should give (role assistant/gpt).")
     if body and body[0].role != "user":
-        return example, [
-            (
-                "error",
-                "roles",
-                f"The conversation starts with a {body[0].role} turn instead of the user.",
-                "Start each conversation with the user's message.",
-            )
-        ]
-    allowed = {"user": {"assistant"}, "assistant": {"user", "tool"}, "tool": {"assistant", "tool"}}
+        return _error("roles", f"The conversation starts with a {body[0].role} turn instead of the user.",
+                      "Start each conversation with the user's message.")
     offset = len(msgs) - len(body)
     for i in range(1, len(body)):
         prev, cur = body[i - 1].role, body[i].role
-        if cur not in allowed[prev]:
-            return example, [
-                (
-                    "error",
-                    "roles",
-                    f"Roles do not alternate: turn {i + offset} is {prev} and turn {i + offset + 1} is {cur}.",
-                    fix_roles,
-                )
-            ]
+        if cur not in _NEXT_ROLES[prev]:
+            return _error("roles", f"Roles do not alternate: turn {i + offset} is {prev} and turn {i + offset + 1} "
+                          f"is {cur}.", _FIX_ROLES)
+    return []
+
+
+def _without_trailing_turns(example: Example, msgs: list[Message]) -> tuple[Example, list[Finding]]:
+    """Drop the turns after the last assistant reply, with a warning saying how many."""
     last = max(i for i, m in enumerate(msgs) if m.role == "assistant")
-    if last < len(msgs) - 1:
-        found.append(
-            (
-                "warning",
-                "trailing_turn",
-                f"The last {len(msgs) - 1 - last} turn(s) come after the final assistant reply and are ignored.",
-                "End each conversation with the assistant's answer.",
-            )
-        )
-        example = Example(row=example.row, messages=tuple(msgs[: last + 1]), tools=example.tools)
-    return example, found
+    if last == len(msgs) - 1:
+        return example, []
+    finding = ("warning", "trailing_turn",
+               f"The last {len(msgs) - 1 - last} turn(s) come after the final assistant reply and are ignored.",
+               "End each conversation with the assistant's answer.")
+    return Example(row=example.row, messages=tuple(msgs[: last + 1]), tools=example.tools), [finding]
 
 
 # ----------------------------------------------------------------------------------------- placeholders
@@ -383,6 +375,13 @@ def fill_placeholders(examples: list[Example], values: dict[str, str]) -> list[E
 # ----------------------------------------------------------------------------------------- prepare
 
 
+_PLAIN_TEXT_EXPLANATION = (
+    "Plain text file for continued pre-training: paragraphs separated by blank lines (or, without blank "
+    "lines, single lines) are documents; every token is learned and long documents are split into windows "
+    "of the maximum length (not cut off)."
+)
+
+
 def prepare(path: str | Path, mapping: ColumnMapping | None = None, **options: Any) -> PreparedData:
     """Load, detect, normalise and check a dataset file; the examples the trainer and preview use.
 
@@ -393,65 +392,20 @@ def prepare(path: str | Path, mapping: ColumnMapping | None = None, **options: A
     opts = DataOptions.from_dict(options)
     loaded = load_dataset_file(path)
     name = loaded.info.path.name
-    records = [{"text": r} if isinstance(r, str) else r for r in loaded.records]
+    records = _rows_of(loaded.records)
     detection = detect_format(records, mapping)
     if detection.refusal:
         raise DatasetError(detection.refusal, fix=detection.refusal_fix, where=name, code=detection.refusal_code)
-    issues: list[Issue] = []
-    examples: list[Example] = []
-    label_col = detection.label_column
     if detection.format == "text" and loaded.info.kind == "txt":
-        detection.explanation = (
-            "Plain text file for continued pre-training: paragraphs separated by blank lines (or, without blank "
-            "lines, single lines) are documents; every token is learned and long documents are split into windows "
-            "of the maximum length (not cut off)."
-        )
-    n_negative = 0
-    for row, record in enumerate(records, start=1):
-        line = loaded.lines[row - 1] if row - 1 < len(loaded.lines) else None
-        if (
-            label_col
-            and isinstance(record, dict)
-            and _as_bool(record.get(label_col)) is False
-            and not opts.keep_negative_feedback
-        ):
-            n_negative += 1
-            continue
-        try:
-            example = normalise_record(record, detection.format, detection.mapping, row)
-        except RowError as err:
-            issues.append(Issue(row, "error", err.kind, err.message, err.fix, err.field, line))
-            continue
-        example, found = check_conversation(example)
-        issues += [Issue(row, sev, kind, msg, fix, "", line) for sev, kind, msg, fix in found]
-        if any(sev == "error" for sev, *_ in found):
-            continue
-        if "\ufffd" in (example.text or "") + "".join(m.content for m in example.messages):
-            issues.append(
-                Issue(
-                    row,
-                    "warning",
-                    "undecodable",
-                    "The text contains undecodable characters (�).",
-                    "Save the file as UTF-8 and upload it again.",
-                    "",
-                    line,
-                )
-            )
-        examples.append(example)
+        detection.explanation = _PLAIN_TEXT_EXPLANATION
+    examples, issues, n_negative = _examples_and_issues(records, loaded, detection, opts)
     warnings = loaded.warnings + detection.warnings
     if n_negative:
         warnings.append(f"{n_negative} row(s) labelled false (bad answers) were left out.")
     examples = fill_placeholders(examples, opts.placeholders)
-    unfilled = find_placeholders(examples)
+    unfilled = _unfilled_placeholders_warning(examples)
     if unfilled:
-        names = ", ".join("{{" + n + "}}" for n in sorted(unfilled))
-        example_values = ", ".join(f"'{n}': '...'" for n in sorted(unfilled))
-        n_rows_with = sum(1 for ex in examples if find_placeholders([ex]))
-        warnings.append(
-            f"{n_rows_with} row(s) contain unfilled placeholders {names}; the model would learn "
-            f"them literally. Fill them with placeholders={{{example_values}}}."
-        )
+        warnings.append(unfilled)
     if not examples:
         raise _no_rows(name, len(records), issues, n_negative)
     return PreparedData(
@@ -462,6 +416,76 @@ def prepare(path: str | Path, mapping: ColumnMapping | None = None, **options: A
         issues=issues,
         warnings=warnings,
         lines=loaded.lines,
+    )
+
+
+def _rows_of(records: Sequence[Any]) -> Sequence[Any]:
+    """Records as rows with fields: a JSON list of plain strings is a ``text`` column.
+
+    A large file's Arrow-backed records are already dicts and stay lazy; copying them into a list here would
+    bring back the memory that reading them lazily saved.
+    """
+    if isinstance(records, list):
+        return [{"text": r} if isinstance(r, str) else r for r in records]
+    return records
+
+
+def _examples_and_issues(records: Sequence[Any], loaded: LoadedData, detection: Detection,
+                         opts: DataOptions) -> tuple[list[Example], list[Issue], int]:
+    """Every row normalised and checked: the usable examples, the issues, and how many rows were labelled bad.
+
+    A row's line in the file is looked up only when the row has an issue (for a large file that lookup is
+    the only place lines are needed).
+    """
+    issues: list[Issue] = []
+    examples: list[Example] = []
+    n_negative = 0
+    for row, record in enumerate(records, start=1):
+        if _labelled_bad(record, detection.label_column, opts):
+            n_negative += 1
+            continue
+        example, findings = _checked_example(record, row, detection)
+        if findings:
+            line = loaded.line_of(row)
+            issues += [Issue(row, sev, kind, msg, fix, fld, line) for sev, kind, msg, fix, fld in findings]
+        if example is not None:
+            examples.append(example)
+    return examples, issues, n_negative
+
+
+def _labelled_bad(record: Any, label_column: str | None, opts: DataOptions) -> bool:
+    """A KTO-style row whose feedback label is false: an example of a bad answer, left out unless asked."""
+    return (bool(label_column) and isinstance(record, dict) and _as_bool(record.get(label_column)) is False
+            and not opts.keep_negative_feedback)
+
+
+def _checked_example(record: Any, row: int, detection: Detection) -> tuple[Example | None, list[tuple[str, ...]]]:
+    """The row as an example (None when an error leaves it out) and its (severity, kind, message, fix, field)s."""
+    try:
+        example = normalise_record(record, detection.format, detection.mapping, row)
+    except RowError as err:
+        return None, [("error", err.kind, err.message, err.fix, err.field)]
+    example, found = check_conversation(example)
+    findings: list[tuple[str, ...]] = [(sev, kind, msg, fix, "") for sev, kind, msg, fix in found]
+    if any(sev == "error" for sev, *_ in found):
+        return None, findings
+    if "\ufffd" in (example.text or "") + "".join(m.content for m in example.messages):
+        findings.append(("warning", "undecodable", "The text contains undecodable characters (�).",
+                         "Save the file as UTF-8 and upload it again.", ""))
+    return example, findings
+
+
+def _unfilled_placeholders_warning(examples: list[Example]) -> str | None:
+    """The warning for ``{{name}}`` placeholders left in the examples: the model would learn them literally."""
+    unfilled = find_placeholders(examples)
+    if not unfilled:
+        return None
+    names = ", ".join("{{" + n + "}}" for n in sorted(unfilled))
+    example_values = ", ".join(f"'{n}': '...'" for n in sorted(unfilled))
+    n_rows_with = sum(1 for ex in examples if find_placeholders([ex]))
+    return (
+        f"{n_rows_with} row(s) contain unfilled placeholders {names}; the model would learn "
+        f"them literally. Fill them with placeholders={{{example_values}}}."
     )
 
 

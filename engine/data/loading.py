@@ -4,80 +4,78 @@ Users rename files, export CSVs from Excel in cp1252 or UTF-16, and upload READM
 the content decides, not the name: bytes are sniffed (Parquet magic, BOMs, binary formats), text
 is decoded with a fallback guess, and JSON vs JSON Lines is decided by parsing. Anything that is not
 a dataset is refused with a message that says what the file actually is.
+
+Files of :data:`ARROW_MIN_BYTES` or more are first offered to ``large_files``, which keeps their rows in
+memory-mapped Arrow instead of Python objects; what it declines is read whole here, like any small file,
+so the validation report never depends on which reader read the file.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from engine.data.errors import DatasetError
-from engine.data.schema import FileInfo, LoadedData
-
-SUPPORTED = (".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".txt", ".parquet")
-_SUPPORTED_WORDS = "JSON (.json), JSON Lines (.jsonl), CSV (.csv/.tsv), Parquet (.parquet) or plain text (.txt)"
-_BINARY_MAGIC = {
-    b"%PDF": "a PDF document",
-    b"PK\x03\x04": "a ZIP archive (also what .xlsx/.docx files are)",
-    b"\x89PNG": "a PNG image",
-    b"\xff\xd8\xff": "a JPEG image",
-    b"GIF8": "a GIF image",
-    b"\x1f\x8b": "a gzip-compressed file",
-    b"SQLite format 3": "an SQLite database",
-    b"\xd0\xcf\x11\xe0": "an old Microsoft Office file (.xls/.doc)",
-}
-_BOMS = (
-    (b"\xef\xbb\xbf", "utf-8-sig"),
-    (b"\xff\xfe\x00\x00", "utf-32"),
-    (b"\x00\x00\xfe\xff", "utf-32"),
-    (b"\xff\xfe", "utf-16"),
-    (b"\xfe\xff", "utf-16"),
+from core.text import bom_encoding, guess_encoding, reported_name
+from engine.data.csv_rows import (
+    is_blank,
+    note_overlong,
+    read_header,
+    record_of,
+    rows_with_lines,
+    sniff_delimiter,
+    table_kind,
 )
-_LICENCE_MARKERS = ("apache license", "permission is hereby granted", "gnu general public license", "mit license")
+from engine.data.errors import DatasetError
+from engine.data.large_files import load_large_file
+from engine.data.schema import FileInfo, LoadedData
+from engine.data.sniff import (
+    SUPPORTED,
+    SUPPORTED_WORDS,
+    fingerprint_file,
+    json_lines_renamed,
+    parquet_renamed,
+    refuse_binary,
+    refuse_non_datasets,
+)
+
+__all__ = ["ARROW_MIN_BYTES", "SUPPORTED", "BadLine", "fingerprint_file", "load_dataset_file"]
+
+# From this size on a file is offered to the Arrow-backed reader; below it, reading it whole is cheap.
+ARROW_MIN_BYTES = 32 << 20
 # Wrapper keys people put around a list of rows: {"data": [...]}.
 _WRAPPER_KEYS = ("data", "rows", "examples", "records", "train", "items", "conversations", "samples")
-
-
-def fingerprint_file(path: str | Path) -> str:
-    """sha256 of the file's bytes, recorded with a run so its data can be identified later."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_dataset_file(path: str | Path) -> LoadedData:
     """Read ``path`` into raw records (dicts), or raise :class:`DatasetError` saying why not."""
     path = Path(path)
-    name = path.name
     if not path.is_file():
         raise DatasetError(
-            f"The file '{name}' does not exist or is not a file.",
+            f"The file '{path.name}' does not exist or is not a file.",
             code="not_found",
             fix="Check the path, or upload the file again.",
         )
-    data = path.read_bytes()
-    ext = path.suffix.lower()
-    info_args = {"path": path, "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    if path.stat().st_size >= ARROW_MIN_BYTES:
+        loaded = load_large_file(path)
+        if loaded is not None:
+            return loaded
+    return _load_whole(path, path.read_bytes())
+
+
+def _load_whole(path: Path, data: bytes) -> LoadedData:
+    """The file's bytes, sniffed, decoded and parsed in memory."""
+    name, ext = path.name, path.suffix.lower()
+    info_args = {"path": path, "size_bytes": len(data), "sha256": fingerprint_file(path)}
     if not data:
-        raise DatasetError(
-            "The file is empty (0 bytes).",
-            where=name,
-            code="empty",
-            fix="Export the data again and check the file has rows in it.",
-        )
+        raise _empty(name, "The file is empty (0 bytes).")
     if data.startswith(b"PAR1"):
         loaded = _load_parquet(data, name, FileInfo(kind="parquet", encoding="binary", **info_args))
         if ext != ".parquet":
-            loaded.warnings.append(
-                f"'{name}' is a Parquet file although its name ends in '{ext}'; it was read as Parquet."
-            )
+            loaded.warnings.append(parquet_renamed(name, ext))
         return loaded
     if ext == ".parquet":
         raise DatasetError(
@@ -86,23 +84,32 @@ def load_dataset_file(path: str | Path) -> LoadedData:
             code="wrong_extension",
             fix="Export it again as Parquet, or give it its real extension.",
         )
-    _refuse_binary(data, name)
+    refuse_binary(data, name)
     text, encoding, warnings = _decode(data, name)
-    _refuse_non_datasets(text, ext, name)
+    refuse_non_datasets(text, ext, name)
     if not text.strip():
-        raise DatasetError(
-            "The file contains only whitespace: there are no rows to train on.",
-            where=name,
-            code="empty",
-            fix="Export the data again and check the file has rows in it.",
-        )
-    info = FileInfo(kind="", encoding=encoding, **info_args)
+        raise _empty(name, "The file contains only whitespace: there are no rows to train on.")
+    loaded = _load_text_family(text, ext, name, FileInfo(kind="", encoding=encoding, **info_args))
+    loaded.warnings[:0] = warnings
+    return loaded
+
+
+def _empty(name: str, problem: str) -> DatasetError:
+    """An empty or whitespace-only file: one fix for both."""
+    return DatasetError(
+        problem, where=name, code="empty", fix="Export the data again and check the file has rows in it."
+    )
+
+
+def _load_text_family(text: str, ext: str, name: str, info: FileInfo) -> LoadedData:
+    """JSON (array, object or lines) when the text starts like JSON, whatever the name; else CSV or plain text."""
     stripped = text.lstrip()
     if stripped[:1] in ("[", "{"):
         loaded = _load_json_family(text, ext, name, info)
         if ext in (".txt", ".csv", ".tsv"):
             loaded.warnings.append(f"'{name}' contains JSON although its name ends in '{ext}'; it was read as JSON.")
-    elif ext in (".json", ".jsonl", ".ndjson"):
+        return loaded
+    if ext in (".json", ".jsonl", ".ndjson"):
         snippet = stripped.splitlines()[0][:60]
         raise DatasetError(
             f"The file is named {ext} but does not contain JSON: it starts with '{snippet}'.",
@@ -111,43 +118,31 @@ def load_dataset_file(path: str | Path) -> LoadedData:
             fix="If it is a table, save it as .csv; if it is running text, save it as .txt; "
             "otherwise export valid JSON.",
         )
-    elif ext in (".csv", ".tsv"):
-        loaded = _load_csv(text, ext, name, info)
-    else:
-        loaded = _load_text(text, info)
-    loaded.warnings[:0] = warnings
-    return loaded
-
-
-def _refuse_binary(data: bytes, name: str) -> None:
-    for magic, what in _BINARY_MAGIC.items():
-        if data.startswith(magic):
-            raise DatasetError(
-                f"This is {what}, not a dataset.",
-                where=name,
-                code="not_a_dataset",
-                fix=f"Export your examples as {_SUPPORTED_WORDS}.",
-            )
+    if ext in (".csv", ".tsv"):
+        return _load_csv(text, ext, name, info)
+    return _load_text(text, info)
 
 
 def _decode(data: bytes, name: str) -> tuple[str, str, list[str]]:
-    """Decode bytes: BOM first, then strict UTF-8, then charset detection (cp1252, UTF-16 without BOM...)."""
-    for bom, encoding in _BOMS:
-        if data.startswith(bom):
-            try:
-                return data.decode(encoding), encoding, []
-            except UnicodeDecodeError as exc:
-                raise _undecodable(name, encoding, exc) from None
+    """Decode strictly (core.text's BOM table and guess); refuse what cannot be read, warn when a guess was needed.
+
+    Unlike document ingestion, a training file is never read with replacement characters after a BOM or as
+    UTF-8: a wrong character would be learned, so such a file is refused with the position of the bad byte.
+    """
+    bom = bom_encoding(data)
+    if bom:
+        codec, size = bom
+        try:
+            return data[size:].decode(codec), reported_name(codec), []
+        except UnicodeDecodeError as exc:
+            raise _undecodable(name, reported_name(codec), exc.start + size) from None
     try:
         return data.decode("utf-8"), "utf-8", []
     except UnicodeDecodeError as exc:
-        first_error = exc
-    from charset_normalizer import from_bytes
-
-    best = from_bytes(data[: 1 << 20]).best()
-    if best is None or best.encoding is None:
+        first_error = exc.start
+    encoding = guess_encoding(data)
+    if encoding is None:
         raise _undecodable(name, "utf-8", first_error)
-    encoding = _prefer_cp1252(data, best.encoding)
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError:
@@ -157,9 +152,9 @@ def _decode(data: bytes, name: str) -> tuple[str, str, list[str]]:
             "The file looks binary (it contains NUL bytes) and is not a readable text dataset.",
             where=name,
             code="not_a_dataset",
-            fix=f"Export your examples as {_SUPPORTED_WORDS}.",
+            fix=f"Export your examples as {SUPPORTED_WORDS}.",
         )
-    line = data[: first_error.start].count(b"\n") + 1
+    line = data[:first_error].count(b"\n") + 1
     warning = (
         f"'{name}' is not UTF-8 (first non-UTF-8 byte on line {line}); it was read as {encoding}. "
         "Check accented letters in the preview; if they look wrong, save the file as UTF-8 and upload it again."
@@ -167,68 +162,14 @@ def _decode(data: bytes, name: str) -> tuple[str, str, list[str]]:
     return text, encoding, [warning]
 
 
-# Latin single-byte code pages that short samples are often mistaken for; cp1252 (Excel on Windows) is far likelier.
-_LATIN_LOOKALIKES = {"cp1250", "iso8859_2", "latin_1", "iso8859_15", "cp1257", "iso8859_9", "cp1254", "mac_latin2"}
-
-
-def _prefer_cp1252(data: bytes, guess: str) -> str:
-    if guess.lower() in _LATIN_LOOKALIKES:
-        try:
-            data.decode("cp1252")
-            return "cp1252"
-        except UnicodeDecodeError:
-            return guess
-    return guess
-
-
-def _undecodable(name: str, encoding: str, exc: UnicodeDecodeError) -> DatasetError:
+def _undecodable(name: str, encoding: str, position: int) -> DatasetError:
+    """A byte the codec cannot read: its position helps find it in an editor."""
     return DatasetError(
-        f"The text cannot be decoded as {encoding} (bad byte at position {exc.start}).",
+        f"The text cannot be decoded as {encoding} (bad byte at position {position}).",
         where=name,
         code="encoding",
         fix="Open the file in a text editor or spreadsheet and save it again as UTF-8.",
     )
-
-
-def _refuse_non_datasets(text: str, ext: str, name: str) -> None:
-    """Files that are text but clearly not training data: docs, configs, licences."""
-    head = text[:3000].lower()
-    if any(marker in head for marker in _LICENCE_MARKERS) and ext not in (
-        ".json",
-        ".jsonl",
-        ".csv",
-        ".tsv",
-        ".parquet",
-    ):
-        raise DatasetError(
-            "This is a software licence text, not a dataset.",
-            where=name,
-            code="not_a_dataset",
-            fix=f"Upload the data file itself: {_SUPPORTED_WORDS}.",
-        )
-    if ext in (".md", ".markdown", ".rst"):
-        raise DatasetError(
-            "This is a documentation page (Markdown/reStructuredText), not a dataset.",
-            where=name,
-            code="not_a_dataset",
-            fix="Upload the data file it describes. To train on its prose as plain text, save it as .txt.",
-        )
-    if ext in (".yaml", ".yml", ".toml", ".ini", ".cfg"):
-        refs = sorted(set(re.findall(r"[\w./-]+\.(?:jsonl?|csv|parquet|txt)\b", text)))[:5]
-        hint = f" It refers to {', '.join(refs)}." if refs else ""
-        raise DatasetError(
-            f"This is a configuration file ({ext}), not a dataset.{hint}",
-            where=name,
-            code="not_a_dataset",
-            fix="Upload the data file itself (JSON, JSON Lines, CSV, Parquet or plain text).",
-        )
-    if ext not in SUPPORTED and ext:
-        raise DatasetError(
-            f"Files ending in '{ext}' are not supported.",
-            where=name,
-            code="unsupported_type",
-            fix=f"Export your examples as {_SUPPORTED_WORDS}.",
-        )
 
 
 def _load_parquet(data: bytes, name: str, info: FileInfo) -> LoadedData:
@@ -265,7 +206,7 @@ def _load_json_family(text: str, ext: str, name: str, info: FileInfo) -> LoadedD
             ) from None
         return _load_jsonl(text, name, info, ext)
     info = FileInfo(**{**info.__dict__, "kind": "json"})
-    warnings = []
+    warnings: list[str] = []
     if ext in (".jsonl", ".ndjson"):
         warnings.append(f"'{name}' is a single JSON document although its name ends in '{ext}'; it was read as JSON.")
     if isinstance(value, dict):
@@ -330,6 +271,7 @@ class BadLine(dict):
 
 
 def _load_jsonl(text: str, name: str, info: FileInfo, ext: str) -> LoadedData:
+    """One object per line; a few bad lines become row errors, a file mostly made of them is refused."""
     records: list[Any] = []
     lines: list[int | None] = []
     bad: list[tuple[int, str]] = []
@@ -364,76 +306,32 @@ def _load_jsonl(text: str, name: str, info: FileInfo, ext: str) -> LoadedData:
             f"{len(bad)} line(s) of '{name}' are not valid JSON and are skipped: line {listed}. {bad[0][1]}."
         )
     if ext == ".json":
-        warnings.append(
-            f"'{name}' is JSON Lines (one object per line) although its name ends in .json; it was read as JSON Lines."
-        )
+        warnings.append(json_lines_renamed(name))
     return LoadedData(
         records=records, info=FileInfo(**{**info.__dict__, "kind": "jsonl"}), lines=lines, warnings=warnings
     )
 
 
 def _load_csv(text: str, ext: str, name: str, info: FileInfo) -> LoadedData:
-    first_line = text.lstrip("\ufeff").split("\n", 1)[0]
-    if ext == ".tsv":
-        delimiter = "\t"
-    else:
-        delimiter = max((",", ";", "\t", "|"), key=first_line.count)
-        if first_line.count(delimiter) == 0:
-            delimiter = ","
-    reader = csv.reader(io.StringIO(text.lstrip("\ufeff"), newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error) as exc:
-        raise DatasetError(
-            f"The CSV header cannot be read ({exc}).",
-            where=name,
-            code="invalid_csv",
-            fix="Export the table again as CSV with a header row.",
-        ) from None
-    header = [h.strip() for h in header]
-    if not any(header):
-        raise DatasetError(
-            "The first line of the CSV (the header) is empty.",
-            where=name,
-            code="invalid_csv",
-            fix="Put the column names (e.g. instruction,output) on the first line.",
-        )
-    dupes = sorted({h for h in header if h and header.count(h) > 1})
-    if dupes:
-        raise DatasetError(
-            f"The CSV header repeats the column name(s) {', '.join(dupes)}.",
-            where=name,
-            code="invalid_csv",
-            fix="Give every column a unique name.",
-        )
+    """A table with a header row; blank rows are skipped and every record keeps the line it starts on."""
+    body = text.lstrip("\ufeff")
+    delimiter = sniff_delimiter(body.split("\n", 1)[0], ext)
+    reader = csv.reader(io.StringIO(body, newline=""), delimiter=delimiter)
+    header = read_header(reader, name)
     records: list[Any] = []
     lines: list[int | None] = []
     warnings: list[str] = []
-    start = reader.line_num + 1
-    try:
-        for cells in reader:
-            if any(c.strip() for c in cells):
-                if len(cells) > len(header) and len(warnings) < 3:
-                    warnings.append(
-                        f"Line {start} of '{name}' has {len(cells)} cells but the header has {len(header)}; "
-                        "extra cells are ignored."
-                    )
-                record = {h: (cells[i] if i < len(cells) else None) for i, h in enumerate(header) if h}
-                records.append(record)
-                lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise DatasetError(
-            f"The CSV is malformed near line {reader.line_num}: {exc}.",
-            where=name,
-            code="invalid_csv",
-            fix='Look for an unclosed quote (") on that line, or export the table again.',
-        ) from None
+    for cells, line in rows_with_lines(reader, name):
+        if is_blank(cells):
+            continue
+        note_overlong(cells, header, line, name, warnings)
+        records.append(record_of(cells, header))
+        lines.append(line)
     if not records:
         raise DatasetError(
             "The CSV has a header but no data rows.", where=name, code="empty", fix="Add rows under the header."
         )
-    kind = "tsv" if delimiter == "\t" else "csv"
+    kind = table_kind(delimiter)
     return LoadedData(records=records, info=FileInfo(**{**info.__dict__, "kind": kind}), lines=lines, warnings=warnings)
 
 

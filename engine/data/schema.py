@@ -8,6 +8,7 @@ trainer) only ever sees that form, so a new input format is one normaliser, not 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,16 +107,23 @@ class LoadedData:
     """Raw rows as read from the file, before any format is assumed.
 
     ``lines`` gives, per record, the line of the file it came from when that is meaningful
-    (JSON Lines, CSV), so messages can point at the exact line.
+    (JSON Lines, CSV), so messages can point at the exact line. Both are lists for files read whole and
+    lazy read-only sequences for large files (``large_files``), so treat them as sequences.
     """
 
-    records: list[Any]
+    records: Sequence[Any]
     info: FileInfo
-    lines: list[int | None] = field(default_factory=list)
+    lines: Sequence[int | None] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def line_of(self, row: int) -> int | None:
-        return self.lines[row - 1] if 0 < row <= len(self.lines) else None
+        """The line 1-based ``row`` starts on, or None where lines mean nothing (JSON arrays, Parquet)."""
+        return _line_of(self.lines, row)
+
+
+def _line_of(lines: Sequence[int | None], row: int) -> int | None:
+    """``lines[row - 1]``, or None for a row before the first or after the last."""
+    return lines[row - 1] if 0 < row <= len(lines) else None
 
 
 @dataclass
@@ -140,11 +148,15 @@ class PreparedData:
     n_rows: int
     issues: list[Issue] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    lines: list[int | None] = field(default_factory=list)
+    lines: Sequence[int | None] = field(default_factory=list)
 
     @property
     def format(self) -> str:
         return self.detection.format
+
+    def line_of(self, row: int) -> int | None:
+        """The line of the source file 1-based ``row`` starts on (see :meth:`LoadedData.line_of`)."""
+        return _line_of(self.lines, row)
 
 
 @dataclass

@@ -38,8 +38,7 @@ def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: 
     """
     lim = lim or limits()
     issues = list(prepared.issues)
-    lines = prepared.lines
-    line = lambda row: lines[row - 1] if 0 < row <= len(lines) else None  # noqa: E731
+    line = prepared.line_of
     fitting: list[Example] = []
     for ex in prepared.examples:
         too_long = _too_long(ex, lim)

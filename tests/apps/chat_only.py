@@ -10,8 +10,11 @@ from ui import chat_tab
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title="Tune Studio — Chat") as demo, gr.Tab("Chat", id="chat"):
-        chat_tab.register(chat_tab.build())
+    with gr.Blocks(title="Tune Studio — Chat") as demo:
+        with gr.Tab("Chat", id="chat"):
+            components = chat_tab.build()
+        chat_tab.register(components)
+        chat_tab.register_page_load(demo, components)
     return demo
 
 

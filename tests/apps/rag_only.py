@@ -10,8 +10,11 @@ from ui import rag_tab
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title="Tune Studio — RAG") as demo, gr.Tab("RAG"):
-        rag_tab.register(rag_tab.build())
+    with gr.Blocks(title="Tune Studio — RAG") as demo:
+        with gr.Tab("RAG"):
+            components = rag_tab.build()
+        rag_tab.register(components)
+        rag_tab.register_page_load(demo, components)
     return demo
 
 
