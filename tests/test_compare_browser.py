@@ -49,6 +49,9 @@ def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
             assert "first token" in _text(page, f"compare-stats-{arm}")
             assert _text(page, f"compare-answer-{arm}").strip()
         assert "Normans#" in _text(page, "compare-chunks-rag")  # the RAG pane shows the cited/retrieved chunks
+        # Under each answer, what produced it: read from the model, named in plain words.
+        assert "Answered by: base SmolLM2-135M-Instruct · no adapter" in _text(page, "compare-stats-base")
+        assert "no adapter · collection squad v2" in _text(page, "compare-stats-rag")  # created, then filled
         assert not page.locator("#compare-pane-ft").is_visible()  # arms not chosen stay hidden
         screenshot(page, "compare-1-side-by-side")
 
@@ -89,3 +92,5 @@ def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
     data = json.loads(pages[0].with_suffix(".json").read_text())
     assert [v["choice"] for v in data["votes"]] == ["A", "tie"]
     assert data["config"]["pipeline"]["stages"]
+    made_by = data["questions"][0]["answers"]["rag"]["provenance"]  # the export carries the provenance columns
+    assert made_by["collection"] == "squad" and made_by["adapter"] is None and made_by["base_revision"]
