@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine {train,generate,inspect,runs,cancel,resume,worker}``.
+"""Command line: ``python -m engine {train,generate,inspect,runs,cancel,resume,compare,lab,worker}``.
 
 Training options are generated from :class:`TrainConfig`, so every setting the UI shows is also
 a flag here (``--lora-r``, ``--max-length``...) with the same help text and bounds.
@@ -18,6 +18,7 @@ from typing import Any
 
 from core.settings import SettingsError, base_type, describe
 from engine.config import TrainConfig, load_preset, preset_names
+from engine.lab.cli import add_lab_parser, join_value_lists, run_lab
 
 ALIASES = {"base_model": ["--base"]}
 RUNNERS: dict[str, str] = {"train": "engine.train:run_job", "index": "services.index_jobs:run_index_job"}
@@ -71,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=f"{name} a run")
         cmd.add_argument("job_id")
     _add_compare_parser(sub)
+    add_lab_parser(sub)
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("job_id")
     return parser
@@ -326,7 +328,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = _build_parser().parse_args(join_value_lists(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "train":
             return cmd_train(args)
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_runs(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "lab":
+            return run_lab(args)
         if args.command in ("cancel", "resume"):
             from engine.jobs import JobStore
 

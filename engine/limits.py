@@ -53,6 +53,10 @@ class Limits(Settings):
     model_memory_mb: int = setting(0, "Memory the loaded chat models may use together; the least recently used "
                                    "model is unloaded beyond it. 0 = automatic (80% of the GPU, or half the RAM).",
                                    label="Model memory budget (MB)", minimum=0, maximum=10_000_000, step=1)
+    max_lab_model_b: float = setting(3.0, "Largest model, in billions of parameters, the Lab walks layer by layer "
+                                     "or loads twice to compare precisions (LoRA counts read only config.json and "
+                                     "work on any size).", label="Largest Lab model (billion parameters)",
+                                     minimum=0.001, maximum=10_000.0, step=0.001)
     confirm_build_seconds: int = setting(120, "Index builds estimated to take longer than this ask before they "
                                          "start.", label="Ask before builds longer than (s)", minimum=1,
                                          maximum=1_000_000, step=1)

@@ -21,12 +21,20 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from core.paths import models_dir
-from engine.hub import MODEL_FILES, TOKENIZER_FILES, OnProgress, check_model_id, download, gated_error
+from engine.hub import (
+    MODEL_FILES,
+    TOKENIZER_FILES,
+    OnProgress,
+    check_model_id,
+    download,
+    gated_error,
+    hub_cache_dir,
+)
 from engine.model_ids import BUNDLED_ID, ModelError
 
 __all__ = ["BUNDLED_ID", "MODELS", "ModelError", "ModelInfo", "load_base_model", "load_tokenizer", "model_info"]
@@ -50,25 +58,30 @@ class ModelInfo:
     hidden: int = 0
     intermediate: int = 0
     vocab: int = 0
+    kv_hidden: int = 0  # width of the key and value projections (grouped-query attention); 0 = same as hidden
+    tied: bool = True  # the output head shares the input embedding's weights
+    file_bytes: int = 2  # bytes per parameter in its checkpoint files: 2 (bf16/fp16, as on the Hub) or 4 (fp32)
 
+
+SHAPE_FIELDS = ("params_b", "layers", "hidden", "intermediate", "vocab", "kv_hidden", "tied", "file_bytes")
 
 MODELS: tuple[ModelInfo, ...] = (
     ModelInfo(BUNDLED_ID, "SmolLM2-135M-Instruct (bundled)", 0.135, bundled=True,
               notes="Ships with the app; works offline on a laptop CPU.",
-              layers=30, hidden=576, intermediate=1536, vocab=49152),
+              layers=30, hidden=576, intermediate=1536, vocab=49152, kv_hidden=192, file_bytes=4),
     ModelInfo("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct", 0.49, notes="Small; fine on any GPU.",
-              layers=24, hidden=896, intermediate=4864, vocab=151936),
+              layers=24, hidden=896, intermediate=4864, vocab=151936, kv_hidden=128),
     ModelInfo("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct", 1.54, notes="Good quality on a T4 or better.",
-              layers=28, hidden=1536, intermediate=8960, vocab=151936),
+              layers=28, hidden=1536, intermediate=8960, vocab=151936, kv_hidden=256),
     ModelInfo("meta-llama/Llama-3.2-1B-Instruct", "Llama-3.2-1B-Instruct", 1.24, gated=True,
               notes="Gated: accept the licence on the Hub and paste your HF token.",
-              layers=16, hidden=2048, intermediate=8192, vocab=128256),
+              layers=16, hidden=2048, intermediate=8192, vocab=128256, kv_hidden=512),
     ModelInfo("google/gemma-2-2b-it", "gemma-2-2b-it", 2.61, gated=True,
               notes="Gated: accept the licence on the Hub and paste your HF token.",
-              layers=26, hidden=2304, intermediate=9216, vocab=256000),
+              layers=26, hidden=2304, intermediate=9216, vocab=256000, kv_hidden=1024),
     ModelInfo("meta-llama/Llama-2-7b-chat-hf", "Llama-2-7b-chat (gated)", 6.74, gated=True,
               notes="Gated; needs a 16 GB+ GPU with 4-bit.",
-              layers=32, hidden=4096, intermediate=11008, vocab=32000),
+              layers=32, hidden=4096, intermediate=11008, vocab=32000, tied=False),
 )
 
 
@@ -78,6 +91,60 @@ def model_info(model_id: str) -> ModelInfo:
         if info.id == model_id:
             return info
     return ModelInfo(model_id, model_id, params_b=0.0, notes="Not in the list: loaded as given.")
+
+
+def info_from_config(model_id: str, config: dict[str, Any], label: str = "") -> ModelInfo:
+    """A model's shape and exact parameter count from its ``config.json`` (Llama-like decoders).
+
+    Parameters: every block's attention (q and o are hidden², k and v hidden × kv width) and gated MLP
+    (three hidden × intermediate matrices) plus two norms, the embedding, an untied head and the final norm.
+    """
+    text = config.get("text_config") or config  # multimodal configs nest the language model's
+    hidden, layers = int(text["hidden_size"]), int(text["num_hidden_layers"])
+    inter, vocab = int(text.get("intermediate_size") or 4 * hidden), int(text["vocab_size"])
+    heads = int(text.get("num_attention_heads") or 1)
+    head_dim = int(text.get("head_dim") or hidden // heads)
+    kv_hidden = int(text.get("num_key_value_heads") or heads) * head_dim
+    tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
+    block = 2 * hidden * heads * head_dim + 2 * hidden * kv_hidden + 3 * hidden * inter + 2 * hidden
+    params = layers * block + vocab * hidden * (1 if tied else 2) + hidden
+    stored = str(config.get("dtype") or config.get("torch_dtype") or text.get("dtype") or "bfloat16")
+    return ModelInfo(model_id, label or model_id, params_b=params / 1e9, layers=layers, hidden=hidden,
+                     intermediate=inter, vocab=vocab, kv_hidden=kv_hidden, tied=tied,
+                     file_bytes=4 if stored in ("float32", "torch.float32") else 2)
+
+
+def local_config_path(model_id: str) -> Path | None:
+    """The ``config.json`` of a model already on this machine — never a download, never a conversion.
+
+    The bundled model once converted, a folder given by absolute path, or a Hub model's cached snapshot.
+    """
+    if not model_id or model_id == BUNDLED_ID:
+        path = models_dir() / "SmolLM2-135M-Instruct" / "config.json"
+    elif Path(model_id).is_absolute():
+        path = Path(model_id) / "config.json"
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(check_model_id(model_id), "config.json", cache_dir=hub_cache_dir())
+        except Exception:
+            return None
+        path = Path(found) if isinstance(found, str) else None
+    return path if path is not None and path.is_file() else None
+
+
+def local_model_info(model_id: str) -> ModelInfo:
+    """The shape to estimate memory with: the local ``config.json`` when the model is here, else the registry's."""
+    known = model_info(model_id)
+    path = local_config_path(model_id)
+    if path is None:
+        return known
+    try:
+        shape = info_from_config(model_id, json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return known
+    return replace(known, **{name: getattr(shape, name) for name in SHAPE_FIELDS})
 
 
 def pick_device(preference: str = "auto") -> str:

@@ -3,7 +3,8 @@
 Runs inside the worker process. The well-kept libraries do the work — TRL's ``SFTTrainer`` with
 a PEFT LoRA config on a bitsandbytes-quantised base — and a ``TrainerCallback`` turns the
 trainer's logs into typed events in the run's JSONL log, checks for a stop request after every
-step, and records checkpoints so any run can be resumed.
+step, and records checkpoints so any run can be resumed. A finished run's ``metrics.json`` also holds its
+measured peak memory next to the estimate (:mod:`engine.memory`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from engine import memory
 from engine.config import TrainConfig
 from engine.events import (
     Cancelled,
@@ -297,7 +299,9 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
     log = EventLog(job.events_path)
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
+    memory.reset_peak(device)
     tokenizer, train_dataset, eval_dataset, model, fingerprint = prepare_run(job, hf_token, log)
+    model_config = model.config.to_dict()  # the exact shape, for the memory estimate recorded with the peak
     args = build_sft_config(job, device, dtype, has_eval=eval_dataset is not None)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.target_modules_value(), task_type="CAUSAL_LM")
@@ -331,6 +335,7 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
     tokenizer.save_pretrained(str(job.adapter_dir))
     metrics = {"steps": steps, "final_loss": callback.last_loss, "eval_loss": eval_loss,
                "train_tokens": getattr(trainer, "_total_train_tokens", None),
+               **memory.run_memory_record(config, device, model_config),
                "log_history": trainer.state.log_history}
     (job.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return TrainResult("done", steps, callback.last_loss, eval_loss)

@@ -1,4 +1,4 @@
-"""The app shell: a first-run guide, then one tab per job (Data, Train, RAG, Compare, Chat, Share).
+"""The app shell: a first-run guide, then one tab per job (Data, Train, RAG, Compare, Chat, Share, Lab).
 
 Why this shape: each tab file builds its components and then registers its events, so tabs can
 share a few components (the loaded dataset, the Train settings the Data check depends on) without
@@ -17,7 +17,7 @@ import gradio as gr
 from engine.quotas import upload_bytes_limit
 from engine.workspace import AccessPolicy
 from services.hub import connect_downloads
-from ui import chat_tab, compare_tab, data_tab, share_tab, train_tab
+from ui import chat_tab, compare_tab, data_tab, lab_tab, share_tab, train_tab
 from ui.common import UndeclaredEndpointError, signed_in_user
 
 log = logging.getLogger("tune_studio.ui")
@@ -80,6 +80,7 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
                 chat_tab.register(chat)
             with gr.Tab("Share", id="share", visible=writable):
                 share = share_tab.build()
+            add_lab_tab(demo)
         data_tab.register(data, check_with=[train.control(name) for name in data_tab.CHECK_SETTINGS],
                           extra_demo_triggers=[guide_buttons["demo"]])
         train_tab.register(train)
@@ -145,6 +146,14 @@ def register_guide(guide: gr.Walkthrough, buttons: dict[str, gr.Button], tabs: g
     buttons["preset"].click(lambda: (gr.Dropdown(value=quick), gr.Walkthrough(selected=2), gr.Tabs(selected="train")),
                             None, [train.preset, guide, tabs], api_visibility="private")
     buttons["to_train"].click(lambda: gr.Tabs(selected="train"), None, tabs, api_visibility="private")
+
+
+def add_lab_tab(demo: gr.Blocks) -> None:
+    """The Lab: read-only computations on models and the visitor's own runs, so it is shown in the demo too."""
+    with gr.Tab("Lab", id="lab"):
+        lab = lab_tab.build()
+        lab_tab.register(lab)
+        lab_tab.register_page_load(demo, lab)
 
 
 def add_rag_tab(demo: gr.Blocks, visible: bool = True) -> None:

@@ -612,6 +612,16 @@ ENDPOINT_ACCESS: dict[str, tuple[str, str]] = {
     "share_build_demo": (OWNER_FILES, "Building a demo Space"),
     "share_push_model": (WRITES, "Publishing"),
     "share_push_demo": (WRITES, "Publishing"),
+    # Lab (computes on models and reads the visitor's own runs and reports; writes nothing)
+    "lab_quantize": (READ_ONLY, ""),
+    "lab_analyse": (READ_ONLY, ""),
+    "lab_sample_weights": (READ_ONLY, ""),
+    "lab_precision": (READ_ONLY, ""),
+    "lab_lora": (READ_ONLY, ""),
+    "lab_refresh": (READ_ONLY, ""),
+    "lab_spectrum": (READ_ONLY, ""),
+    "lab_memory": (READ_ONLY, ""),
+    "lab_decide": (READ_ONLY, ""),
 }
 
 

@@ -642,6 +642,10 @@ def memory_text(form: SettingsForm, values: tuple[Any, ...]) -> str:
     text = (f"**Memory estimate ({est.device}):** about **{est.total_gb:.1f} GB** of {capacity} — {verdict}  \n"
             f"weights {est.weights_gb:.2f} · adapter {est.adapter_gb:.2f} · optimizer {est.optimizer_gb:.2f} · "
             f"activations {est.activations_gb:.2f} · overhead {est.overhead_gb:.2f} GB")
+    if est.weights_gb + est.loading_gb > est.training_gb:
+        text += (f"  \nThe peak is while the model loads (weights + {est.loading_gb:.2f} GB for reading the "
+                 "checkpoint), not while it trains.")
+    text += "  \nThe Lab tab (section 5) shows this estimate next to what finished runs really used."
     if est.advice:
         text += "\n\n**To make it fit:**" + "".join(f"\n- {tip}" for tip in est.advice)
     return text
