@@ -60,6 +60,9 @@ ACTIONS = ("add", "remove", "reindex", "apply")
 VERBS = {"add": "Build", "remove": "Remove files from", "reindex": "Re-index", "apply": "Apply pipeline to"}
 MAX_WAITING_JOBS = 4  # index jobs one workspace may have waiting or running at once
 RESULT_FILE = "result.json"
+STAGING_GRACE_S = 3600
+"""A staging folder younger than this is never swept: another request of the same workspace may have staged it
+a moment ago and not yet recorded its job (two tabs or two people building at once)."""
 
 
 class IndexJobError(ValueError):
@@ -150,16 +153,28 @@ def stage_uploads(ws: Workspace, uploads: Iterable[tuple[str, str | Path]],
     return folder, staged
 
 
-def sweep_staging(ws: Workspace) -> None:
-    """Delete staging folders no waiting or running job needs (e.g. of a job cancelled before it started)."""
+def sweep_staging(ws: Workspace, grace_s: float = STAGING_GRACE_S) -> None:
+    """Delete staging folders no waiting or running job needs (e.g. of a job cancelled before it started).
+
+    Only folders older than ``grace_s``: a fresh one may belong to a build another request is submitting right
+    now, between staging its files and recording its job (it was swept there once, and that batch was lost).
+    """
     root = staging_dir(ws)
     if not root.is_dir():
         return
     keep = (*WAITING, *ACTIVE, "interrupted")  # an interrupted build runs again after a restart
     needed = {str(j.payload.get("staging")) for j in index_jobs(ws) if j.status in keep}
+    cutoff = time.time() - grace_s
     for folder in root.iterdir():
-        if folder.is_dir() and str(folder) not in needed:
+        if folder.is_dir() and str(folder) not in needed and _modified(folder) < cutoff:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _modified(folder: Path) -> float:
+    try:
+        return folder.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()  # being removed by someone else: leave it to them
 
 
 def submit_index_job(ws: Workspace, collection: str, action: str, *,
@@ -295,6 +310,9 @@ def _staged_files(payload: dict[str, Any]) -> list[tuple[str, str]]:
         raise IndexJobError("The build names no files; drop documents and press Build again.")
     if any(not Path(path).resolve().is_relative_to(staging.resolve()) for _, path in files):
         raise IndexJobError("The build's files are not in its staging folder; drop them again.")
+    if not any(Path(path).is_file() for _, path in files):
+        raise IndexJobError("The uploaded files of this build are no longer on the server (they were cleaned up "
+                            "before it started); nothing was changed. Drop them again and press Build.")
     return files
 
 

@@ -20,6 +20,7 @@ from services.index_jobs import (
     stage_uploads,
     staging_dir,
     submit_index_job,
+    sweep_staging,
 )
 
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
@@ -155,3 +156,27 @@ def test_a_build_stopped_by_the_system_saves_nothing_and_keeps_its_files_to_run_
     assert job.status == "interrupted" and isinstance(events[-1], Interrupted) and events[-1].resumable
     assert (path / MANIFEST).read_bytes() == before
     assert Path(job.payload["staging"]).is_dir()  # kept: the server queues the build again when it starts
+
+
+def test_a_fresh_staging_folder_survives_another_requests_sweep_and_vanished_files_fail_the_build(ws):
+    """Two builds submitted at once: B's sweep ran between A staging its files and A recording its job, and
+    A's batch was lost while both reported Done (seen once in CI). A fresh folder is now never swept, and a
+    build whose staged files are gone fails with a message instead of reporting Done."""
+    import os
+    import time
+
+    from services.index_jobs import _staged_files
+
+    fresh, staged = stage_uploads(ws, [("fake-memo.pdf", DOCS / "fake-memo.pdf")])  # A: staged, no job yet
+    old, _ = stage_uploads(ws, [("fake-doc.rtf", DOCS / "fake-doc.rtf")])  # an orphan of a build never submitted
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    sweep_staging(ws)  # what B's submit does first
+    assert fresh.is_dir() and Path(staged[0][1]).is_file()
+    assert not old.exists()
+
+    payload = {"staging": str(fresh), "files": staged}
+    assert _staged_files(payload) == [tuple(staged[0])]
+    Path(staged[0][1]).unlink()
+    with pytest.raises(IndexJobError, match=r"no longer on the server .* nothing was changed"):
+        _staged_files(payload)

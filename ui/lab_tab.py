@@ -368,7 +368,8 @@ def count_adapter(model_id: str, r: float, alpha: float, targets: str, request: 
     summary = (f"**{count.trainable_params:,} trainable parameters** — {count.share_of_base:.3%} of the model's "
                f"{count.base_params:,}. Each adapted layer d_in → d_out gets A (r × d_in) and B (d_out × r): "
                f"r·(d_in + d_out) parameters. Scaling α/r = {count.scaling:g}.")
-    table = pd.DataFrame([list(row) for row in count.by_kind()], columns=LORA_HEADERS)
+    table = pd.DataFrame([[kind, n, d_in, d_out, f"{params:,}"] for kind, n, d_in, d_out, params in count.by_kind()],
+                         columns=LORA_HEADERS)
     return summary, table
 
 
