@@ -19,7 +19,7 @@ import json
 import resource
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -383,8 +383,3 @@ def memory_table(runs: Iterable[Any] = (), include_bench: bool = True) -> dict[s
     for row in [*measured_rows(runs), *(bench_rows() if include_bench else [])]:
         table.setdefault(row.device, []).append(row)
     return table
-
-
-def row_dict(row: MemoryRow) -> dict[str, Any]:
-    """A row as plain JSON-able values (for a table component or the CLI)."""
-    return asdict(row)

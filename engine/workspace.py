@@ -172,6 +172,11 @@ class Workspace:
     def runs(self) -> list[JobRecord]:
         return self.store().list(owner=self.owner)
 
+    def finished_runs(self) -> list[JobRecord]:
+        """The owner's runs that finished with an adapter: the ones Chat, Compare, Share and the Lab can use."""
+        return [job for job in self.runs()
+                if job.status == "done" and (job.adapter_dir / "adapter_config.json").exists()]
+
     def run(self, run_id: str) -> JobRecord:
         """The owner's run; someone else's run reads as missing, so ids cannot be probed."""
         job = self.store().get(run_id)

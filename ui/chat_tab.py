@@ -91,16 +91,12 @@ def _short(model_id: str) -> str:
     return model_id.rstrip("/").split("/")[-1]
 
 
-def _finished_adapter_runs(ws: Workspace) -> list[Any]:
-    return [job for job in ws.runs() if job.status == "done" and (job.adapter_dir / "adapter_config.json").exists()]
-
-
 def model_choices(ws: Workspace | None = None) -> list[tuple[str, str]]:
     """(label, value): the bundled base model, the bases of your runs, then your finished runs' adapters."""
     choices = [(f"Base model — {_short(BUNDLED_ID)}", BASE)]
     if ws is None:
         return choices
-    runs = _finished_adapter_runs(ws)
+    runs = ws.finished_runs()
     for base in dict.fromkeys(job.config.base_model for job in runs):
         if base != BUNDLED_ID:
             choices.append((f"Base model — {_short(base)}", f"{BASE}:{base}"))
@@ -120,7 +116,7 @@ def resolve_model(ws: Workspace, value: str | None) -> ModelChoice:
         return ModelChoice(BUNDLED_ID, None, f"base model ({_short(BUNDLED_ID)})")
     if value.startswith(f"{BASE}:"):
         base = value.split(":", 1)[1]
-        if base != BUNDLED_ID and base not in {job.config.base_model for job in _finished_adapter_runs(ws)}:
+        if base != BUNDLED_ID and base not in {job.config.base_model for job in ws.finished_runs()}:
             raise ValueError(f"{base} is not the base model of one of your finished runs; pick a model from the list.")
         return ModelChoice(base, None, f"base model ({_short(base)})")
     job = ws.run(value)  # raises for unknown ids and for other people's runs alike

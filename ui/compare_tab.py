@@ -108,9 +108,8 @@ class CompareTabComponents:
 def run_choices(ws: Workspace | None = None) -> list[tuple[str, str]]:
     """The visitor's finished runs with an adapter, as (label, run id); none before we know who is asking."""
     out = [(NO_RUN, NO_RUN)]
-    for job in ws.runs() if ws else []:
-        if job.status == "done" and (job.adapter_dir / "adapter_config.json").exists():
-            out.append((f"{job.name} ({job.config.base_model.split('/')[-1]})", job.id))
+    for job in ws.finished_runs() if ws else []:
+        out.append((f"{job.name} ({job.config.base_model.split('/')[-1]})", job.id))
     return out
 
 

@@ -23,7 +23,7 @@ from core.settings import describe
 from engine.config import TrainConfig
 from engine.lab import decide, precision
 from engine.lab.layers import FORMATS, METHODS
-from engine.lab.quant import ROUNDING_RULE, QuantSettings, calibrate, parse_values
+from engine.lab.quant import ROUNDING_RULE, QuantSettings, calibrate, parse_values, round_trip
 from engine.limits import limits
 from engine.models import BUNDLED_ID, MODELS
 from engine.workspace import Workspace
@@ -231,9 +231,9 @@ def staircase(lo: float, hi: float, scale: float, zero_point: int, qmin: int, qm
     """The round trip as a function of the input over the range (and a margin), next to the identity line."""
     margin = 0.1 * (hi - lo or 1.0)
     x = np.linspace(lo - margin, hi + margin, points)
-    q = np.clip(np.sign(x / scale) * np.floor(np.abs(x / scale) + 0.5) + zero_point, qmin, qmax)
+    _, _, restored = round_trip(x, scale, zero_point, qmin, qmax)
     rows = [{"x": float(a), "value": float(b), "curve": "after quantize → dequantize"}
-            for a, b in zip(x, (q - zero_point) * scale, strict=True)]
+            for a, b in zip(x, restored, strict=True)]
     rows += [{"x": float(a), "value": float(a), "curve": "original (no error)"} for a in (x[0], x[-1])]
     return pd.DataFrame(rows)
 
@@ -248,11 +248,9 @@ def visitor_token(request: gr.Request) -> str | None:
 
 def check_lab_size(model_id: str, token: str | None) -> None:
     """Refuse a model above the Lab's size limit before downloading its weights (only config.json is read)."""
-    from engine.lab.lora import meta_model
-    from engine.models import model_folder
+    from engine.lab.lora import meta_model_of, params_billions
 
-    shapes = meta_model(model_folder(model_id, token, files=("config.json",)))
-    billions = round(sum(p.numel() for p in shapes.parameters()) / 1e9, 3)
+    billions = params_billions(meta_model_of(model_id, token))
     limits().check("max_lab_model_b", billions, f"The size of {model_id.split('/')[-1]} (billion parameters)",
                    "Pick a smaller model here; section 4 counts LoRA parameters of any size.")
 
@@ -360,11 +358,10 @@ def answer_in_both(model_id: str, prompt: str, text: str, request: gr.Request,
 
 
 def count_adapter(model_id: str, r: float, alpha: float, targets: str, request: gr.Request) -> tuple[str, Any]:
-    from engine.lab.lora import count_lora, meta_model, parse_targets
-    from engine.models import model_folder
-    folder = model_folder(model_id or BUNDLED_ID, visitor_token(request),
-                          files=("config.json",))
-    count = count_lora(meta_model(folder), int(r), parse_targets(targets), alpha, model_id)
+    from engine.lab.lora import count_lora, meta_model_of, parse_targets
+
+    shapes = meta_model_of(model_id or BUNDLED_ID, visitor_token(request))
+    count = count_lora(shapes, int(r), parse_targets(targets), alpha, model_id)
     summary = (f"**{count.trainable_params:,} trainable parameters** — {count.share_of_base:.3%} of the model's "
                f"{count.base_params:,}. Each adapted layer d_in → d_out gets A (r × d_in) and B (d_out × r): "
                f"r·(d_in + d_out) parameters. Scaling α/r = {count.scaling:g}.")
@@ -374,8 +371,7 @@ def count_adapter(model_id: str, r: float, alpha: float, targets: str, request: 
 
 
 def finished_runs(ws: Workspace) -> list[tuple[str, str]]:
-    return [(f"{job.name} · {job.id}", job.id) for job in ws.runs()
-            if job.status == "done" and (job.adapter_dir / "adapter_config.json").exists()]
+    return [(f"{job.name} · {job.id}", job.id) for job in ws.finished_runs()]
 
 
 def refresh_runs(request: gr.Request) -> gr.Dropdown:

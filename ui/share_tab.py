@@ -57,8 +57,8 @@ class ShareTabComponents:
 
 def run_choices(ws: Workspace) -> list[tuple[str, str]]:
     """The visitor's finished runs, as (label, run id)."""
-    return [(f"{job.name} · {job.id} · {job.config.base_model.split('/')[-1]}", job.id) for job in ws.runs()
-            if job.status == "done" and (job.adapter_dir / "adapter_config.json").exists()]
+    return [(f"{job.name} · {job.id} · {job.config.base_model.split('/')[-1]}", job.id)
+            for job in ws.finished_runs()]
 
 
 def collection_choices(ws: Workspace) -> list[str]:

@@ -81,12 +81,11 @@ def cmd_quant(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_lora(args: argparse.Namespace) -> dict[str, Any]:
-    from engine.lab.lora import count_lora, meta_model, parse_targets
-    from engine.models import model_folder
+    from engine.lab.lora import count_lora, meta_model_of, parse_targets
 
-    folder = model_folder(args.model, _token(), files=("config.json",))
     label = args.model or "bundled SmolLM2-135M-Instruct"
-    return count_lora(meta_model(folder), args.r, parse_targets(args.targets), args.alpha, label).to_dict()
+    return count_lora(meta_model_of(args.model, _token()), args.r, parse_targets(args.targets), args.alpha,
+                      label).to_dict()
 
 
 def cmd_layers(args: argparse.Namespace) -> dict[str, Any]:

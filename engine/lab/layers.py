@@ -213,11 +213,10 @@ def layer_report(name: str, weights: np.ndarray) -> LayerReport:
 def quantizable_names(folder: Path) -> list[str]:
     """Weight names of every ``nn.Linear`` except the output head, from a weightless (meta) copy of the model."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    from engine.lab.lora import meta_model
+
+    model = meta_model(folder)
     head = model.get_output_embeddings()
     return [f"{name}.weight" for name, module in model.named_modules()
             if isinstance(module, torch.nn.Linear) and module is not head]
@@ -250,11 +249,15 @@ def iter_tensors(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str
             yield name, handle.get_tensor(name).float().numpy()
 
 
-def shape_of(files: dict[str, Path], name: str) -> tuple[int, ...]:
+def tensor_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, reading each file's header once (no tensor data)."""
     from safetensors import safe_open
 
-    with safe_open(str(files[name]), "pt") as handle:
-        return tuple(handle.get_slice(name).get_shape())
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(set(files.values())):
+        with safe_open(str(file), "pt") as handle:
+            shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})  # noqa: SIM118
+    return shapes
 
 
 def short_name(name: str) -> str:
@@ -278,8 +281,9 @@ def analyse_folder(folder: Path, model: str, *, max_layers: int | None = None,
         reports.append(layer_report(short_name(name), weights))
         if on_layer:
             on_layer(done, len(walked), short_name(name))
-    quantizable = sum(math.prod(shape_of(files, n)) for n in wanted)
-    other = sum(math.prod(shape_of(files, n)) for n in files if n not in set(wanted))
+    shapes, linear = tensor_shapes(files), set(wanted)
+    quantizable = sum(math.prod(shape) for name, shape in shapes.items() if name in linear)
+    other = sum(math.prod(shape) for name, shape in shapes.items() if name not in linear)
     return ModelReport(model=model, layers=reports, sizes=model_sizes(reports, quantizable, other),
                        other_params=other, skipped_layers=len(wanted) - len(walked), notes=_notes(reports))
 

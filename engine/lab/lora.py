@@ -13,6 +13,7 @@ have done. They come from the r × r core of two QR factorizations (exact, and c
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -87,14 +88,36 @@ def parse_targets(text: str | list[str]) -> list[str]:
     return targets
 
 
-def meta_model(folder: Path) -> Any:
-    """The model's architecture with no weights (``meta`` device): shapes only, no memory."""
+@functools.lru_cache(maxsize=8)
+def _meta_model(folder: str) -> Any:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+def meta_model(folder: Path) -> Any:
+    """The model's architecture with no weights (``meta`` device): shapes only, no memory.
+
+    Kept per folder (a few, least recently used first out): building one takes seconds, and a size check, a
+    LoRA count and a layer walk of the same model each need it. Only read (module names and shapes), never
+    changed, so one copy serves every request; a model folder's config never changes under the same path.
+    """
+    return _meta_model(str(folder))
+
+
+def meta_model_of(model_id: str | None, token: str | None = None) -> Any:
+    """:func:`meta_model` of a model id, downloading only its ``config.json`` (a 70B model costs nothing)."""
+    from engine.models import model_folder
+
+    return meta_model(model_folder(model_id, token, files=("config.json",)))
+
+
+def params_billions(model: Any) -> float:
+    """The model's parameter count in billions (a tied weight counted once), to three decimals."""
+    return round(sum(p.numel() for p in model.parameters()) / 1e9, 3)
 
 
 def _matches(name: str, targets: list[str]) -> bool:

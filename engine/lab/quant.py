@@ -129,12 +129,19 @@ def parse_values(text: str) -> list[float]:
 
 def calibration_range(x: np.ndarray, settings: QuantSettings, axis: int | None = None) -> tuple[np.ndarray,
                                                                                                   np.ndarray]:
-    """(lo, hi) per tensor (``axis=None``) or per row (``axis=1``, kept as a column)."""
+    """The range the grid covers, (lo, hi), per tensor (``axis=None``) or per row (``axis=1``, kept as a column).
+
+    Min–max or percentiles of the values; asymmetric stretches it to include 0, so 0 is exactly representable.
+    """
     keep = axis is not None
     if settings.clip == "percentile":
         p = settings.percentile
-        return (np.percentile(x, 100 - p, axis=axis, keepdims=keep), np.percentile(x, p, axis=axis, keepdims=keep))
-    return np.min(x, axis=axis, keepdims=keep), np.max(x, axis=axis, keepdims=keep)
+        lo, hi = np.percentile(x, 100 - p, axis=axis, keepdims=keep), np.percentile(x, p, axis=axis, keepdims=keep)
+    else:
+        lo, hi = np.min(x, axis=axis, keepdims=keep), np.max(x, axis=axis, keepdims=keep)
+    if settings.scheme == "asymmetric":
+        return np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    return lo, hi
 
 
 def scale_and_zero_point(lo: np.ndarray, hi: np.ndarray, settings: QuantSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -144,20 +151,26 @@ def scale_and_zero_point(lo: np.ndarray, hi: np.ndarray, settings: QuantSettings
         scale = np.maximum(np.abs(lo), np.abs(hi)) / qmax
         scale = np.where(scale > 0, scale, 1.0)
         return scale, np.zeros_like(scale, dtype=np.int64)
-    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # 0 must be exactly representable
     scale = (hi - lo) / (qmax - qmin)
     scale = np.where(scale > 0, scale, 1.0)
     zero_point = np.clip(round_half_away(qmin - lo / scale), qmin, qmax).astype(np.int64)
     return scale, zero_point
 
 
+def round_trip(x: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray | int, qmin: int, qmax: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rule itself: ``(unclamped q, q, dequantized)`` of ``x`` on a given grid (:data:`ROUNDING_RULE`)."""
+    raw = round_half_away(x / scale) + zero_point
+    q = np.clip(raw, qmin, qmax)
+    return raw, q, (q - zero_point) * scale
+
+
 def quantize_array(x: np.ndarray, settings: QuantSettings, axis: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(q, dequantized, scale, zero_point)`` of ``x`` under ``settings``, per tensor or per row."""
-    lo, hi = calibration_range(x, settings, axis)
-    scale, zero_point = scale_and_zero_point(lo, hi, settings)
-    q = np.clip(round_half_away(x / scale) + zero_point, settings.qmin, settings.qmax)
-    return q.astype(np.int64), (q - zero_point) * scale, scale, zero_point
+    scale, zero_point = scale_and_zero_point(*calibration_range(x, settings, axis), settings)
+    _, q, dequant = round_trip(x, scale, zero_point, settings.qmin, settings.qmax)
+    return q.astype(np.int64), dequant, scale, zero_point
 
 
 def calibrate(values: list[float], settings: QuantSettings | None = None) -> Calibration:
@@ -166,12 +179,10 @@ def calibrate(values: list[float], settings: QuantSettings | None = None) -> Cal
     if not values:
         raise SettingsError("values", "type at least one number, e.g. 0, 250, 1000.")
     x = np.asarray(values, dtype=np.float64)
-    q, dequant, scale, zero_point = quantize_array(x, settings)
     lo, hi = calibration_range(x, settings)
-    if settings.scheme == "asymmetric":
-        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale, zero_point = scale_and_zero_point(lo, hi, settings)
+    raw, q, dequant = round_trip(x, scale, zero_point, settings.qmin, settings.qmax)
     rows = [QuantizedValue(float(v), int(i), float(d), float(d - v)) for v, i, d in zip(x, q, dequant, strict=True)]
-    raw = round_half_away(x / scale) + zero_point
     clamped = int(np.sum((raw < settings.qmin) | (raw > settings.qmax)))
     return Calibration(settings=settings, lo=float(lo), hi=float(hi), scale=float(scale), zero_point=int(zero_point),
                        qmin=settings.qmin, qmax=settings.qmax, values=rows, clamped=clamped,
