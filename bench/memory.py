@@ -124,14 +124,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from engine.memory import estimate_memory
 
     phases = {"after_imports_gb": _maxrss_gb()}
-    prepare = engine_train.prepare_run
+    prepare = engine_train.load_model_announced
 
     def prepare_and_measure(*args: Any, **kwargs: Any) -> Any:  # the peak and the resident set once loaded
         result = prepare(*args, **kwargs)
         phases.update(after_load_peak_gb=_maxrss_gb(), after_load_rss_gb=psutil.Process().memory_info().rss / GB)
         return result
 
-    engine_train.prepare_run = prepare_and_measure
+    engine_train.load_model_announced = prepare_and_measure
     out = Path(spec["out"])
     config = TrainConfig(**spec["settings"], device="cpu", max_steps=STEPS, grad_accum=1, val_fraction=0.0,
                          save_steps=100_000, warmup_ratio=0.0, learning_rate=1e-3)

@@ -51,6 +51,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=preset_names(), help="start from a shipped preset")
     train.add_argument("--mapping", help="JSON column mapping overriding format detection")
     train.add_argument("--placeholders", help='JSON values for {{placeholders}} in the data, e.g. {"name": "Ada"}')
+    train.add_argument("--sft-on-chosen", action="store_true",
+                       help="SFT on a preference-pair file: train on the chosen answers, ignore the rejected ones")
     _add_setting_flags(train)
 
     gen = sub.add_parser("generate", help="answer a prompt with the base model or a fine-tuned adapter")
@@ -96,10 +98,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     mapping = json.loads(args.mapping) if args.mapping else None
-    options = {"placeholders": json.loads(args.placeholders)} if args.placeholders else None
+    options = {"placeholders": json.loads(args.placeholders)} if args.placeholders else {}
+    if args.sft_on_chosen:
+        options["sft_on_chosen"] = True
     store = JobStore()
+    if config.from_run and args.base_model is None:  # an adapter fits only its own base: take the run's
+        from engine.jobs import JobError
+
+        try:
+            config = config.replace(base_model=store.load(config.from_run).config.base_model)
+        except JobError as exc:
+            raise SettingsError("from_run", f"{exc} List runs with: python -m engine runs") from None
     # The operator's own token (the CLI reads $HF_TOKEN only): held in this process's memory for this job.
-    job = store.submit(config, args.data, mapping=mapping, data_options=options, run_dir=Path(args.output),
+    job = store.submit(config, args.data, mapping=mapping, data_options=options or None, run_dir=Path(args.output),
                        owner="cli", hf_token=os.environ.get("HF_TOKEN") or None)
     outcome = 1
     try:

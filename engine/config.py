@@ -7,6 +7,7 @@ starts, with the fix in the message.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from core.settings import Settings, SettingsError, setting
@@ -14,6 +15,16 @@ from engine.hub import HubError, check_model_id
 from engine.models import BUNDLED_ID
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+#: What a run id looks like (``JobStore`` names runs from their name and a time stamp).
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+METHODS = ("sft", "dpo", "orpo", "kto")
+#: How messages name each method.
+METHOD_LABELS = {"sft": "SFT", "dpo": "DPO", "orpo": "ORPO", "kto": "KTO"}
+#: Preference methods: they train on pairs (DPO, ORPO) or on answers labelled good/bad (KTO).
+PREFERENCE_METHODS = ("dpo", "orpo", "kto")
+#: The DPO losses TRL 1.16 offers (``DPOConfig.loss_type``), one at a time.
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust", "hinge", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 
 
 class TrainConfig(Settings):
@@ -23,6 +34,44 @@ class TrainConfig(Settings):
         BUNDLED_ID,
         "Model to fine-tune: the bundled SmolLM2 works offline; Hub ids need a GPU Space (and a token if gated).",
         label="Base model",
+    )
+    method: str = setting(
+        "sft",
+        "How the model learns. SFT: imitate the answers in your data. DPO: prefer the chosen answer of each "
+        "pair over the rejected one. ORPO: SFT and preference in one pass, no reference model. KTO: learn from "
+        "answers marked good or bad (no pairs needed).",
+        label="Training method", choices=METHODS,
+    )
+    from_run: str = setting(
+        "",
+        "Continue a finished run's adapter (the usual SFT → DPO path): training starts from that adapter and "
+        "the reference is that same adapter, frozen. Empty: start from the base model.",
+        label="Start from run",
+    )
+    beta: float = setting(
+        0.1,
+        "DPO/KTO: how far the model may move from the reference (higher = stay closer). ORPO: weight of the "
+        "preference part of the loss.",
+        label="Beta", minimum=0.001, maximum=10.0, step=0.01,
+    )
+    loss_type: str = setting(
+        "sigmoid",
+        "DPO loss: sigmoid is the original DPO; ipo is more robust to overfitting; robust tolerates some "
+        "mislabelled pairs (set label smoothing); apo_zero/apo_down suit pairs whose chosen answers are "
+        "better/worse than the model's own; hinge is the SLiC loss.",
+        label="DPO loss", choices=DPO_LOSS_TYPES, advanced=True,
+    )
+    label_smoothing: float = setting(
+        0.0, "DPO robust/EXO: the share of pairs you believe are labelled the wrong way round.",
+        minimum=0.0, maximum=0.49, step=0.01, advanced=True,
+    )
+    desirable_weight: float = setting(
+        1.0, "KTO: weight of answers marked good; raise it when good answers are rarer than bad ones.",
+        minimum=0.01, maximum=100.0, step=0.05, advanced=True,
+    )
+    undesirable_weight: float = setting(
+        1.0, "KTO: weight of answers marked bad; raise it when bad answers are rarer than good ones.",
+        minimum=0.01, maximum=100.0, step=0.05, advanced=True,
     )
     quantization: str = setting(
         "4bit",
@@ -105,6 +154,14 @@ class TrainConfig(Settings):
             raise SettingsError("optimizer", "8-bit and paged optimizers need a GPU; choose 'auto' or adamw_torch.")
         if self.dtype == "float16" and self.device == "cpu":
             raise SettingsError("dtype", "float16 training is not supported on CPU; choose 'auto' or float32.")
+        if self.from_run and self.method not in PREFERENCE_METHODS:
+            raise SettingsError("from_run", "only DPO, ORPO and KTO runs continue a finished run; choose one of "
+                                            "them, or clear 'Start from run' to fine-tune from the base model.")
+        if self.from_run and not RUN_ID.fullmatch(self.from_run):
+            raise SettingsError("from_run", f"{self.from_run[:40]!r} is not a run id; pick a finished run.")
+        if self.label_smoothing and self.loss_type not in ("robust", "exo_pair"):
+            raise SettingsError("label_smoothing", "only the robust and exo_pair DPO losses use label smoothing; "
+                                                   "set it to 0 or choose one of those losses.")
         if not self.target_modules.strip():
             raise SettingsError("target_modules", "name at least one layer, or use 'all-linear'.")
 

@@ -28,7 +28,8 @@ from core.events import (
 )
 
 __all__ = ["EVENT_TYPES", "TERMINAL", "Cancelled", "Checkpoint", "Done", "Eval", "EventLog", "Failed",
-           "Interrupted", "JobEvent", "Log", "Progress", "Queued", "Started", "Step", "loss_curve", "parse_event"]
+           "Interrupted", "JobEvent", "Log", "Progress", "Queued", "Started", "Step", "loss_curve", "parse_event",
+           "reward_curve"]
 
 
 @register_event
@@ -41,6 +42,8 @@ class Started(JobEvent):
     train_rows: int = 0
     eval_rows: int = 0
     resumed_from_step: int = 0
+    method: str = "sft"
+    reference: str = ""  # preference runs: what the rewards are measured against, in plain words
 
 
 @register_event
@@ -56,6 +59,11 @@ class Step(JobEvent):
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
     elapsed_seconds: float = 0.0
+    # Preference runs (DPO, ORPO, KTO): TRL's implicit rewards on this step's batch.
+    reward_chosen: float | None = None
+    reward_rejected: float | None = None
+    reward_margin: float | None = None
+    reward_accuracy: float | None = None
 
 
 @register_event
@@ -64,6 +72,8 @@ class Eval(JobEvent):
     kind: ClassVar[str] = "eval"
     step: int = 0
     eval_loss: float | None = None
+    reward_margin: float | None = None
+    reward_accuracy: float | None = None  # held-out pairs whose chosen answer the model now prefers
 
 
 @register_event
@@ -86,3 +96,21 @@ def loss_curve(events: list[JobEvent]) -> list[dict[str, Any]]:
             points[("eval", event.step)] = event.eval_loss
     return [{"step": step, "loss": loss, "split": split} for (split, step), loss in sorted(points.items(),
             key=lambda item: (item[0][1], item[0][0]))]
+
+
+#: The reward series a preference run plots, by the name the chart shows.
+REWARD_SERIES = {"reward_chosen": "chosen", "reward_rejected": "rejected", "reward_margin": "margin"}
+
+
+def reward_curve(events: list[JobEvent]) -> list[dict[str, Any]]:
+    """Rewards of chosen and rejected answers and their margin per step (preference runs), resume-aware."""
+    points: dict[tuple[int, str], float] = {}
+    for event in events:
+        if isinstance(event, Started) and event.resumed_from_step:
+            points = {k: v for k, v in points.items() if k[0] <= event.resumed_from_step}
+        elif isinstance(event, Step):
+            for field_name, series in REWARD_SERIES.items():
+                value = getattr(event, field_name)
+                if value is not None:
+                    points[(event.step, series)] = value
+    return [{"step": step, "reward": value, "series": series} for (step, series), value in sorted(points.items())]

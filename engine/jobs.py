@@ -162,6 +162,7 @@ class JobRecord:
     needs_token: bool = False
     token_holder: str | None = None
     visitor_hash: str | None = None
+    start_adapter: str | None = None  # preference runs continuing a finished run: that run's adapter folder
 
     @property
     def events_path(self) -> Path:
@@ -212,6 +213,7 @@ def _row_to_record(row: sqlite3.Row) -> JobRecord:
         total_steps=row["total_steps"], final_loss=row["final_loss"], kind=row["kind"],
         payload=json.loads(row["payload_json"]) if row["payload_json"] else {}, lane=row["lane"],
         needs_token=bool(row["needs_token"]), token_holder=row["token_holder"], visitor_hash=row["visitor_hash"],
+        start_adapter=data_spec.get("start_adapter"),
     )
 
 
@@ -459,6 +461,7 @@ class JobStore:
         visitor_hash = self.visitor_hash(visitor) if visitor is not None else None
         if visitor_hash:
             self._check_step_cap(config, data_path)
+        start_adapter = self._start_adapter(config, owner) if config.from_run else None
         job_id = _new_job_id()
         run_dir = Path(run_dir).resolve() if run_dir else self.runs_dir / job_id
         if (run_dir / "config.yaml").exists():
@@ -470,9 +473,29 @@ class JobStore:
             config.to_yaml(run_dir / "config.yaml")
             self._insert(job_id, kind="train", owner=owner, name=name or data_path.stem, run_dir=run_dir,
                          config_json=json.dumps(config.to_dict()), data_path=str(data_path),
-                         data_spec={"mapping": mapping, "options": data_options or {}}, payload=None,
+                         data_spec={"mapping": mapping, "options": data_options or {},
+                                    "start_adapter": start_adapter}, payload=None,
                          visitor_hash=visitor_hash, token=hf_token)
         return self._queued(job_id, start)
+
+    def _start_adapter(self, config: TrainConfig, owner: str) -> str:
+        """The adapter folder a run continuing ``config.from_run`` starts from, after checking that the run is
+        finished, belongs to ``owner`` (the operator — owners "local" and "cli" — may use any run here) and has the
+        same base model."""
+        try:
+            source = self.load(config.from_run)
+        except JobError:
+            raise JobError(f"There is no run {config.from_run!r} to start from; pick one of your finished runs.") \
+                from None
+        if source.kind != "train" or (owner not in ("local", "cli") and source.owner != owner):
+            raise JobError(f"There is no run {config.from_run!r} to start from; pick one of your finished runs.")
+        if source.status != "done" or not (source.adapter_dir / "adapter_config.json").is_file():
+            raise JobError(f"The run '{source.name}' has not finished with an adapter (it is {source.status}); "
+                           "start from a finished run.")
+        if source.config.base_model != config.base_model:
+            raise JobError(f"The run '{source.name}' was trained on {source.config.base_model}, not "
+                           f"{config.base_model}; a run can only continue an adapter of the same base model.")
+        return str(source.adapter_dir)
 
     def submit_task(
         self,

@@ -158,14 +158,22 @@ def _loss_bytes(info: ModelInfo, tokens: int, device: str) -> float:
     return tile * 8 * 4 if device == "cpu" else tile * 2 * 2
 
 
+def sequences_per_example(config: TrainConfig) -> int:
+    """Preference methods run two sequences per example through the model: the chosen and the rejected answer
+    (DPO, ORPO), or the answer and its mismatched KL partner (KTO). The frozen reference pass keeps no
+    activations (no gradient), so it adds time, not memory."""
+    return 1 if config.method == "sft" else 2
+
+
 def _activations_gb(info: ModelInfo, config: TrainConfig, device: str) -> float:
     """What a micro-batch holds at the start of backward: every layer's saved activations (only each layer's
     input with gradient checkpointing, plus one layer recomputed) and the loss's tiles, times the heap factor.
 
-    A micro-batch is ``batch_size × max_length`` tokens at most: packed sequences are filled to max length and
-    padding-free packing puts a batch's sequences in one row; unpacked batches pad to their longest row.
+    A micro-batch is ``batch_size × max_length`` tokens at most (twice that for preference methods): packed
+    sequences are filled to max length and padding-free packing puts a batch's sequences in one row; unpacked
+    batches pad to their longest row.
     """
-    tokens = config.batch_size * config.max_length
+    tokens = config.batch_size * config.max_length * sequences_per_example(config)
     act_bytes = 4 if device == "cpu" else 2
     per_layer = tokens * _per_layer_token_bytes(info, config, act_bytes)
     if config.gradient_checkpointing:

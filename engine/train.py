@@ -9,6 +9,7 @@ measured peak memory next to the estimate (:mod:`engine.memory`).
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -38,6 +39,11 @@ from engine.events import (
 )
 from engine.jobs import TOKEN_ENV, JobRecord, JobStore
 
+#: Which function builds the trainer of each method, as "module:function". A string, so engine.preference
+#: (which builds on this module) is imported only by the runs that need it, without an import cycle.
+TRAINER_BUILDERS = {"sft": "engine.train:build_sft_trainer", "dpo": "engine.preference:build_preference_trainer",
+                    "orpo": "engine.preference:build_preference_trainer",
+                    "kto": "engine.preference:build_preference_trainer"}
 SERVER_STOPPED = "The server restarted or went to sleep."
 
 
@@ -140,6 +146,16 @@ def build_datasets(job: JobRecord, tokenizer: Any, config: TrainConfig, log: Eve
     return train_dataset, eval_dataset, fingerprint
 
 
+#: TRL's log keys for a preference run's implicit rewards, and the Step fields they fill.
+REWARD_LOGS = {"rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
+               "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy"}
+
+
+def reward_fields(logs: dict[str, float]) -> dict[str, float]:
+    """The reward numbers present in one training log line (none for SFT)."""
+    return {name: float(logs[key]) for key, name in REWARD_LOGS.items() if logs.get(key) is not None}
+
+
 class EventCallback(TrainerCallback):
     """Bridges ``transformers`` callbacks to typed events; also honours stop requests between steps."""
 
@@ -167,7 +183,9 @@ class EventCallback(TrainerCallback):
         now = time.time()
         if "eval_loss" in logs:
             self.last_eval_loss = logs["eval_loss"]
-            self.log.append(Eval(self.job_id, step=state.global_step, eval_loss=logs["eval_loss"]))
+            self.log.append(Eval(self.job_id, step=state.global_step, eval_loss=logs["eval_loss"],
+                                 reward_margin=logs.get("eval_rewards/margins"),
+                                 reward_accuracy=logs.get("eval_rewards/accuracies")))
             return
         if "loss" not in logs:
             return
@@ -184,6 +202,7 @@ class EventCallback(TrainerCallback):
             self.job_id, step=state.global_step, total_steps=state.max_steps, epoch=round(state.epoch or 0.0, 4),
             loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
             tokens_per_second=tokens_per_second, eta_seconds=eta, elapsed_seconds=now - self._t0,
+            **reward_fields(logs),
         ))
         if self.store is not None:
             self.store.mark_progress(self.job_id, state.global_step, state.max_steps, logs["loss"])
@@ -214,13 +233,12 @@ class EventCallback(TrainerCallback):
         self.log.append(Checkpoint(self.job_id, step=state.global_step, path=str(path)))
 
 
-def build_sft_config(job: JobRecord, device: str, dtype: Any, has_eval: bool) -> Any:
-    """Translate our settings into TRL's ``SFTConfig`` (the one place the two vocabularies meet)."""
+def trainer_arguments(job: JobRecord, device: str, dtype: Any, has_eval: bool) -> dict[str, Any]:
+    """Our settings in the vocabulary every TRL trainer config shares (the one place the two meet)."""
     import torch
-    from trl import SFTConfig
 
     config = job.config
-    return SFTConfig(
+    return dict(
         output_dir=str(job.checkpoints_dir),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
@@ -235,8 +253,6 @@ def build_sft_config(job: JobRecord, device: str, dtype: Any, has_eval: bool) ->
         optim=resolve_optimizer(config, device),
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        packing=config.packing,
-        packing_strategy="bfd",  # best-fit packing, padding-free: examples never attend to each other
         max_length=config.max_length,
         seed=config.seed,
         data_seed=config.seed,
@@ -255,6 +271,17 @@ def build_sft_config(job: JobRecord, device: str, dtype: Any, has_eval: bool) ->
     )
 
 
+def build_sft_config(job: JobRecord, device: str, dtype: Any, has_eval: bool) -> Any:
+    """TRL's ``SFTConfig``: the shared arguments plus padding-free packing."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_arguments(job, device, dtype, has_eval),
+        packing=job.config.packing,
+        packing_strategy="bfd",  # best-fit packing, padding-free: examples never attend to each other
+    )
+
+
 def model_label(model_id: str) -> str:
     """What progress lines call the model: its registry name, or a local folder's name (never a server path)."""
     from engine.models import MODELS
@@ -263,58 +290,107 @@ def model_label(model_id: str) -> str:
     return known or (Path(model_id).name if Path(model_id).is_absolute() else model_id)
 
 
-def prepare_run(job: JobRecord, hf_token: str | None, log: EventLog) -> tuple[Any, Any, Any, Any, dict]:
-    """Tokenizer, datasets and base model, each phase announced first so the run shows life within seconds."""
-    from engine.models import load_base_model, load_tokenizer
+def load_tokenizer_announced(job: JobRecord, hf_token: str | None, log: EventLog) -> Any:
+    """The tokenizer, its phase announced first so the run shows life within seconds."""
+    from engine.models import load_tokenizer
+
+    log.append(Progress(job.id, phase="load", item=model_label(job.config.base_model), message="tokenizer"))
+    return load_tokenizer(job.config.base_model, hf_token, on_progress=_downloading(job, log))
+
+
+def load_model_announced(job: JobRecord, hf_token: str | None, log: EventLog) -> Any:
+    """The (quantised) base model, announced; a Hub download reports bytes, rate and ETA as they arrive."""
+    from engine.models import load_base_model
 
     config = job.config
+    log.append(Progress(job.id, phase="load", item=model_label(config.base_model), message="weights"))
+    return load_base_model(config.base_model, quantization=config.quantization, device=config.device,
+                           dtype=config.dtype, token=hf_token, on_progress=_downloading(job, log))
 
-    def downloading(progress: Any) -> None:  # a Hub model: bytes, total, rate and ETA as they arrive
+
+def _downloading(job: JobRecord, log: EventLog) -> Any:
+    def on_progress(progress: Any) -> None:
         log.append(progress.to_event(job.id))
+    return on_progress
 
-    log.append(Progress(job.id, phase="load", item=model_label(config.base_model), message="tokenizer"))
-    tokenizer = load_tokenizer(config.base_model, hf_token, on_progress=downloading)
+
+def tokenize_announced(job: JobRecord, log: EventLog, build: Any) -> tuple[Any, Any, dict]:
+    """Run ``build()`` (returns train set, eval set, fingerprint) between two tokenize events; keep the fingerprint."""
     log.append(Progress(job.id, phase="tokenize", item=Path(job.data_path).name))
-    train_dataset, eval_dataset, fingerprint = build_datasets(job, tokenizer, config, log)
+    train_dataset, eval_dataset, fingerprint = build()
     log.append(Progress(job.id, phase="tokenize", item=Path(job.data_path).name, done=fingerprint["rows"],
                         total=fingerprint["rows"], unit="rows"))
     (job.run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
-    log.append(Progress(job.id, phase="load", item=model_label(config.base_model), message="weights"))
-    model = load_base_model(config.base_model, quantization=config.quantization, device=config.device,
-                            dtype=config.dtype, token=hf_token, on_progress=downloading)
-    return tokenizer, train_dataset, eval_dataset, model, fingerprint
+    return train_dataset, eval_dataset, fingerprint
 
 
-def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = None,
-          interruption: Interruption | None = None) -> TrainResult:
-    """Run one job to completion (or to a stop request or a SIGTERM) and write its adapter and records."""
+@dataclass
+class TrainerSetup:
+    """A built trainer and what the shared run loop needs to finish it (see :func:`run_trainer`)."""
+
+    trainer: Any
+    callback: EventCallback
+    tokenizer: Any
+    has_eval: bool
+    model_config: dict[str, Any]
+    extra_metrics: dict[str, Any]
+
+
+def build_sft_trainer(job: JobRecord, store: JobStore | None, hf_token: str | None, log: EventLog, device: str,
+                      dtype: Any, interruption: Interruption) -> TrainerSetup:
+    """Supervised fine-tuning: TRL's ``SFTTrainer`` on our pre-tokenised, assistant-masked examples."""
     import torch
-    from peft import LoraConfig
     from trl import SFTTrainer
 
-    from engine.models import pick_device, pick_dtype
-
-    interruption = interruption or Interruption()
     config = job.config
-    log = EventLog(job.events_path)
-    device = pick_device(config.device)
-    dtype = pick_dtype(device, config.dtype)
-    memory.reset_peak(device)
-    tokenizer, train_dataset, eval_dataset, model, fingerprint = prepare_run(job, hf_token, log)
+    tokenizer = load_tokenizer_announced(job, hf_token, log)
+    train_dataset, eval_dataset, fingerprint = tokenize_announced(
+        job, log, lambda: build_datasets(job, tokenizer, config, log))
+    model = load_model_announced(job, hf_token, log)
     model_config = model.config.to_dict()  # the exact shape, for the memory estimate recorded with the peak
     args = build_sft_config(job, device, dtype, has_eval=eval_dataset is not None)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.target_modules_value(), task_type="CAUSAL_LM")
     meta = {"device": device, "base_model": config.base_model, "train_rows": fingerprint["train_rows"],
             "eval_rows": fingerprint["eval_rows"]}
     callback = EventCallback(job.id, log, store, meta, interruption)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=lora, callbacks=[callback])
+                         processing_class=tokenizer, peft_config=lora_config(config), callbacks=[callback])
     if dtype == torch.float32:
         _adapter_to_float32(trainer.model)
     if eval_dataset is not None and not config.eval_steps:
         # Packing decides how many steps an epoch has; only now can "about 5 evaluations" be placed.
         trainer.args.eval_steps = auto_eval_steps(config, planned_steps(config, len(trainer.train_dataset)))
+    return TrainerSetup(trainer, callback, tokenizer, eval_dataset is not None, model_config, {})
+
+
+def lora_config(config: TrainConfig) -> Any:
+    """A fresh LoRA adapter as the settings describe it."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.target_modules_value(), task_type="CAUSAL_LM")
+
+
+def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = None,
+          interruption: Interruption | None = None) -> TrainResult:
+    """Run one job to completion (or to a stop request or a SIGTERM) and write its adapter and records."""
+    from engine.models import pick_device, pick_dtype
+
+    interruption = interruption or Interruption()
+    log = EventLog(job.events_path)
+    device = pick_device(job.config.device)
+    dtype = pick_dtype(device, job.config.dtype)
+    memory.reset_peak(device)
+    module, name = TRAINER_BUILDERS[job.config.method].split(":")
+    build = getattr(importlib.import_module(module), name)
+    setup = build(job, store, hf_token, log, device, dtype, interruption)
+    return run_trainer(job, setup, log, device, interruption)
+
+
+def run_trainer(job: JobRecord, setup: TrainerSetup, log: EventLog, device: str,
+                interruption: Interruption) -> TrainResult:
+    """Train (resuming from a checkpoint when asked), then evaluate once more if the last step was not
+    evaluated, save the adapter and write ``metrics.json`` — the same for every method."""
+    trainer, callback = setup.trainer, setup.callback
     interruption.phase = "training"
     if interruption.requested:  # the signal came while the trainer was being built
         raise WorkerInterrupted("stopped before training started")
@@ -326,16 +402,19 @@ def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = 
     if callback.cancelled:
         return TrainResult("cancelled", steps, callback.last_loss, callback.last_eval_loss)
     eval_loss = callback.last_eval_loss
-    if eval_dataset is not None and trainer.state.global_step % args.eval_steps != 0:
+    if setup.has_eval and trainer.state.global_step % trainer.args.eval_steps != 0:
         log.append(Progress(job.id, phase="evaluate", done=steps, total=steps, unit="steps"))
-        eval_loss = trainer.evaluate().get("eval_loss")
-        log.append(Eval(job.id, step=steps, eval_loss=eval_loss))
+        trainer.evaluate()  # its log line reaches the callback, which records the Eval event
+        eval_loss = callback.last_eval_loss
     log.append(Progress(job.id, phase="save", message="adapter"))
+    model = trainer.model
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")  # the frozen reference copy is not part of the result
     trainer.save_model(str(job.adapter_dir))
-    tokenizer.save_pretrained(str(job.adapter_dir))
-    metrics = {"steps": steps, "final_loss": callback.last_loss, "eval_loss": eval_loss,
-               "train_tokens": getattr(trainer, "_total_train_tokens", None),
-               **memory.run_memory_record(config, device, model_config),
+    setup.tokenizer.save_pretrained(str(job.adapter_dir))
+    metrics = {"steps": steps, "method": job.config.method, "final_loss": callback.last_loss, "eval_loss": eval_loss,
+               "train_tokens": getattr(trainer, "_total_train_tokens", None), **setup.extra_metrics,
+               **memory.run_memory_record(job.config, device, setup.model_config),
                "log_history": trainer.state.log_history}
     (job.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return TrainResult("done", steps, callback.last_loss, eval_loss)

@@ -36,11 +36,15 @@ from engine.files import csv_text
 from engine.infer import AdapterMismatchError, Provenance, adapter_hash
 
 if TYPE_CHECKING:
+    from engine.config import TrainConfig
+    from engine.jobs import JobRecord
+    from engine.workspace import Workspace
     from rag.index import RagIndex
     from rag.pipeline import PipelineSpec
 
-ARMS = ("base", "ft", "rag", "ft+rag")
-ARM_LABELS = {"base": "Base model", "ft": "Fine-tuned", "rag": "RAG (base + index)", "ft+rag": "Fine-tuned + RAG"}
+ARMS = ("base", "ft", "ft2", "rag", "ft+rag")
+ARM_LABELS = {"base": "Base model", "ft": "Fine-tuned", "ft2": "After votes (second run)", "rag": "RAG (base + index)",
+              "ft+rag": "Fine-tuned + RAG"}
 VOTE_CHOICES = ("A", "B", "tie", "both_bad")
 VOTE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 
@@ -347,6 +351,7 @@ class ArmAnswer:
     scores: dict[str, float | None] = field(default_factory=dict)
     failure: str = ""  # "", "retrieval failure", "generation failure", "wrong answer"
     provenance: dict[str, Any] | None = None  # engine.infer.Provenance.columns(): what produced this answer
+    prompt: str = ""  # the user turn exactly as the model got it (RAG arms: with the retrieved context)
 
     @property
     def provenance_line(self) -> str:
@@ -363,7 +368,19 @@ class ArmAnswer:
         return [r["source"] for r in self.retrieved]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The exported answer. The prompt is left out: for RAG arms it repeats every retrieved chunk, which
+        ``retrieved`` already holds; the report object keeps it for the preference pairs."""
+        out = asdict(self)
+        out.pop("prompt")
+        return out
+
+
+def arm_label(arm: str, config: dict[str, Any] | None = None) -> str:
+    """An arm's name for people; the second run's arm is named after its run when the report knows it."""
+    second = (config or {}).get("adapter2")
+    if arm == "ft2" and second:
+        return f"After votes: {second}"
+    return ARM_LABELS.get(arm, arm)
 
 
 def parse_arms(arms: str | Iterable[str]) -> list[str]:
@@ -393,23 +410,39 @@ class Comparer:
     def __init__(self, chat: ChatLike, *, arms: Iterable[str], adapter: str | Path | None = None,
                  index: RagIndex | None = None, generation: GenerationSettings | None = None,
                  settings: CompareSettings | None = None, adapter_label: str | None = None,
-                 collection: str | None = None):
+                 collection: str | None = None, adapter2: str | Path | None = None,
+                 adapter2_label: str | None = None, run_id: str | None = None, run2_id: str | None = None):
         """``adapter_label`` (the run's name) and ``collection`` (the collection's name) label each answer's
-        provenance; without them the run folder's and the index folder's names are used."""
+        provenance; without them the run folder's and the index folder's names are used.
+
+        ``adapter2`` is a second finished run's adapter (the ``ft2`` arm, e.g. the run trained on this
+        comparison's votes), served by the same model with the adapter switched like ``ft``'s. ``run_id`` and
+        ``run2_id`` are the runs' ids in the job store: the report keeps them so its votes can continue the run.
+        """
         self.chat = chat
         self.arms = parse_arms(list(arms))
         self.adapter = str(adapter) if adapter else None
         self.adapter_label = adapter_label
+        self.adapter2 = str(adapter2) if adapter2 else None
+        self.adapter2_label = adapter2_label
+        self.run_id, self.run2_id = run_id, run2_id
         self.collection = collection or (Path(index.path).name if index is not None else None)
         self.index = index
         self.generation = generation or GenerationSettings()
         self.settings = settings or CompareSettings()
+        self._check_inputs()
+
+    def _check_inputs(self) -> None:
+        """Each chosen arm has what it needs, so no arm fails on every question for a missing input."""
         if any("ft" in a.split("+") for a in self.arms) and not self.adapter:
             raise CompareError("The fine-tuned arms need an adapter: pick a finished run (or pass --adapter DIR).")
-        if any("rag" in a for a in self.arms) and index is None:
+        if "ft2" in self.arms and not self.adapter2:
+            raise CompareError("The after-votes arm needs a second finished run: pick it under 'Second run'.")
+        uses_rag = any("rag" in a for a in self.arms)
+        if uses_rag and self.index is None:
             raise CompareError("The RAG arms need documents: pick an index (or pass --corpus FILE / --index DIR).")
-        if index is not None and any("rag" in a for a in self.arms) and not index.chunks:
-            raise CompareError(f"The collection {Path(index.path).name} is empty; add documents in the RAG tab "
+        if uses_rag and self.index is not None and not self.index.chunks:
+            raise CompareError(f"The collection {Path(self.index.path).name} is empty; add documents in the RAG tab "
                                "first.")
 
     @property
@@ -434,13 +467,17 @@ class Comparer:
             "base_model": getattr(self.chat, "base_model", "?"),
             "adapter": self.adapter_label or (Path(self.adapter).parent.name if self.adapter else None),  # no paths
             "adapter_hash": adapter_hash(self.adapter),
+            "run_id": self.run_id,  # what "Improve with these votes" continues
+            "adapter2": self.adapter2_label or (Path(self.adapter2).parent.name if self.adapter2 else None),
+            "adapter2_hash": adapter_hash(self.adapter2),
+            "run2_id": self.run2_id,
             "index": self.collection,
             "index_version": getattr(self.index, "version", None),
             "pipeline": spec.to_dict() if spec is not None else None,
             "generation": self.generation.to_dict(),
             "compare": self.settings.to_dict(),
             "arms": self.arms,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created": utc_now(),
         }
 
     def _count_tokens(self, text: str) -> int:
@@ -475,7 +512,8 @@ class Comparer:
         if "rag" in arm:
             yield from self._stream_rag(question, result, generate, add)
             return
-        for piece in generate(self.settings.base_template.replace("{question}", question.question.strip())):
+        result.prompt = self.settings.base_template.replace("{question}", question.question.strip())
+        for piece in generate(result.prompt):
             add(piece)
             yield result
 
@@ -485,7 +523,7 @@ class Comparer:
 
         The sink also times the first token, which is what "time to first token" means for every arm alike.
         """
-        adapter = self.adapter if arm.startswith("ft") else None
+        adapter, label = self._adapter_of(arm)
         uses_rag = "rag" in arm
 
         def record(provenance: Provenance) -> None:
@@ -495,7 +533,7 @@ class Comparer:
 
         def generate(prompt: Any) -> Iterator[str]:
             return self.chat.stream(prompt, adapter=adapter, settings=self.generation,
-                                    adapter_label=self.adapter_label, on_provenance=record)
+                                    adapter_label=label, on_provenance=record)
 
         def add(piece: str) -> None:
             if piece and result.ttft_s is None:
@@ -504,17 +542,27 @@ class Comparer:
 
         return generate, add
 
+    def _adapter_of(self, arm: str) -> tuple[str | None, str | None]:
+        """The adapter folder an arm asks the model for and the run name its answers are labelled with."""
+        if arm == "ft2":
+            return self.adapter2, self.adapter2_label
+        if "ft" in arm.split("+"):
+            return self.adapter, self.adapter_label
+        return None, None
+
     def _stream_rag(self, question: Question, result: ArmAnswer, generate: Callable[[Any], Iterator[str]],
                     add: Callable[[str], None]) -> Iterator[ArmAnswer]:
         """A RAG arm: the retrieved chunks first (shown before any token), then tokens, then the cited answer."""
         from rag.answer import answer as rag_answer
-        from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
+        from rag.events import AnswerEvent, PromptEvent, RetrievedEvent, TokenEvent
 
         for event in rag_answer(self.index, question.question, generate, self.spec):  # type: ignore[arg-type]
             if isinstance(event, RetrievedEvent):
                 result.retrieved = [{"source": h.chunk.source, "location": h.chunk.location,
                                      "score": round(float(h.score), 4), "text": h.chunk.text} for h in event.hits]
                 yield result
+            elif isinstance(event, PromptEvent):
+                result.prompt = event.prompt  # the template filled with this arm's retrieved context
             elif isinstance(event, TokenEvent):
                 add(event.text)
                 yield result
@@ -598,14 +646,21 @@ class ReportRow:
     answers: dict[str, ArmAnswer]
 
 
+def utc_now() -> str:
+    """Now, as an ISO 8601 UTC time stamp to the second (what reports and votes are stamped with)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 @dataclass
 class Vote:
-    """One blind judgement: which of two anonymous answers (A left, B right) was better."""
+    """One blind judgement: which of two anonymous answers (A left, B right) was better, and when it was made
+    (so preference pairs exported from several rounds can be told apart and ordered)."""
 
     qid: str
     arm_a: str
     arm_b: str
     choice: str
+    time: str = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         if self.choice not in VOTE_CHOICES:
@@ -724,6 +779,146 @@ class Report:
         return path
 
 
+# --------------------------------------------------------------------------------- preference pairs
+
+#: Why a vote gave no pair, in plain words (``{n}`` votes); the keys are :attr:`PreferenceExport.counts`' keys.
+LEFT_OUT = {
+    "ties": "{n} tie(s): neither answer was preferred, so there is no pair",
+    "both_bad": "{n} 'both bad' vote(s): neither answer is one to prefer, so there is no pair",
+    "different_prompts": "{n} vote(s) compared a RAG answer with a non-RAG one: the two saw different prompts, so "
+                         "they are left out",
+    "different_context": "{n} vote(s) compared two RAG answers that read different retrieved passages: the two saw "
+                         "different prompts, so they are left out",
+    "unusable": "{n} vote(s) involved an answer that failed, is empty, or whose question is no longer in the "
+                "report, so they are left out",
+    "identical": "{n} vote(s) compared two identical answers, which teach no preference, so they are left out",
+}
+
+
+@dataclass
+class PreferenceExport:
+    """The blind votes as preference pairs in TRL's conversational format, and what was left out and why."""
+
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]
+    notes: list[str]
+
+    def line(self) -> str:
+        """One sentence for under the export: how many pairs, and each reason votes were left out."""
+        votes = sum(self.counts.values())
+        pairs = self.counts["pairs"]
+        head = (f"{pairs} preference pair(s) from {votes} vote(s)." if pairs else
+                f"No preference pairs from {votes} vote(s)." if votes else
+                "No votes yet: vote blind to turn your judgements into preference pairs.")
+        return " ".join([head, *(f"{note}." for note in self.notes)])
+
+
+def preference_pairs(report: Report) -> PreferenceExport:
+    """Turn the report's votes into chosen/rejected pairs a DPO trainer can learn from.
+
+    Why the rules: DPO compares the two answers' likelihoods *under one prompt*, so a pair is only valid when
+    both arms saw exactly the same user turn. Base and fine-tuned share the plain prompt; two RAG arms share
+    one only when they read the same context; a RAG answer and a non-RAG answer never do (inventing a context
+    for the non-RAG answer would teach a preference the voter never expressed). Ties, "both bad", failed or
+    empty answers and identical texts hold no preference either. Each left-out vote is counted, with a note.
+    """
+    counts = dict.fromkeys(["pairs", *LEFT_OUT], 0)
+    rows: list[dict[str, Any]] = []
+    questions = {r.question.qid: r for r in report.rows}
+    for vote in report.votes:
+        verdict = _pair_verdict(vote, questions.get(vote.qid))
+        if isinstance(verdict, str):
+            counts[verdict] += 1
+            continue
+        rows.append(verdict)
+        counts["pairs"] += 1
+    notes = [LEFT_OUT[key].format(n=n) for key, n in counts.items() if key != "pairs" and n]
+    return PreferenceExport(rows, counts, notes)
+
+
+def _pair_verdict(vote: Vote, row: ReportRow | None) -> dict[str, Any] | str:
+    """The pair a vote gives, or the :data:`LEFT_OUT` key saying why it gives none."""
+    if vote.choice in ("tie", "both_bad"):
+        return "ties" if vote.choice == "tie" else "both_bad"
+    if ("rag" in vote.arm_a) != ("rag" in vote.arm_b):
+        return "different_prompts"
+    winner, loser = (vote.arm_a, vote.arm_b) if vote.choice == "A" else (vote.arm_b, vote.arm_a)
+    chosen = row.answers.get(winner) if row else None
+    rejected = row.answers.get(loser) if row else None
+    if not _usable(chosen) or not _usable(rejected):
+        return "unusable"
+    assert chosen is not None and rejected is not None  # for the type checker: _usable said so
+    if chosen.text.strip() == rejected.text.strip():
+        return "identical"
+    if chosen.prompt != rejected.prompt:
+        return "different_context" if "rag" in winner else "different_prompts"
+    return {"prompt": [{"role": "user", "content": chosen.prompt}],
+            "chosen": [{"role": "assistant", "content": chosen.text.strip()}],
+            "rejected": [{"role": "assistant", "content": rejected.text.strip()}],
+            "arms": {"chosen": winner, "rejected": loser}, "qid": vote.qid, "time": vote.time}
+
+
+def _usable(answer: ArmAnswer | None) -> bool:
+    """An answer that can stand in a pair: it exists, did not fail, has text, and records its prompt."""
+    return answer is not None and answer.error is None and bool(answer.text.strip()) and bool(answer.prompt)
+
+
+def write_preference_file(export: PreferenceExport, path: str | Path) -> Path:
+    """Write the pairs as JSONL (one pair per line, UTF-8), the file a DPO run trains on."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(preference_jsonl(export), encoding="utf-8")
+    return path
+
+
+def preference_jsonl(export: PreferenceExport) -> str:
+    """The pairs as JSONL text (non-ASCII kept as is)."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in export.rows)
+
+
+#: A DPO pass on votes is short: about two steps per pair, within these bounds.
+VOTE_RUN_STEPS = (10, 60)
+
+
+def preference_config(config: TrainConfig, run_id: str, pairs: int) -> TrainConfig:
+    """The voted run's own settings, switched to a short DPO pass that continues that run's adapter.
+
+    Why the voted run's settings: same base model, LoRA shape and quantization, so the new adapter is a
+    continuation of the one that was voted on. No validation split: the pairs are few and all are needed.
+    """
+    low, high = VOTE_RUN_STEPS
+    return config.replace(method="dpo", from_run=run_id, max_steps=min(high, max(low, 2 * pairs)),
+                          val_fraction=0.0)
+
+
+def improve_with_votes(report: Report, ws: Workspace, *, visitor: str | None = None, hf_token: str | None = None,
+                       start: bool = True) -> tuple[JobRecord, PreferenceExport]:
+    """Write the report's preference pairs into the workspace and queue a DPO run continuing the voted run.
+
+    The run is looked up in ``ws`` (someone else's run reads as missing) and must have finished with an
+    adapter; the pairs file is checked against the workspace's disk quota before it is written.
+    """
+    from engine.quotas import check_room
+
+    run_id = report.config.get("run_id")
+    if not run_id:
+        raise CompareError("This comparison has no fine-tuned run to improve: pick a finished run, run the "
+                           "question set again and vote.")
+    voted = ws.run(run_id)
+    if voted.status != "done" or not (voted.adapter_dir / "adapter_config.json").exists():
+        raise CompareError(f"The run {voted.name} has no finished adapter to continue.")
+    export = preference_pairs(report)
+    if not export.rows:
+        raise CompareError(f"No preference pairs to learn from yet. {export.line()}")
+    check_room(ws, len(preference_jsonl(export).encode("utf-8")), "the preference pairs file")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = write_preference_file(export, ws.datasets / f"votes-{voted.id}-{stamp}.jsonl")
+    config = preference_config(voted.config, voted.id, len(export.rows))
+    job = ws.store().submit(config, path, owner=ws.owner, visitor=visitor, hf_token=hf_token,
+                            name=f"{voted.name} + votes", start=start)
+    return job, export
+
+
 PROVENANCE_COLUMNS = ("base_model", "base_revision", "adapter", "adapter_hash", "collection", "collection_version",
                       "generation")
 
@@ -750,6 +945,15 @@ td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}t
 overflow:auto}.leak{color:#a60}.prov{color:#666;font-size:.85em}"""
 
 
+def _second_run_rows(config: dict[str, Any]) -> str:
+    """The second run's configuration rows, only in a report that had one (older reports look as before)."""
+    if not config.get("adapter2"):
+        return ""
+    e = html.escape
+    return (f"<tr><th>Second adapter (after votes)</th><td>{e(str(config['adapter2']))}</td></tr>"
+            f"<tr><th>Second adapter hash</th><td>{e(str(config.get('adapter2_hash') or '–'))}</td></tr>")
+
+
 def render_html(report: Report) -> str:
     e = html.escape
     summary = report.summary()
@@ -761,13 +965,14 @@ def render_html(report: Report) -> str:
              f"<table id='config'><tr><th>Base model</th><td>{e(str(report.config.get('base_model')))}</td></tr>"
              f"<tr><th>Adapter</th><td>{e(str(report.config.get('adapter') or '–'))}</td></tr>"
              f"<tr><th>Adapter hash</th><td>{e(str(report.config.get('adapter_hash') or '–'))}</td></tr>"
+             + _second_run_rows(report.config) +
              f"<tr><th>Index</th><td>{e(str(report.config.get('index') or '–'))}</td></tr>"
              f"<tr><th>Generation settings</th><td>{e(json.dumps(report.config.get('generation')))}</td></tr>"
              f"<tr><th>Created</th><td>{e(str(report.config.get('created')))}</td></tr></table>",
              f"<details><summary>Pipeline spec</summary><pre>{e(json.dumps(report.config.get('pipeline'), indent=2))}"
              "</pre></details>",
              "<h2>Summary</h2><table id='summary'><tr><th>metric</th>"
-             + "".join(f"<th>{e(ARM_LABELS.get(a, a))}</th>" for a in report.arms) + "</tr>"]
+             + "".join(f"<th>{e(arm_label(a, report.config))}</th>" for a in report.arms) + "</tr>"]
     for m in metrics:
         parts.append(f"<tr><th>{e(m)}</th>" + "".join(f"<td>{_fmt(summary[a].get(m))}</td>" for a in report.arms)
                      + "</tr>")
@@ -777,16 +982,16 @@ def render_html(report: Report) -> str:
         parts.append("<h2>Blind votes</h2><table id='votes'><tr><th>arm</th><th>votes</th><th>wins</th><th>ties</th>"
                      "<th>losses</th><th>both bad</th><th>win rate (95% CI)</th></tr>")
         for arm, r in rates.items():
-            parts.append(f"<tr><td>{e(ARM_LABELS.get(arm, arm))}</td><td>{r['votes']}</td><td>{r['wins']}</td>"
+            parts.append(f"<tr><td>{e(arm_label(arm, report.config))}</td><td>{r['votes']}</td><td>{r['wins']}</td>"
                          f"<td>{r['ties']}</td><td>{r['losses']}</td><td>{r['both_bad']}</td>"
                          f"<td>{r['win_rate']:.2f} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f})</td></tr>")
-        parts.append("</table><table><tr><th>question</th><th>A</th><th>B</th><th>vote</th></tr>")
+        parts.append("</table><table><tr><th>question</th><th>A</th><th>B</th><th>vote</th><th>time (UTC)</th></tr>")
         for v in report.votes:
             parts.append(f"<tr><td>{e(v.qid)}</td><td>{e(v.arm_a)}</td><td>{e(v.arm_b)}</td>"
-                         f"<td>{e(VOTE_LABELS[v.choice])}</td></tr>")
+                         f"<td>{e(VOTE_LABELS[v.choice])}</td><td>{e(v.time)}</td></tr>")
         parts.append("</table>")
     parts.append("<h2>Questions</h2><table id='questions'><tr><th>#</th><th>question</th><th>reference</th>"
-                 + "".join(f"<th>{e(ARM_LABELS.get(a, a))}</th>" for a in report.arms) + "</tr>")
+                 + "".join(f"<th>{e(arm_label(a, report.config))}</th>" for a in report.arms) + "</tr>")
     for i, r in enumerate(report.rows, start=1):
         q = r.question
         leak = f"<div class='leak'>⚠ {e(q.leak)}</div>" if q.leak else ""

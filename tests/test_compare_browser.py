@@ -1,4 +1,5 @@
-"""Real browser: ask base and RAG side by side, run a small question set, vote blind, export the report."""
+"""Real browser: ask base and RAG side by side, run a small question set, vote blind, export the report (and
+the preference-pairs line: base vs RAG votes give no pairs)."""
 
 from __future__ import annotations
 
@@ -73,11 +74,19 @@ def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
         page.wait_for_function("document.querySelector('#compare-blind-question').innerText.includes('All questions')")
         wins = _text(page, "compare-wins")
         assert "Base model" in wins and "RAG (base + index)" in wins
+        # No fine-tuned run was compared, so there is nothing for the votes to improve: the button says why.
+        assert page.locator("#compare-improve").is_disabled()
+        assert "no fine-tuned run" in _text(page, "compare-improve-status")
 
         page.locator("#compare-export").click()
         # the file list shows names as "stem" + ".ext" on separate lines
         page.wait_for_function("document.querySelector('#compare-exports').innerText.includes('comparison') && "
                                "document.querySelector('#compare-exports').innerText.includes('html')")
+        # Base vs RAG answers saw different prompts: no preference pairs, and the line under the export says why.
+        page.wait_for_function("document.querySelector('#compare-pairs-note').innerText.includes('No preference')")
+        note = _text(page, "compare-pairs-note")
+        assert "No preference pairs from 2 vote(s)" in note and "1 tie(s)" in note
+        assert "1 vote(s) compared a RAG answer with a non-RAG one: the two saw different prompts" in note
         screenshot(page, "compare-3-voted")
         assert not page.errors, page.errors
 
@@ -90,7 +99,8 @@ def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
                    "A is better", "Tie", "RAG (base + index)", "retrieved: Normans#"):
         assert needle in report_html, needle
     data = json.loads(pages[0].with_suffix(".json").read_text())
-    assert [v["choice"] for v in data["votes"]] == ["A", "tie"]
+    assert [v["choice"] for v in data["votes"]] == ["A", "tie"] and all(v["time"] for v in data["votes"])
+    assert not list(pages[0].parent.glob("*.jsonl"))  # no pairs, so no empty pairs file
     assert data["config"]["pipeline"]["stages"]
     made_by = data["questions"][0]["answers"]["rag"]["provenance"]  # the export carries the provenance columns
     assert made_by["collection"] == "squad" and made_by["adapter"] is None and made_by["base_revision"]

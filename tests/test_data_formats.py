@@ -64,10 +64,11 @@ def test_every_shared_file_is_detected_or_refused(name: str) -> None:
         assert prepared.detection.explanation
 
 
-def test_preference_refusal_explains_the_mapping_and_the_mapping_works() -> None:
+def test_preference_refusal_names_the_methods_and_the_mapping_still_works() -> None:
     with pytest.raises(DatasetError) as info:
         prepare(LLAMA_FACTORY / "dpo_en_demo.json")
-    assert "format=sharegpt, messages=conversations, response=chosen" in str(info.value)
+    assert "DPO or ORPO" in info.value.fix and "Train on the chosen answers" in info.value.fix
+    assert "'conversations'" in info.value.problem and "'chosen'" in info.value.problem
     mapping = ColumnMapping(format="sharegpt", messages="conversations", response="chosen")
     prepared = prepare(LLAMA_FACTORY / "dpo_en_demo.json", mapping)
     raw = json.loads((LLAMA_FACTORY / "dpo_en_demo.json").read_text())

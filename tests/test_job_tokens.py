@@ -376,7 +376,7 @@ def test_train_tab_shows_the_limits_and_offers_the_token_for_a_waiting_run(
     job = store.submit(tiny_config(), data_file, owner=LOCAL_OWNER, start=False)
     store._update(job.id, status="needs_token", error=NEEDS_TOKEN_MESSAGE)
     shown = train_tab.view(job.id, Workspace(LOCAL_OWNER))
-    assert len(shown) == train_tab.VIEW_SIZE and shown[-1].visible is True
+    assert len(shown) == train_tab.VIEW_SIZE and shown[7].visible is True  # the token panel
     assert NEEDS_TOKEN_MESSAGE in shown[0] and "needs_token" in shown[0]
 
     busy = store.submit(tiny_config(), data_file, owner="other", start=False)  # holds the device: nothing spawns

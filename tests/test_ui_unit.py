@@ -166,12 +166,14 @@ def test_page_load_finds_the_visitors_active_run_and_replays_its_curve(isolated_
     log.append(ev.Step(job_id, step=1, total_steps=4, loss=2.5, eta_seconds=30, tokens_per_second=120))
     log.append(ev.Eval(job_id, step=1, eval_loss=2.7))
     log.append(ev.Step(job_id, step=2, total_steps=4, loss=2.1))
-    picker, status, progress, curve, log_text, runs, timer, plotted, _panel = restore_view(
+    picker, status, progress, curve, log_text, runs, timer, plotted, _panel, _rewards = restore_view(
         None, SimpleNamespace(username=None))
     assert picker.value == job_id
     assert "queue" in status and "position **1**" in status
     assert isinstance(curve, pd.DataFrame)
-    assert sorted(zip(curve["split"], curve["step"], strict=True)) == [("eval", 1), ("train", 1), ("train", 2)]
+    points = curve.dropna()  # one NaN point per series keeps the chart's colours (see train_tab.chart_frame)
+    assert sorted(zip(points["split"], points["step"], strict=True)) == [("eval", 1), ("train", 1), ("train", 2)]
+    assert sorted(curve[curve["loss"].isna()]["split"]) == ["eval", "train"]
     assert "step 2/4" in log_text and "eval at step 1" in log_text
     assert "Step 2 / 4" in progress
     assert list(runs["Run"]) == [job_id]

@@ -602,6 +602,7 @@ ENDPOINT_ACCESS: dict[str, tuple[str, str]] = {
     "compare_vote_tie": (READ_ONLY, ""),
     "compare_vote_both_bad": (READ_ONLY, ""),
     "compare_export": (READ_ONLY, ""),  # in the demo the report goes to the download folder only
+    "compare_improve": (WRITES, "Training on your votes"),  # writes the pairs file and starts a DPO run
     # Chat
     "chat": (READ_ONLY, ""),
     "chat_refresh": (READ_ONLY, ""),

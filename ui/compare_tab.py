@@ -1,5 +1,9 @@
 """The Compare tab: base vs fine-tuned vs RAG vs fine-tuned+RAG, on one question or a whole question set.
 
+Blind votes close the loop: they export as preference pairs, "Improve with these votes" trains a DPO run
+that continues the voted run on them, and that run comes back as the "After votes" arm (``ft2``) for a
+before/after comparison on the same questions.
+
 Same shape as the other tabs: :func:`build` makes the components, :func:`register` wires the events,
 every event has a stable ``api_name`` prefixed ``compare_``, and a visitor's report and blind-vote
 progress live in ``gr.State``. All the work is in :mod:`services.compare`; this file only formats.
@@ -18,6 +22,7 @@ from typing import Any
 import gradio as gr
 
 from core.generation import GenerationSettings
+from engine.jobs import JobRecord
 from engine.models import BUNDLED_ID
 from engine.quotas import check_upload
 from engine.workspace import AccessPolicy, Workspace
@@ -32,13 +37,17 @@ from services.compare import (
     Question,
     Report,
     Vote,
+    arm_label,
     blind_pairs,
     holdout_questions,
+    improve_with_votes,
     leakage_check,
     load_questions,
     parse_arms,
+    preference_pairs,
     training_prompts,
     win_rates,
+    write_preference_file,
 )
 from ui.common import (
     SettingsForm,
@@ -47,9 +56,12 @@ from ui.common import (
     endpoint,
     friendly_errors,
     hide_paths,
+    literal_markdown,
+    model_token,
     named_parameters,
     served_copy,
     served_folder,
+    visitor_of,
     workspace_of,
 )
 
@@ -61,6 +73,10 @@ TABLE_HEADERS = ["#", "question", "reference", "arm", "answer", "contained", "F1
                  "failure", "seconds"]
 CHUNK_HEADERS = ["[n]", "source", "score", "text"]
 WIN_HEADERS = ["arm", "votes", "wins", "ties", "losses", "both bad", "win rate", "95% CI"]
+IMPROVE_HELP = ("*Improve with these votes* trains on your blind votes: pick a fine-tuned run, run a question "
+                "set with it, and vote; each vote between two answers to the same prompt becomes a preference "
+                "pair.")
+PAIRS_FILE = "preference-pairs.jsonl"
 
 
 @dataclass
@@ -77,6 +93,7 @@ class CompareTabComponents:
     blind_state: gr.State
     arms: gr.CheckboxGroup
     run: gr.Dropdown
+    run2: gr.Dropdown
     collection: gr.Dropdown
     refresh_button: gr.Button
     generation: SettingsForm
@@ -98,8 +115,11 @@ class CompareTabComponents:
     vote_buttons: dict[str, gr.Button]
     blind_status: gr.Markdown
     wins: gr.Dataframe
+    improve_button: gr.Button
+    improve_status: gr.Markdown
     export_button: gr.Button
     exports: gr.File
+    pairs_note: gr.Markdown
 
 
 # ----------------------------------------------------------------------------------------- choices
@@ -110,6 +130,19 @@ def run_choices(ws: Workspace | None = None) -> list[tuple[str, str]]:
     out = [(NO_RUN, NO_RUN)]
     for job in ws.finished_runs() if ws else []:
         out.append((f"{job.name} ({job.config.base_model.split('/')[-1]})", job.id))
+    return out
+
+
+def run2_choices(ws: Workspace | None = None) -> list[tuple[str, str]]:
+    """Runs for the "After votes" arm: the finished ones, and those still training, marked as such.
+
+    Why unfinished runs too: the run "Improve with these votes" starts is preselected here at once, so the
+    before/after comparison is one click away when it finishes; asking before then says it is still training.
+    """
+    out = run_choices(ws)
+    for job in ws.runs() if ws else []:
+        if not job.finished:
+            out.append((f"{job.name} (still training)", job.id))
     return out
 
 
@@ -137,6 +170,9 @@ def _build_pickers() -> dict[str, Any]:
                                          label="Arms", elem_id="compare-arms", scale=3)
         parts["run"] = gr.Dropdown(choices=run_choices(), value=NO_RUN,
                                    label="Fine-tuned run (for the fine-tuned arms)", elem_id="compare-run", scale=2)
+        parts["run2"] = gr.Dropdown(choices=run2_choices(), value=NO_RUN,
+                                    label="Second run (for the 'After votes' arm)", elem_id="compare-run2", scale=2,
+                                    info="E.g. the run 'Improve with these votes' trained; same base model.")
         parts["collection"] = gr.Dropdown(choices=collection_choices(), value=None,
                                           label="RAG collection (for the RAG arms)", elem_id="compare-collection",
                                           scale=2)
@@ -215,9 +251,15 @@ def _build_blind_vote() -> dict[str, Any]:
     parts["blind_status"] = gr.Markdown("", elem_id="compare-blind-status")
     parts["wins"] = gr.Dataframe(headers=WIN_HEADERS, interactive=False, elem_id="compare-wins")
     with gr.Row(equal_height=True):
-        parts["export_button"] = gr.Button("Export report (JSON, CSV, HTML)", elem_id="compare-export")
-        parts["exports"] = gr.File(label="Report files", file_count="multiple", interactive=False,
-                                   elem_id="compare-exports")
+        parts["improve_button"] = gr.Button("Improve with these votes", interactive=False, elem_id="compare-improve",
+                                            scale=1)
+        parts["improve_status"] = gr.Markdown(IMPROVE_HELP, elem_id="compare-improve-status")
+    with gr.Row(equal_height=True):
+        parts["export_button"] = gr.Button("Export report (JSON, CSV, HTML) and preference pairs",
+                                           elem_id="compare-export")
+        parts["exports"] = gr.File(label="Report files, and preference pairs (JSONL, TRL format)",
+                                   file_count="multiple", interactive=False, elem_id="compare-exports")
+    parts["pairs_note"] = gr.Markdown("", elem_id="compare-pairs-note")
     return parts
 
 
@@ -230,19 +272,37 @@ def _path(file: Any) -> str | None:
     return str(getattr(file, "name", None) or file)
 
 
+def picked_runs(ws: Workspace, chosen: list[str], run: str | None, run2: str | None
+                ) -> tuple[JobRecord | None, JobRecord | None]:
+    """The fine-tuned run and (for the "After votes" arm) the second run, from the visitor's workspace.
+
+    Both adapters are served by one copy of one base model, so the two runs must share their base; the
+    second run must have finished (it may be listed while it still trains).
+    """
+    job = ws.run(run) if run and run != NO_RUN else None
+    job2 = ws.run(run2) if "ft2" in chosen and run2 and run2 != NO_RUN else None
+    if job2 is not None and job2.status != "done":
+        raise ValueError(f"The second run {job2.name} has not finished ({job2.status}); follow it in the Train tab "
+                         "and ask again when it is done.")
+    if job and job2 and job.config.base_model != job2.config.base_model:
+        raise ValueError(f"The two runs fine-tune different base models ({job.config.base_model} and "
+                         f"{job2.config.base_model}); one comparison serves one base model, so pick runs of the "
+                         "same one.")
+    return job, job2
+
+
 def make_comparer(arms: list[str] | None, run: str | None, collection: str | None, gen_values: list[Any],
-                  opt_values: list[Any], c: CompareTabComponents, ws: Workspace) -> Comparer:
+                  opt_values: list[Any], c: CompareTabComponents, ws: Workspace, run2: str | None = None) -> Comparer:
     """Turn the form into a Comparer on the shared, process-wide model of the run's base.
 
-    The run and the collection are looked up in the visitor's workspace: an API client cannot point
+    The runs and the collection are looked up in the visitor's workspace: an API client cannot point
     the comparer at someone else's adapter or index by passing a path.
     """
     from services.collections import open_collection
-    from ui.common import chat_model_for, model_token
+    from ui.common import chat_model_for
 
     chosen = parse_arms(arms or [])
-    job = ws.run(run) if run and run != NO_RUN else None
-    adapter = str(job.adapter_dir) if job else None
+    job, job2 = picked_runs(ws, chosen, run, run2)
     index = None
     if any("rag" in a for a in chosen):
         if not collection:
@@ -251,10 +311,13 @@ def make_comparer(arms: list[str] | None, run: str | None, collection: str | Non
         index = open_collection(ws.index_path(collection))  # the shared read-only copy of its current version
     generation = c.generation.to_settings(gen_values)
     options = c.options.to_settings(opt_values)
-    base = job.config.base_model if job else BUNDLED_ID  # the run's own record names its base model
+    either = job or job2
+    base = either.config.base_model if either else BUNDLED_ID  # the run's own record names its base model
     chat = chat_model_for(base, model_token(ws.owner, None))  # the owner's token serves the owner's requests only
-    return Comparer(chat, arms=chosen, adapter=adapter, index=index, generation=generation,
-                    settings=options, adapter_label=job.name if job else None, collection=collection or None)
+    return Comparer(chat, arms=chosen, adapter=job.adapter_dir if job else None, index=index, generation=generation,
+                    settings=options, adapter_label=job.name if job else None, collection=collection or None,
+                    adapter2=job2.adapter_dir if job2 else None, adapter2_label=job2.name if job2 else None,
+                    run_id=job.id if job else None, run2_id=job2.id if job2 else None)
 
 
 def pane_stats(a: ArmAnswer) -> str:
@@ -298,7 +361,8 @@ def table_rows(report: Report) -> list[list[Any]]:
             def fmt(v: float | None) -> str:
                 return "" if v is None else f"{v:.2f}"
 
-            rows.append([i, label, " | ".join(q.references), ARM_LABELS[arm], a.text, fmt(s.get("contained")),
+            rows.append([i, label, " | ".join(q.references), arm_label(arm, report.config), a.text,
+                         fmt(s.get("contained")),
                          fmt(s.get("f1")), fmt(s.get("rouge_l")), fmt(s.get("retrieval_hit")), a.failure,
                          round(a.total_s, 2)])
     return rows
@@ -307,7 +371,7 @@ def table_rows(report: Report) -> list[list[Any]]:
 def win_rows(report: Report | None) -> list[list[Any]]:
     if report is None:
         return []
-    return [[ARM_LABELS.get(arm, arm), r["votes"], r["wins"], r["ties"], r["losses"], r["both_bad"],
+    return [[arm_label(arm, report.config), r["votes"], r["wins"], r["ties"], r["losses"], r["both_bad"],
              f"{r['win_rate']:.2f}", f"{r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}"]
             for arm, r in win_rates(report.votes).items()]
 
@@ -369,47 +433,62 @@ def export_files(report: Report | None, ws: Workspace, keep: bool = True) -> lis
 
     In the read-only demo (``keep=False``) nothing is written to the owner's workspace: the files go
     straight to the download folder, so a demo visitor can still take their comparison home.
+    The preference pairs (JSONL in TRL's conversational format) come along when the votes gave any.
     """
     if report is None:
         raise ValueError("Run a question set first; the report is what gets exported.")
-    if not keep:
-        folder = served_folder()
-        return [str(report.save(folder / f"comparison.{ext}")) for ext in ("json", "csv", "html")]
-    folder = Path(tempfile.mkdtemp(prefix="compare-report-", dir=ws.reports))
-    return [served_copy(report.save(folder / f"comparison.{ext}")) for ext in ("json", "csv", "html")]
+    folder = served_folder() if not keep else Path(tempfile.mkdtemp(prefix="compare-report-", dir=ws.reports))
+    paths = [report.save(folder / f"comparison.{ext}") for ext in ("json", "csv", "html")]
+    pairs = preference_pairs(report)
+    if pairs.rows:
+        paths.append(write_preference_file(pairs, folder / PAIRS_FILE))
+    return [served_copy(path) for path in paths] if keep else [str(path) for path in paths]
 
 
 # ----------------------------------------------------------------------------------------- events
 
 
 def register(c: CompareTabComponents) -> None:
-    """Wire every event: the pickers, Ask, Run, blind voting and export (``compare_*`` API endpoints)."""
+    """Wire every event: the pickers, Ask, Run, blind voting, improving with the votes and export
+    (``compare_*`` API endpoints)."""
     _register_lists(c)
     _register_ask(c)
     _register_run(c)
     _register_blind(c)
+    _register_improve(c)
     endpoint(c.export_button.click, friendly_errors("Could not export")(export_for_request), c.report_state,
-             c.exports, api_name="compare_export")
+             [c.exports, c.pairs_note], api_name="compare_export")
 
 
 def refresh_lists(request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[Any]:
-    """The visitor's own runs and collections for the two pickers."""
+    """The visitor's own runs and collections for the three pickers."""
     ws = workspace_of(request, profile)
-    return [gr.Dropdown(choices=run_choices(ws)), gr.Dropdown(choices=collection_choices(ws))]
+    return [gr.Dropdown(choices=run_choices(ws)), gr.Dropdown(choices=run2_choices(ws)),
+            gr.Dropdown(choices=collection_choices(ws))]
 
 
 def export_for_request(report: Report | None, request: gr.Request,
-                       profile: gr.OAuthProfile | None = None) -> list[str]:
-    """:func:`export_files` in the visitor's workspace (kept there, except in the read-only demo)."""
-    return export_files(report, workspace_of(request, profile), keep=not AccessPolicy.from_env().demo)
+                       profile: gr.OAuthProfile | None = None) -> list[Any]:
+    """:func:`export_files` in the visitor's workspace (kept there, except in the read-only demo), and the
+    line saying how many preference pairs the votes gave and why the others were left out."""
+    files = export_files(report, workspace_of(request, profile), keep=not AccessPolicy.from_env().demo)
+    return [files, pairs_note(report)]
+
+
+def pairs_note(report: Report | None) -> str:
+    """The preference pairs' counts in plain words (what the JSONL holds, and what it leaves out)."""
+    if report is None:
+        return ""
+    return f"**Preference pairs ({PAIRS_FILE}):** {preference_pairs(report).line()}"
 
 
 def _register_lists(c: CompareTabComponents) -> None:
     """Refresh (button, or opening a picker) and showing only the chosen arms' panes."""
-    endpoint(c.refresh_button.click, refresh_lists, None, [c.run, c.collection], api_name="compare_refresh")
+    pickers = [c.run, c.run2, c.collection]
+    endpoint(c.refresh_button.click, refresh_lists, None, pickers, api_name="compare_refresh")
     # Lists are the visitor's own, so they are filled when the visitor opens them, not when the page is built.
-    c.run.focus(refresh_lists, None, [c.run, c.collection], api_visibility="private", show_progress="hidden")
-    c.collection.focus(refresh_lists, None, [c.run, c.collection], api_visibility="private", show_progress="hidden")
+    for picker in pickers:
+        picker.focus(refresh_lists, None, pickers, api_visibility="private", show_progress="hidden")
 
     def on_arms(arms: list[str] | None) -> list[Any]:
         return [gr.Column(visible=arm in (arms or [])) for arm in ARMS]
@@ -428,11 +507,11 @@ def _setting_api_names(c: CompareTabComponents) -> list[str]:
     return [*c.generation.names, *(f"compare_{n}" if n in c.generation.names else n for n in c.options.names)]
 
 
-def _comparer_for(c: CompareTabComponents, arms: list[str] | None, run: str | None, collection: str | None,
-                  values: tuple[Any, ...], ws: Workspace) -> Comparer:
-    """:func:`make_comparer` from the pickers and the :func:`_settings_inputs` values."""
+def _comparer_for(c: CompareTabComponents, arms: list[str] | None, runs: tuple[str | None, str | None],
+                  collection: str | None, values: tuple[Any, ...], ws: Workspace) -> Comparer:
+    """:func:`make_comparer` from the pickers (the two runs) and the :func:`_settings_inputs` values."""
     n_gen = len(c.generation.components)
-    return make_comparer(arms, run, collection, list(values[:n_gen]), list(values[n_gen:]), c, ws)
+    return make_comparer(arms, runs[0], collection, list(values[:n_gen]), list(values[n_gen:]), c, ws, runs[1])
 
 
 def _register_ask(c: CompareTabComponents) -> None:
@@ -441,12 +520,12 @@ def _register_ask(c: CompareTabComponents) -> None:
                                                 c.panes[arm].chunks)]
 
     @friendly_errors("Could not compare")
-    def on_ask(arms: list[str] | None, run: str | None, collection: str | None, question: str, *values: Any,
-               request: gr.Request, profile: gr.OAuthProfile | None = None) -> Iterator[list[Any]]:
+    def on_ask(arms: list[str] | None, run: str | None, run2: str | None, collection: str | None, question: str,
+               *values: Any, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Iterator[list[Any]]:
         if not (question or "").strip():
             raise ValueError("Type a question first.")
         check_message(question, request, "the question", profile)
-        comparer = _comparer_for(c, arms, run, collection, values, workspace_of(request, profile))
+        comparer = _comparer_for(c, arms, (run, run2), collection, values, workspace_of(request, profile))
         current: dict[str, list[Any]] = {}
         for arm in ARMS:
             chosen = arm in comparer.arms
@@ -456,31 +535,34 @@ def _register_ask(c: CompareTabComponents) -> None:
             current[arm] = [gr.skip(), partial.text or "…", pane_stats(partial), chunk_rows(partial)]
             yield [x for arm in ARMS for x in current[arm]]
 
-    ask_names = ["arms", "run", "collection", "question", *_setting_api_names(c)]
+    ask_names = ["arms", "run", "run2", "collection", "question", *_setting_api_names(c)]
     endpoint(c.ask_button.click, named_parameters(on_ask, ask_names, request=True),
-             [c.arms, c.run, c.collection, c.question, *_settings_inputs(c)], pane_outputs, api_name="compare_ask")
+             [c.arms, c.run, c.run2, c.collection, c.question, *_settings_inputs(c)], pane_outputs,
+             api_name="compare_ask")
 
 
 def _register_run(c: CompareTabComponents) -> None:
     """Run the question set: a progress bar while it runs, then the summary and every answer."""
 
     @friendly_errors("Could not run the question set")
-    def on_run(arms: list[str] | None, run: str | None, collection: str | None, questions_file: Any,
-               holdout_file: Any, limit: float | None, *values: Any, request: gr.Request,
+    def on_run(arms: list[str] | None, run: str | None, run2: str | None, collection: str | None,
+               questions_file: Any, holdout_file: Any, limit: float | None, *values: Any, request: gr.Request,
                profile: gr.OAuthProfile | None = None) -> Iterator[list[Any]]:
-        comparer = _comparer_for(c, arms, run, collection, values, workspace_of(request, profile))
+        comparer = _comparer_for(c, arms, (run, run2), collection, values, workspace_of(request, profile))
         questions, leaks = load_question_set(questions_file, holdout_file, int(limit or 0), comparer.settings)
         for item in comparer.iter_run(questions):
             if isinstance(item, Progress):
-                yield [gr.skip(), None, progress_html(item), gr.skip(), gr.skip()]
+                yield [gr.skip(), None, progress_html(item), gr.skip(), gr.skip(), gr.skip(), gr.skip()]
                 continue
             yield [item, None, run_done_html(len(questions), len(comparer.arms), leaks), summary_rows(item),
-                   table_rows(item)]
+                   table_rows(item), *improve_view(item)]
 
-    run_names = ["arms", "run", "collection", "questions_file", "holdout_file", "limit", *_setting_api_names(c)]
+    run_names = ["arms", "run", "run2", "collection", "questions_file", "holdout_file", "limit",
+                 *_setting_api_names(c)]
     endpoint(c.run_button.click, named_parameters(on_run, run_names, request=True),
-             [c.arms, c.run, c.collection, c.questions_file, c.holdout_file, c.limit, *_settings_inputs(c)],
-             [c.report_state, c.blind_state, c.status, c.summary, c.table], api_name="compare_run")
+             [c.arms, c.run, c.run2, c.collection, c.questions_file, c.holdout_file, c.limit, *_settings_inputs(c)],
+             [c.report_state, c.blind_state, c.status, c.summary, c.table, c.improve_button, c.improve_status],
+             api_name="compare_run")
 
 
 def run_done_html(questions: int, arms: int, leaks: int) -> str:
@@ -494,7 +576,8 @@ def run_done_html(questions: int, arms: int, leaks: int) -> str:
 
 def _register_blind(c: CompareTabComponents) -> None:
     """Start blind voting on the last report, and the four vote buttons (one API endpoint each)."""
-    blind_outputs = [c.blind_question, c.blind_a, c.blind_b, c.blind_status, c.wins]
+    blind_outputs = [c.blind_question, c.blind_a, c.blind_b, c.blind_status, c.wins, c.improve_button,
+                     c.improve_status]
 
     @friendly_errors("Could not start blind voting")
     def on_blind(report: Report | None, seed: Any) -> list[Any]:
@@ -502,7 +585,7 @@ def _register_blind(c: CompareTabComponents) -> None:
             raise ValueError("Run a question set first; blind voting compares its answers.")
         blind = {"pairs": blind_pairs([r.question.qid for r in report.rows], report.arms, int(seed or 0)),
                  "position": 0}
-        return [blind, *blind_view(report, blind)]
+        return [blind, *blind_view(report, blind), *improve_view(report)]
 
     endpoint(c.blind_button.click, on_blind, [c.report_state, c.options.controls["seed"]],
              [c.blind_state, *blind_outputs], api_name="compare_blind_start")
@@ -517,6 +600,71 @@ def vote_handler(choice: str) -> Callable[..., list[Any]]:
     @friendly_errors("Could not record the vote")
     def on_vote(report: Report | None, blind: dict[str, Any] | None) -> list[Any]:
         record_vote(report, blind, choice)
-        return [report, blind, *blind_view(report, blind)]  # type: ignore[arg-type]
+        return [report, blind, *blind_view(report, blind), *improve_view(report)]  # type: ignore[arg-type]
 
     return on_vote
+
+
+# ----------------------------------------------------------------------------------------- improve with votes
+
+
+def improve_hint(report: Report | None) -> tuple[bool, str]:
+    """Whether "Improve with these votes" can start now, and what it will do (or what is missing).
+
+    It needs the voted fine-tuned run (a report without one has nothing to continue) and at least one
+    preference pair; the read-only demo trains nothing.
+    """
+    if report is None:
+        return False, IMPROVE_HELP
+    if AccessPolicy.from_env().demo:
+        return False, "Training on votes is turned off in this read-only demo; export the preference pairs instead."
+    if not report.config.get("run_id"):
+        return False, ("This comparison had no fine-tuned run, so there is nothing to improve: pick one under "
+                       "*Fine-tuned run*, run the question set again and vote.")
+    export = preference_pairs(report)
+    if not export.rows:
+        return False, f"No preference pairs yet. {export.line()}"
+    name = literal_markdown(str(report.config.get("adapter") or "the fine-tuned run"))
+    return True, (f"**Improve with these votes:** a DPO run continues **{name}** on your {len(export.rows)} "
+                  "preference pair(s); when it finishes it appears in Compare as another arm so you can ask the "
+                  f"same questions before and after (the *After votes* arm). {export.line()}")
+
+
+def improve_view(report: Report | None) -> list[Any]:
+    """The button (enabled only when :func:`improve_hint` allows it) and its explanation."""
+    ready, text = improve_hint(report)
+    return [gr.Button(interactive=ready), text]
+
+
+def improve_started(report: Report, job: JobRecord, pairs: int) -> str:
+    """What happened after the click, and how to get the before/after comparison."""
+    voted = literal_markdown(str(report.config.get("adapter") or "the fine-tuned run"))
+    return (f"**Started {literal_markdown(job.name)}:** a DPO run continues **{voted}** on your {pairs} preference "
+            f"pair(s) ({job.config.max_steps} steps). When it finishes it appears in Compare as another arm so you "
+            "can ask the same questions before and after: it is already picked under *Second run* and the *After "
+            "votes* arm is ticked. Follow it in the Train tab, then run the question set again.")
+
+
+def improve_for_request(report: Report | None, arms: list[str] | None, request: gr.Request,
+                        profile: gr.OAuthProfile | None = None) -> list[Any]:
+    """Write the pairs into the visitor's workspace, queue the DPO run, and set up the before/after comparison.
+
+    The new run is preselected as the second run and the fine-tuned and "After votes" arms are ticked, so
+    running the same question set again once it finishes compares the two. The button is disabled until the
+    next vote, so one set of votes does not start two runs by a double click.
+    """
+    if report is None:
+        raise ValueError("Run a question set and vote blind first; the votes are what the run learns from.")
+    ws = workspace_of(request, profile)
+    job, export = improve_with_votes(report, ws, visitor=visitor_of(request, profile),
+                                     hf_token=model_token(ws.owner, None))
+    ticked = {*(arms or []), "ft", "ft2"}
+    return [improve_started(report, job, len(export.rows)), gr.Dropdown(choices=run2_choices(ws), value=job.id),
+            gr.CheckboxGroup(value=[a for a in ARMS if a in ticked]), gr.Button(interactive=False)]
+
+
+def _register_improve(c: CompareTabComponents) -> None:
+    """The "Improve with these votes" button (``compare_improve``: it writes a file and starts training)."""
+    endpoint(c.improve_button.click, friendly_errors("Could not start training on the votes")(improve_for_request),
+             [c.report_state, c.arms], [c.improve_status, c.run2, c.arms, c.improve_button],
+             api_name="compare_improve")

@@ -5,6 +5,11 @@ read?" (detected format and mapping), "what is wrong and how do I fix it?" (vali
 "will it fit?" (token histogram, truncated rows, split) and "what will the model learn?" (preview
 with the trained tokens highlighted). Everything is computed by ``engine.data``; this file only
 arranges it. The loaded dataset lives in a per-visitor ``gr.State`` that the Train tab reads.
+
+Preference data (DPO/ORPO pairs, KTO feedback) gets its own view: the pairs as the model sees them, token
+counts per side and what the maximum length cuts, because what matters there is whether the two answers
+survive the cut, not one learned span. Its ``kind`` and the methods that fit go into the shared state, so the
+Train tab can say when the chosen method does not fit the data.
 """
 
 from __future__ import annotations
@@ -44,6 +49,18 @@ CHECK_SETTINGS = ("base_model", "max_length", "train_on", "val_fraction", "seed"
 AUTO_RECHECK = ("max_length", "train_on", "val_fraction")
 ISSUE_HEADERS = ["Row", "Severity", "What is wrong", "How to fix"]
 EMPTY_ISSUES = pd.DataFrame(columns=ISSUE_HEADERS)
+PAIR_HEADERS = ["Row", "Prompt", "Chosen", "Rejected", "Tokens (prompt / chosen / rejected)", "Max length cuts"]
+FEEDBACK_HEADERS = ["Row", "Prompt", "Answer", "Good/Bad", "Tokens (prompt / answer)", "Max length cuts"]
+EMPTY_PAIRS = pd.DataFrame(columns=PAIR_HEADERS)
+#: Column widths, so Chosen and Rejected sit next to a long prompt instead of being scrolled out of sight.
+PAIR_WIDTHS = ["4%", "24%", "24%", "24%", "9%", "15%"]
+FEEDBACK_WIDTHS = ["4%", "30%", "36%", "6%", "9%", "15%"]
+#: Pairs shown in the table (each is rendered with the chat template, so the table stays quick).
+PAIRS_SHOWN = 20
+#: Characters of each side shown in the table: the end of the prompt (where the question is), the start of answers.
+PAIR_TEXT_CHARS = 400
+#: Which training methods fit each kind of data (the Train tab reads ``dataset["methods"]``).
+METHODS_FOR = {"sft": ["sft"], "pairs": ["dpo", "orpo", "kto"], "feedback": ["kto", "sft"]}
 EMPTY_HISTOGRAM = pd.DataFrame({"tokens": [], "examples": [], "fits": []})
 
 
@@ -52,16 +69,18 @@ class DataTabComponents:
     upload: gr.File
     demo_button: gr.Button
     status: gr.Markdown
+    sft_on_chosen: gr.Checkbox  # data option: SFT on the chosen answers of a pair file
     mapping: SettingsForm
     apply_mapping: gr.Button
     check_again: gr.Button
     report: gr.Markdown
     issues: gr.Dataframe
+    pairs: gr.Dataframe  # preference data: the first pairs as the model sees them
     histogram: gr.BarPlot
     preview_index: gr.Slider
     preview_info: gr.Markdown
     preview: gr.HighlightedText
-    dataset: gr.State  # {"path", "name", "mapping", "format", ...} or None; read by the Train tab
+    dataset: gr.State  # {"path", "name", "mapping", "format", "kind", "n_examples", ...} or None; read by Train
     examples: gr.State  # usable examples of the loaded file, for the preview
 
 
@@ -79,6 +98,10 @@ def build(dataset: gr.State | None = None) -> DataTabComponents:
             gr.Markdown(f"{_demo_rows()} questions and answers about Tune Studio, written for this app.")
     limits_panel("data-limits")
     status = gr.Markdown("No data loaded yet.", elem_id="data-status")
+    sft_on_chosen = gr.Checkbox(False, label="Train on the chosen answers (SFT)", visible=False,
+                                info="For preference pairs: fine-tune with SFT on the better answers and ignore the "
+                                "rejected ones. Off: choose DPO or ORPO (or KTO) in the Train tab.",
+                                elem_id="data-sft-on-chosen")
     with gr.Accordion("Column mapping (change it if the detected columns are wrong)", open=False):
         mapping = build_settings_form(data.ColumnMapping, prefix="mapping", custom={
             info.name: _column_dropdown for info in _column_settings()
@@ -92,15 +115,18 @@ def build(dataset: gr.State | None = None) -> DataTabComponents:
                            x_title="tokens", y_title="examples", elem_id="data-histogram")
     issues = gr.Dataframe(EMPTY_ISSUES, label="Problems found (row numbers count from 1)", interactive=False,
                           wrap=True, column_widths=["10%", "8%", "47%", "35%"], elem_id="data-issues")
+    pairs = gr.Dataframe(EMPTY_PAIRS, label=f"Preference data: the first {PAIRS_SHOWN} usable rows as the model "
+                         "sees them (prompt end, answers start)", interactive=False, wrap=True, visible=False,
+                         column_widths=PAIR_WIDTHS, elem_id="data-pairs")
     gr.Markdown("### 3 · Preview — exactly what the model sees; **highlighted** tokens are what it learns")
     preview_index = gr.Slider(1, 2, value=1, step=1, label="Example", elem_id="data-preview-index")
     preview_info = gr.Markdown()
     preview = gr.HighlightedText(label="Example as the model sees it", color_map={"learned": "green"},
                                  show_legend=True, combine_adjacent=True, elem_id="data-preview")
     return DataTabComponents(
-        upload=upload, demo_button=demo_button, status=status, mapping=mapping, apply_mapping=apply_mapping,
-        check_again=check_again,
-        report=report, issues=issues, histogram=histogram, preview_index=preview_index,
+        upload=upload, demo_button=demo_button, status=status, sft_on_chosen=sft_on_chosen, mapping=mapping,
+        apply_mapping=apply_mapping, check_again=check_again,
+        report=report, issues=issues, pairs=pairs, histogram=histogram, preview_index=preview_index,
         preview_info=preview_info, preview=preview, dataset=dataset if dataset is not None else gr.State(None),
         examples=gr.State([]),
     )
@@ -110,8 +136,8 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
              extra_demo_triggers: list[gr.Button] | None = None) -> None:
     """Wire the events. ``check_with`` are the Train-tab controls named in CHECK_SETTINGS;
     ``extra_demo_triggers`` are other buttons (the guide's) that load the demo dataset too."""
-    outputs = [c.dataset, c.examples, c.status, *c.mapping.components, c.report, c.issues, c.histogram,
-               c.preview_index, c.preview_info, c.preview]
+    outputs = [c.dataset, c.examples, c.status, c.sft_on_chosen, *c.mapping.components, c.report, c.issues,
+               c.pairs, c.histogram, c.preview_index, c.preview_info, c.preview]
 
     def on_upload(path: str | None, *check: Any, request: gr.Request,
                   profile: gr.OAuthProfile | None = None) -> list[Any]:
@@ -129,13 +155,13 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
         if not dataset:
             raise gr.Error("Load a file first (drop it above or press 'Use the demo dataset').", title="No data yet")
         mapping = c.mapping.to_settings(values[: len(c.mapping.names)])
-        return analyse_file(Path(dataset["path"]), mapping, *values[len(c.mapping.names):])
+        return analyse_file(Path(dataset["path"]), mapping, *values[len(c.mapping.names):],
+                            options=dataset.get("options"))
 
     def on_recheck(dataset: dict | None, *values: Any) -> list[Any]:
         if not dataset:
             return [gr.skip()] * len(outputs)
-        mapping = data.ColumnMapping.from_dict(dataset["mapping"]) if dataset.get("mapping") else None
-        return analyse_file(Path(dataset["path"]), mapping, *values)
+        return analyse_file(Path(dataset["path"]), stored_mapping(dataset), *values, options=dataset.get("options"))
 
     form_and_check = [*c.mapping.components, *check_with]
     mapping_names, check_names = c.mapping.names, list(CHECK_SETTINGS)
@@ -156,6 +182,7 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
                                ["dataset", *check_names])
     endpoint(c.check_again.click, recheck, [c.dataset, *check_with], outputs, api_name="data_check",
              show_progress_on=c.report)
+    register_sft_on_chosen(c, check_with, outputs)
     for name, control in zip(CHECK_SETTINGS, check_with, strict=True):
         if name in AUTO_RECHECK:
             committed = control.release if isinstance(control, gr.Slider) else control.change
@@ -166,32 +193,100 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
         [c.examples, c.preview_index, *check_with], [c.preview_info, c.preview], api_name="data_preview")
 
 
+def register_sft_on_chosen(c: DataTabComponents, check_with: list[gr.components.Component],
+                           outputs: list[gr.components.Component]) -> None:
+    """Ticking 'Train on the chosen answers' changes what SFT would learn: check the file again with it."""
+
+    def on_toggle(dataset: dict | None, flag: bool, *values: Any) -> list[Any]:
+        if not dataset:
+            return [gr.skip()] * len(outputs)
+        options = {**(dataset.get("options") or {}), "sft_on_chosen": bool(flag)}
+        return analyse_file(Path(dataset["path"]), stored_mapping(dataset), *values, options=options)
+
+    c.sft_on_chosen.input(friendly_errors("The data could not be checked again")(on_toggle),
+                          [c.dataset, c.sft_on_chosen, *check_with], outputs, api_visibility="private",
+                          show_progress_on=c.status)
+
+
 # ----------------------------------------------------------------------------------------- handlers
 
 
 def analyse_file(path: Path, mapping: data.ColumnMapping | None, base_model: str, max_length: float,
-                 train_on: str, val_fraction: float, seed: float) -> list[Any]:
-    """Prepare, validate, split and preview one file; the order matches ``register``'s outputs."""
-    max_length, seed = int(max_length), int(seed)
-    prepared = data.prepare(path, mapping)
+                 train_on: str, val_fraction: float, seed: float, options: dict | None = None) -> list[Any]:
+    """Prepare, validate and preview one file; the order matches ``register``'s outputs.
+
+    Preference data gets the pairs view, unless SFT on its chosen answers was asked for (``options``), which
+    is plain SFT data from then on. ``options`` are ``data.DataOptions`` fields, kept in the dataset state.
+    """
+    options = {k: v for k, v in (options or {}).items() if v}
+    kind = data.preference_kind(path, mapping) or "sft"
+    if kind != "sft" and not (kind == "pairs" and options.get("sft_on_chosen")):
+        return analyse_preferences(path, mapping, base_model, int(max_length), options)
+    return analyse_sft(path, mapping, kind, base_model, int(max_length), train_on, float(val_fraction), int(seed),
+                       options)
+
+
+def analyse_sft(path: Path, mapping: data.ColumnMapping | None, kind: str, base_model: str, max_length: int,
+                train_on: str, val_fraction: float, seed: int, options: dict) -> list[Any]:
+    """The SFT view: validation report, split, token histogram and the preview with learned tokens."""
+    prepared = data.prepare(path, mapping, **options)
     tokenizer = tokenizer_for(base_model)
     report = data.validate(prepared, tokenizer, max_length, train_on)
     usable = data.training_examples(prepared, report)
-    train, val = data.split_train_validation(usable, float(val_fraction), seed)
-    used_mapping = mapping.to_dict() if mapping is not None and mapping.explicit() else None
-    dataset = {"path": str(path), "name": path.name, "mapping": used_mapping, "format": prepared.format,
-               "n_rows": report.n_rows, "n_examples": report.n_examples, "n_train": len(train), "n_val": len(val)}
+    train, val = data.split_train_validation(usable, val_fraction, seed)
+    dataset = {**dataset_state(path, mapping, kind, prepared.format, report.n_rows, report.n_examples, options),
+               "n_train": len(train), "n_val": len(val)}
     lengths = token_lengths(report, tokenizer, usable, train_on)
     info, segments = preview_outputs(usable, 1, tokenizer, max_length, train_on)
     checked_with = f"Checked with the tokenizer of **{base_model}**, max length {max_length}, training on {train_on}."
     return [
         dataset, usable, status_text(path.name, prepared, report, len(train), len(val)),
-        *mapping_updates(prepared, path), report_text(report, len(train), len(val)) + "\n\n" + checked_with,
-        issues_table(report),
+        gr.Checkbox(value=bool(options.get("sft_on_chosen")), visible=kind == "pairs"),
+        *mapping_updates(prepared.detection.mapping, prepared.format, path),
+        report_text(report, len(train), len(val)) + "\n\n" + checked_with,
+        issues_table(report), gr.Dataframe(value=EMPTY_PAIRS, visible=False),
         histogram_update(token_histogram(lengths, max_length)),
         gr.Slider(minimum=1, maximum=max(2, len(usable)), value=1, step=1),
         info, segments,
     ]
+
+
+def analyse_preferences(path: Path, mapping: data.ColumnMapping | None, base_model: str, max_length: int,
+                        options: dict) -> list[Any]:
+    """The preference view: pairs (or labelled answers) with token counts per side and what max length cuts."""
+    prepared = data.prepare_preferences(path, mapping)
+    tokenizer = tokenizer_for(base_model)
+    report = data.validate_preferences(prepared, tokenizer, max_length)
+    usable = data.training_preferences(prepared, report)
+    dataset = dataset_state(path, mapping, prepared.kind, prepared.source, report.n_rows, report.n_examples, options)
+    checked_with = f"Checked with the tokenizer of **{base_model}**, max length {max_length}."
+    shown = f"Preference data: the first {min(len(usable), PAIRS_SHOWN)} usable rows are in the table above."
+    return [
+        dataset, [], preference_status(path.name, prepared, report),
+        gr.Checkbox(value=False, visible=prepared.kind == "pairs"),
+        *mapping_updates(prepared.mapping, "auto", path),
+        preference_report_text(report) + "\n\n" + checked_with,
+        issues_table(report), gr.Dataframe(value=pairs_table(tokenizer, usable, max_length, prepared.kind),
+                                           visible=True,
+                                           column_widths=PAIR_WIDTHS if prepared.kind == "pairs" else FEEDBACK_WIDTHS),
+        histogram_update(token_histogram(report.token_lengths, max_length)),
+        gr.Slider(minimum=1, maximum=2, value=1, step=1),
+        shown, [],
+    ]
+
+
+def dataset_state(path: Path, mapping: data.ColumnMapping | None, kind: str, fmt: str, n_rows: int,
+                  n_examples: int, options: dict) -> dict[str, Any]:
+    """What the Train tab reads: the file, the mapping and options to use, and which methods fit the data."""
+    used_mapping = mapping.to_dict() if mapping is not None and mapping.explicit() else None
+    methods = METHODS_FOR[kind] + (["sft"] if kind == "pairs" and options.get("sft_on_chosen") else [])
+    return {"path": str(path), "name": path.name, "mapping": used_mapping, "format": fmt, "kind": kind,
+            "methods": methods, "options": options, "n_rows": n_rows, "n_examples": n_examples}
+
+
+def stored_mapping(dataset: dict) -> data.ColumnMapping | None:
+    """The column mapping kept with the loaded dataset (None: detected)."""
+    return data.ColumnMapping.from_dict(dataset["mapping"]) if dataset.get("mapping") else None
 
 
 def show_preview(examples: list[data.Example], index: float, base_model: str, max_length: float, train_on: str,
@@ -225,6 +320,66 @@ def status_text(name: str, prepared: data.PreparedData, report: data.ValidationR
             "**Next:** look at the preview below, then open the **Train** tab and press **Start**.")
 
 
+def preference_status(name: str, prepared: data.PreparedPreferences, report: data.PreferenceReport) -> str:
+    """What was read and which training method fits it: preference data cannot be trained with plain SFT."""
+    if not report.ok:
+        return (f"### ⚠️ `{name}` has no usable example\nEvery row has an error: see the problems below, fix "
+                "the file and upload it again, or change the column mapping.")
+    head = f"### ✅ Loaded `{name}`\n"
+    if prepared.kind == "pairs":
+        return (f"{head}{prepared.explanation}\n\n{report.n_examples} usable pairs. "
+                "**Next:** choose **DPO** or **ORPO** in Train (or **KTO**, which counts each "
+                "chosen answer as good and each rejected one as bad). To fine-tune with SFT on the chosen answers "
+                "only, tick *Train on the chosen answers (SFT)* below.")
+    return (f"{head}**Feedback data (answers marked good or bad)** — {prepared.explanation}\n\n"
+            f"{report.n_examples} usable answers: {report.n_desirable} good, {report.n_undesirable} bad. "
+            "**Next:** choose **KTO** in Train; with SFT only the good answers are learned and the bad ones are "
+            "left out.")
+
+
+def preference_report_text(report: data.PreferenceReport) -> str:
+    """Counts, token statistics per side and how many rows max length cuts."""
+    prompt, answer = report.prompt_tokens, report.answer_tokens
+    labels = (f" · **good:** {report.n_desirable} · **bad:** {report.n_undesirable}"
+              if report.kind == "feedback" else "")
+    lines = [
+        f"**Rows:** {report.n_rows} · **usable:** {report.n_examples} · **rows with errors (left out):** "
+        f"{report.n_error_rows}{labels}",
+        f"**Prompt tokens:** mean {prompt.mean:g}, 90% ≤ {prompt.p90}, longest {prompt.max} · **answer tokens:** "
+        f"mean {answer.mean:g}, 90% ≤ {answer.p90}, longest {answer.max}",
+        f"**max length {report.max_length}: {report.n_cut} row(s) would be cut**"
+        + (" (the prompt loses its start, the answers their end) — raise *Max length* in the Train tab or "
+           "shorten them." if report.n_cut else "."),
+    ]
+    lines += [f"⚠️ {w}" for w in report.warnings]
+    return "\n\n".join(lines)
+
+
+def pairs_table(tokenizer: Any, items: list[Any], max_length: int, kind: str) -> pd.DataFrame:
+    """The first usable pairs (or labelled answers) as the model sees them, with tokens per side and cuts."""
+    rows = []
+    for item in items[:PAIRS_SHOWN]:
+        p = data.preview_pair(tokenizer, item, max_length)
+        prompt = _clip_start(p.prompt_text)
+        if kind == "pairs":
+            rows.append([p.row, prompt, _clip_end(p.chosen_text), _clip_end(p.rejected_text),
+                         f"{p.prompt_tokens} / {p.chosen_tokens} / {p.rejected_tokens}", p.cut_note or "nothing"])
+        else:
+            rows.append([p.row, prompt, _clip_end(p.chosen_text), p.label,
+                         f"{p.prompt_tokens} / {p.chosen_tokens}", p.cut_note or "nothing"])
+    return pd.DataFrame(rows, columns=PAIR_HEADERS if kind == "pairs" else FEEDBACK_HEADERS)
+
+
+def _clip_start(text: str) -> str:
+    """The end of a long prompt: the question is at the end, and that is what max length keeps."""
+    return text if len(text) <= PAIR_TEXT_CHARS else "…" + text[-PAIR_TEXT_CHARS:]
+
+
+def _clip_end(text: str) -> str:
+    """The start of a long answer."""
+    return text if len(text) <= PAIR_TEXT_CHARS else text[:PAIR_TEXT_CHARS] + "…"
+
+
 def report_text(report: data.ValidationReport, n_train: int, n_val: int) -> str:
     stats = report.token_stats
     lines = [
@@ -241,7 +396,7 @@ def report_text(report: data.ValidationReport, n_train: int, n_val: int) -> str:
     return "\n\n".join(lines)
 
 
-def issues_table(report: data.ValidationReport) -> pd.DataFrame:
+def issues_table(report: data.ValidationReport | data.PreferenceReport) -> pd.DataFrame:
     rows = [[issue.where, issue.severity, issue.message, issue.fix] for issue in report.issues[:MAX_ISSUES_SHOWN]]
     return pd.DataFrame(rows, columns=ISSUE_HEADERS) if rows else EMPTY_ISSUES
 
@@ -287,15 +442,18 @@ def preview_outputs(examples: list[data.Example], index: int, tokenizer: Any, ma
     return info, [(text, "learned" if trained else None) for text, trained in preview.segments]
 
 
-def mapping_updates(prepared: data.PreparedData, path: Path) -> list[Any]:
-    """Show the mapping detection chose, with the file's columns as the choices."""
+def mapping_updates(detected: data.ColumnMapping, fmt: str, path: Path) -> list[Any]:
+    """Show the mapping detection chose, with the file's columns as the choices.
+
+    ``fmt`` is the detected format; preference shapes are not SFT formats, so the dropdown shows 'auto' for them.
+    """
     columns = file_columns(path)
-    detected = prepared.detection.mapping
     updates = []
     for info in _mapping_infos():
         value = display_value(getattr(detected, info.name, None))
         if info.name == "format":
-            updates.append(gr.Dropdown(choices=list(info.spec.choices or ()), value=prepared.format))
+            choices = list(info.spec.choices or ())
+            updates.append(gr.Dropdown(choices=choices, value=fmt if fmt in choices else "auto"))
         else:
             updates.append(gr.Dropdown(choices=["", *columns], value=value))
     return updates

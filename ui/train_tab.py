@@ -22,7 +22,7 @@ import pandas as pd
 from core.generation import GenerationSettings
 from core.settings import SettingInfo, SettingsError, describe
 from engine import events as ev
-from engine.config import TrainConfig, load_preset, preset_names
+from engine.config import METHOD_LABELS, TrainConfig, load_preset, preset_names
 from engine.hub import require_access
 from engine.jobs import ACTIVE, JobRecord, JobStore
 from engine.limits import Limits, limits
@@ -46,10 +46,26 @@ from ui.common import (
 )
 
 LOG_LINES_SHOWN = 300
-VIEW_SIZE = 8  # outputs of view(): status, progress, plot, log, runs, timer, plotted, token panel
+VIEW_SIZE = 9  # outputs of view(): status, progress, plot, log, runs, timer, plotted, token panel, reward plot
 RUN_HEADERS = ["Run", "Name", "Status", "Model", "Steps", "Duration", "Final loss"]
-EMPTY_CURVE = pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
-                            "split": pd.Series(dtype=str)})
+
+
+def chart_frame(points: list[dict[str, Any]], y: str, color: str, series: tuple[str, ...]) -> pd.DataFrame:
+    """A curve for a ``gr.LinePlot``, with one empty (NaN, not drawn) point per series.
+
+    Why: the browser's chart takes its colours and legend from the series in the data it is first drawn with,
+    and later updates only swap the data. A chart first drawn empty (or before the first eval point) would draw
+    every later series without a colour, i.e. invisibly; with every series in every frame, none is missing.
+    """
+    empty = [{"step": float("nan"), y: float("nan"), color: name} for name in series]
+    return pd.DataFrame([*points, *empty], columns=["step", y, color]).astype({"step": float, y: float})
+
+
+LOSS_SERIES = ("train", "eval")
+REWARD_SERIES = tuple(ev.REWARD_SERIES.values())  # chosen, rejected, margin
+EMPTY_CURVE = chart_frame([], "loss", "split", LOSS_SERIES)
+EMPTY_REWARDS = chart_frame([], "reward", "series", REWARD_SERIES)
+BASE_START = ("the base model (a new adapter)", "")  # the 'Start from run' choice that continues nothing
 STATUS_ICONS = {"queued": "⏳", "running": "🏃", "cancelling": "⏹", "done": "✅", "failed": "❌", "cancelled": "⏹",
                 "interrupted": "⏸", "needs_token": "🔑"}
 START_LIMITS = ("max_queued_runs", "max_steps")  # the limits that bound the Start button, shown beside it
@@ -75,6 +91,7 @@ class TrainTabComponents:
     provide_token: gr.Button
     progress: gr.HTML
     loss_plot: gr.LinePlot
+    reward_plot: gr.LinePlot  # preference runs: rewards of chosen and rejected answers and their margin
     log: gr.Textbox
     runs_table: gr.Dataframe
     try_prompt: gr.Textbox
@@ -115,7 +132,8 @@ def build(dataset: gr.State) -> TrainTabComponents:
         hf_token = gr.Textbox("", label="Hugging Face token (only for gated models)", type="password",
                               info="Needed for gated models such as Llama. Used only to download the model; "
                                    "never saved or logged.", elem_id="train-hf-token")
-    form = build_settings_form(TrainConfig, prefix="train", custom={"base_model": _model_picker})
+    form = build_settings_form(TrainConfig, prefix="train",
+                               custom={"base_model": _model_picker, "from_run": _from_run_picker})
     model_notes = gr.Markdown(model_notes_text(form_default("base_model")), elem_id="train-model-notes")
     memory = gr.Markdown(elem_id="train-memory")
     gr.Markdown("### 2 · Train")
@@ -129,9 +147,7 @@ def build(dataset: gr.State) -> TrainTabComponents:
                          elem_id="train-status")
     token_panel, token_again, provide_token = _build_token_panel()
     progress = gr.HTML(progress_html(None, None), elem_id="train-progress")
-    loss_plot = gr.LinePlot(EMPTY_CURVE, x="step", y="loss", color="split", title="Loss (lower is better)",
-                            x_title="step", y_title="loss", color_map={"train": "#1f77b4", "eval": "#ff7f0e"},
-                            height=300, elem_id="train-loss-plot")
+    loss_plot, reward_plot = _build_plots()
     log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True, elem_id="train-log")
     gr.Markdown("### 3 · Your runs")
     runs_table = gr.Dataframe(pd.DataFrame(columns=RUN_HEADERS), interactive=False, elem_id="train-runs")
@@ -156,12 +172,26 @@ def build(dataset: gr.State) -> TrainTabComponents:
         preset=preset, form=form, model_notes=model_notes, hf_token=hf_token, memory=memory, run_name=run_name,
         start=start, stop=stop, resume=resume, limits_note=limits_note, run_picker=run_picker,
         refresh_runs=refresh_runs, status=status, token_panel=token_panel, token_again=token_again,
-        provide_token=provide_token, progress=progress, loss_plot=loss_plot, log=log, runs_table=runs_table,
+        provide_token=provide_token, progress=progress, loss_plot=loss_plot, reward_plot=reward_plot, log=log,
+        runs_table=runs_table,
         try_prompt=try_prompt,
         try_button=try_button, try_answer=try_answer, generation=generation, download_adapter=download_adapter,
         download_merged=download_merged, download_file=download_file, timer=timer, plotted=gr.State(None),
         dataset=dataset,
     )
+
+
+def _build_plots() -> tuple[gr.LinePlot, gr.LinePlot]:
+    """The loss curve, and under it the reward chart that preference runs (DPO, ORPO, KTO) show."""
+    loss_plot = gr.LinePlot(EMPTY_CURVE, x="step", y="loss", color="split", title="Loss (lower is better)",
+                            x_title="step", y_title="loss", color_map={"train": "#1f77b4", "eval": "#ff7f0e"},
+                            height=300, elem_id="train-loss-plot")
+    reward_plot = gr.LinePlot(EMPTY_REWARDS, x="step", y="reward", color="series",
+                              title="Rewards (DPO/ORPO/KTO): chosen should rise above rejected", x_title="step",
+                              y_title="reward", color_map={"chosen": "#2ca02c", "rejected": "#d62728",
+                                                           "margin": "#9467bd"},
+                              height=260, visible=False, elem_id="train-reward-plot")
+    return loss_plot, reward_plot
 
 
 def _build_start_row() -> tuple[gr.Textbox, gr.Button, gr.Button, gr.Button, gr.Markdown]:
@@ -187,6 +217,21 @@ def _model_picker(info: SettingInfo) -> gr.Dropdown:
     """The registry's models by name; any other Hub id can be typed in."""
     return gr.Dropdown(choices=[(m.label, m.id) for m in MODELS], value=info.default, allow_custom_value=True,
                        label=info.label, info=info.spec.help, elem_id="train-base-model")
+
+
+def _from_run_picker(info: SettingInfo) -> gr.Dropdown:
+    """'Start from run': the base model, or one of the visitor's finished runs (listed when the page loads)."""
+    return gr.Dropdown(choices=[BASE_START], value=info.default, label=info.label, info=info.spec.help,
+                       elem_id="train-from-run")
+
+
+def from_run_choices(ws: Workspace, current: str | None = None) -> Any:
+    """The visitor's finished runs as starting points; a choice that is no longer there falls back to the base."""
+    runs = ws.finished_runs()
+    choices = [BASE_START, *((f"{j.name} · {METHOD_LABELS.get(j.config.method, j.config.method)} · {j.id}", j.id)
+                             for j in runs)]
+    value = current if current in {j.id for j in runs} else ""
+    return gr.Dropdown(choices=choices, value=value)
 
 
 def form_default(name: str) -> Any:
@@ -226,7 +271,8 @@ def _register_form(c: TrainTabComponents) -> None:
 
 def _register_run_buttons(c: TrainTabComponents) -> None:
     """Start, Stop, Resume, a waiting run's token, and which run is shown (picked, refreshed, or every second)."""
-    view_outputs = [c.status, c.progress, c.loss_plot, c.log, c.runs_table, c.timer, c.plotted, c.token_panel]
+    view_outputs = [c.status, c.progress, c.loss_plot, c.log, c.runs_table, c.timer, c.plotted, c.token_panel,
+                    c.reward_plot]
     picker_and_view = [c.run_picker, *view_outputs]
 
     def start(run_name: str, token: str, dataset: dict | None, *values: Any, request: gr.Request,
@@ -251,6 +297,8 @@ def _register_run_buttons(c: TrainTabComponents) -> None:
              view_outputs, api_name="train_show_run", show_progress_on=c.status)
     endpoint(c.refresh_runs.click, friendly_errors("The runs could not be listed")(restore_view), [c.run_picker],
              picker_and_view, api_name="train_refresh", show_progress_on=c.status)
+    from_run = c.form.controls["from_run"]
+    c.refresh_runs.click(from_run_for_request, from_run, from_run, api_visibility="private")
     c.timer.tick(tick_view, [c.run_picker, c.plotted], view_outputs, api_visibility="private",
                  show_progress="hidden")
 
@@ -276,7 +324,10 @@ def _register_try_and_download(c: TrainTabComponents) -> None:
 def register_page_load(demo: gr.Blocks, c: TrainTabComponents) -> None:
     """On every page load: re-find this visitor's running (or latest) run and replay its curve."""
     demo.load(restore_view, [c.run_picker], [c.run_picker, c.status, c.progress, c.loss_plot, c.log, c.runs_table,
-                                             c.timer, c.plotted, c.token_panel], api_visibility="private")
+                                             c.timer, c.plotted, c.token_panel, c.reward_plot],
+              api_visibility="private")
+    from_run = c.form.controls["from_run"]
+    demo.load(from_run_for_request, from_run, from_run, api_visibility="private")
     demo.load(lambda *v: memory_text(c.form, v), c.form.components, c.memory, api_visibility="private")
 
 
@@ -300,10 +351,46 @@ def start_run(form: SettingsForm, values: tuple[Any, ...], dataset: dict | None,
         raise gr.Error("Load your data first: open the Data tab and drop a file, or press 'Use the demo dataset'.",
                        title="No data loaded", duration=None)
     config: TrainConfig = form.to_settings(values)  # type: ignore[assignment]
+    check_method_fits_data(config, dataset)
+    config = with_start_run_base(config, owner)
     job_token = job_token_for(owner, token)
     check_device_and_access(config, job_token)
-    return store().submit(config, dataset["path"], mapping=dataset.get("mapping"), owner=owner,
+    return store().submit(config, dataset["path"], mapping=dataset.get("mapping"),
+                          data_options=dataset.get("options") or None, owner=owner,
                           name=(run_name or "").strip(), hf_token=job_token, visitor=visitor)
+
+
+def check_method_fits_data(config: TrainConfig, dataset: dict) -> None:
+    """DPO/ORPO need pairs, KTO needs pairs or answers marked good/bad, SFT on pairs needs the explicit
+    'Train on the chosen answers' choice: a mismatch is refused here with the fix, never found mid-run."""
+    kind = dataset.get("kind", "sft")
+    method = METHOD_LABELS[config.method]
+    if config.method in ("dpo", "orpo") and kind != "pairs":
+        what = "answers marked good or bad (choose KTO for those)" if kind == "feedback" else "one answer per prompt"
+        raise gr.Error(f"{method} learns from pairs of answers (a chosen and a rejected one per prompt), but the "
+                       f"loaded data has {what}. Load a preference file in the Data tab, or choose SFT.",
+                       title=f"{method} needs preference pairs", duration=None)
+    if config.method == "kto" and kind not in ("pairs", "feedback"):
+        raise gr.Error("KTO learns from answers marked good or bad (or from pairs), but the loaded data has one "
+                       "unlabelled answer per prompt. Choose SFT, or load KTO/preference data.",
+                       title="KTO needs labelled answers", duration=None)
+    if config.method == "sft" and kind == "pairs" and not (dataset.get("options") or {}).get("sft_on_chosen"):
+        raise gr.Error("The loaded file holds preference pairs. Choose DPO or ORPO as the training method, or tick "
+                       "'Train on the chosen answers' in the Data tab to fine-tune with SFT on the preferred "
+                       "answers only.", title="SFT on preference pairs", duration=None)
+
+
+def with_start_run_base(config: TrainConfig, owner: str) -> TrainConfig:
+    """A run that continues another one trains that run's base model (an adapter fits only its own base)."""
+    if not config.from_run:
+        return config
+    source = store().load(config.from_run)
+    if source.owner != owner:
+        raise gr.Error("Pick one of your own finished runs in 'Start from run'.", title="Not your run")
+    if source.config.base_model != config.base_model:
+        gr.Info(f"Continuing '{source.name}', so this run uses its base model {source.config.base_model}.")
+        config = config.replace(base_model=source.config.base_model)
+    return config
 
 
 def job_token_for(owner: str, typed: str | None) -> str | None:
@@ -441,6 +528,11 @@ def tick_view(run_id: str | None, plotted: str | None, request: gr.Request,
         return [gr.skip()] * VIEW_SIZE
 
 
+def from_run_for_request(current: str | None, request: gr.Request,
+                         profile: gr.OAuthProfile | None = None) -> Any:
+    return from_run_choices(workspace_of(request, profile), current)
+
+
 def picker_update(ws: Workspace, run_id: str | None, jobs: list[JobRecord] | None = None) -> Any:
     jobs = jobs if jobs is not None else ws.runs()
     return gr.Dropdown(choices=[(run_label(j), j.id) for j in jobs], value=run_id)
@@ -462,21 +554,35 @@ def view(run_id: str | None, ws: Workspace, jobs: list[JobRecord] | None = None,
     if not run_id:
         return ["No run yet. Load data in the **Data** tab, then press **Start training**." + queue,
                 progress_html(None, None), EMPTY_CURVE, "", history, gr.Timer(active=False), None,
-                gr.Group(visible=False)]
+                gr.Group(visible=False), gr.LinePlot(EMPTY_REWARDS, visible=False)]
     job = ws.run(run_id)
     events = the_store.events(run_id)
     points = ev.loss_curve(events)
-    signature = f"{run_id}:{len(points)}:{points[-1] if points else ''}"
+    rewards = ev.reward_curve(events)
+    signature = f"{run_id}:{len(points)}:{points[-1] if points else ''}:{len(rewards)}"
+    unchanged = signature == plotted
     return [
         status_text(job, events, the_store.queue_position(job.id)) + queue,
         progress_html(job, events),
-        gr.skip() if signature == plotted else (pd.DataFrame(points) if points else EMPTY_CURVE),
+        gr.skip() if unchanged else chart_frame(points, "loss", "split", LOSS_SERIES),
         log_text(events),
         history,
         gr.Timer(active=job.status in ("queued", *ACTIVE)),
         signature,
         gr.Group(visible=job.status == "needs_token"),
+        gr.skip() if unchanged else reward_plot_update(job, rewards),
     ]
+
+
+def reward_plot_update(job: JobRecord, rewards: list[dict[str, Any]]) -> Any:
+    """The reward chart, shown for preference runs once they have rewards (SFT has none).
+
+    Shown only with data, so the browser lays it out with its axis labels: a chart first drawn empty keeps the
+    empty chart's margins, and the legend and the minus signs of negative rewards would be cut off.
+    """
+    if job.config.method == "sft" or not rewards:
+        return gr.LinePlot(EMPTY_REWARDS, visible=False)
+    return gr.LinePlot(chart_frame(rewards, "reward", "series", REWARD_SERIES), visible=True)
 
 
 def queue_text(jobs: list[JobRecord], owner: str) -> str:
@@ -497,8 +603,9 @@ def status_text(job: JobRecord, events: list[ev.JobEvent], queue_position: int |
     icon = STATUS_ICONS.get(job.status, "")
     cfg = job.config
     steps = f"max steps {cfg.max_steps}" if cfg.max_steps > 0 else f"{cfg.num_epochs:g} epoch(s)"
-    head = (f"### {icon} {job.name} — {job.status}\nRun `{job.id}` · model `{cfg.base_model}` · {steps} · "
-            f"batch {cfg.batch_size} × {cfg.grad_accum} · max length {cfg.max_length} · LR {cfg.learning_rate:g}")
+    head = (f"### {icon} {job.name} — {job.status}\nRun `{job.id}` · {METHOD_LABELS[cfg.method]} · model "
+            f"`{cfg.base_model}` · {steps} · batch {cfg.batch_size} × {cfg.grad_accum} · max length "
+            f"{cfg.max_length} · LR {cfg.learning_rate:g}") + preference_line(job, events)
     if job.status == "queued":
         where = f"position **{queue_position}** in the queue" if queue_position else "in the queue"
         return f"{head}\n\nWaiting: another run is using the device; this run is {where} and starts by itself."
@@ -521,6 +628,28 @@ def status_text(job: JobRecord, events: list[ev.JobEvent], queue_position: int |
     fixes = "".join(f"\n- {fix}" for fix in (failed.fixes if failed else []))
     return f"{head}\n\n**What went wrong:** {reason}" + (f"\n\n**How to fix it:**{fixes}" if fixes else "") + (
         "\n\nPress **Resume** to try again." if job.resumable else "")
+
+
+def preference_line(job: JobRecord, events: list[ev.JobEvent]) -> str:
+    """For DPO/ORPO/KTO runs: what the rewards are measured against and the latest held-out reward accuracy."""
+    if job.config.method == "sft":
+        return ""
+    started = next((e for e in reversed(events) if isinstance(e, ev.Started)), None)
+    reference = started.reference if started and started.reference else reference_preview(job.config)
+    held_out = next((e for e in reversed(events) if isinstance(e, ev.Eval) and e.reward_accuracy is not None), None)
+    accuracy = (f" Held-out pairs where the model prefers the chosen answer: **{held_out.reward_accuracy:.0%}** "
+                f"(step {held_out.step}).") if held_out else ""
+    return f"\n\n{reference}{accuracy}"
+
+
+def reference_preview(config: TrainConfig) -> str:
+    """What the reference will be, before the worker has said it."""
+    if config.method == "orpo":
+        return "ORPO needs no reference model."
+    if config.from_run:
+        return (f"Reference: the adapter of run {config.from_run}, frozen as a second adapter on the same base; "
+                "training continues that adapter.")
+    return "Reference: the base model (the new adapter starts at zero)."
 
 
 def progress_html(job: JobRecord | None, events: list[ev.JobEvent] | None) -> str:

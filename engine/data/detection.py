@@ -1,27 +1,33 @@
 """Format detection: which shape a file has, decided from the columns of its first rows.
 
-The order matters: media columns are refused first (text-only training), then preference pairs
-(chosen/rejected) unless the user mapped a response column, then chat columns, alpaca,
-prompt/completion and finally plain text. An explicit :class:`ColumnMapping` with a format skips
-the guessing but still checks that the named columns exist.
+The order matters: media columns are refused first (text-only training), then preference pairs (every shape
+``pair_shapes`` knows: chosen/rejected columns, alpaca ranking lists, HH dialogues; with a mapped response
+column only ranking lists, which no SFT format can learn), then chat columns, alpaca, prompt/completion and
+finally plain text. KTO feedback data (an answer and a good/bad label per row) is not refused: SFT learns its
+good answers. An explicit :class:`ColumnMapping` with a format skips the guessing (and the preference check)
+but still checks that the named columns exist.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from engine.data.columns import LABEL_COLUMNS as _LABEL_COLUMNS
+from engine.data.columns import MESSAGE_COLUMNS as _MESSAGE_COLUMNS
+from engine.data.columns import as_bool as _as_bool
+from engine.data.columns import maybe_json as _maybe_json
 from engine.data.loading import BadLine
+from engine.data.pair_shapes import PAIR_COLUMNS as _PREFERENCE_PAIRS
+from engine.data.pair_shapes import PairShape, detect_preference
 from engine.data.schema import ColumnMapping, Detection
 
 _MEDIA_COLUMNS = ("images", "image", "videos", "video", "audios", "audio")
 _MEDIA_PART_TYPES = {"image", "image_url", "input_image", "audio", "input_audio", "video", "video_url"}
-_MESSAGE_COLUMNS = ("messages", "conversations", "conversation", "chat", "dialogue", "turns")
-_PREFERENCE_PAIRS = (("chosen", "rejected"), ("chosen_messages", "rejected_messages"))
-_LABEL_COLUMNS = ("label", "kto_tag")
 _SAMPLE = 200
+MEDIA_FIX = ("Remove the media columns and <image> markers to train on the text alone, or use a vision/audio model "
+             "in another tool; Tune Studio trains text-only models.")
 
 _DEFAULTS: dict[str, dict[str, str]] = {
     "alpaca": {"prompt": "instruction", "query": "input", "response": "output"},
@@ -45,24 +51,18 @@ def detect_format(records: Sequence[Any], mapping: ColumnMapping | None = None) 
     rather than raised, so a UI can show the explanation next to the columns it found.
     """
     mapping = mapping or ColumnMapping()
-    rows = [r for r in records[:_SAMPLE] if isinstance(r, dict) and not isinstance(r, BadLine)]
+    rows = sample_rows(records)
     columns = Counter(k for r in rows for k in r)
     present = [c for c, _ in columns.most_common()]
     warnings: list[str] = []
-    media = _media_refusal(rows, columns)
+    media = media_refusal(rows, columns)
     if media:
-        return _refused(
-            "multimodal",
-            mapping,
-            media,
-            "Remove the media columns and <image> markers to train on the text "
-            "alone, or use a vision/audio model in another tool; Tune Studio trains text-only models.",
-        )
+        return _refused("multimodal", mapping, media, MEDIA_FIX)
     if mapping.format != "auto":
         return _explicit(mapping, present, columns, rows)
-    preference = None if mapping.response else _preference_refusal(rows, columns)
-    if preference:
-        return _refused("preference", mapping, *preference)
+    shape = detect_preference(rows, mapping)
+    if shape and shape.kind == "pairs":
+        return _refused("preference", mapping, *preference_refusal(shape))
     fmt, resolved, explanation = _auto(rows, columns, present, mapping)
     if fmt is None:
         return _refused(
@@ -86,10 +86,15 @@ def detect_format(records: Sequence[Any], mapping: ColumnMapping | None = None) 
             warnings.append(
                 f"The '{pair[1]}' column (rejected answers) is ignored: only the mapped response is learned."
             )
-    label, label_warnings = _label_column(rows, columns)
+    label, label_warnings = _label_column(rows, columns, mapping)
     return Detection(
         format=fmt, mapping=resolved, explanation=explanation, warnings=warnings + label_warnings, label_column=label
     )
+
+
+def sample_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """The first rows that are objects with fields: what every detector decides from."""
+    return [r for r in records[:_SAMPLE] if isinstance(r, dict) and not isinstance(r, BadLine)]
 
 
 def _refused(code: str, mapping: ColumnMapping, message: str, fix: str) -> Detection:
@@ -98,7 +103,7 @@ def _refused(code: str, mapping: ColumnMapping, message: str, fix: str) -> Detec
     )
 
 
-def _media_refusal(rows: list[dict[str, Any]], columns: Counter[str]) -> str | None:
+def media_refusal(rows: list[dict[str, Any]], columns: Counter[str]) -> str | None:
     for col in _MEDIA_COLUMNS:
         filled = [r[col] for r in rows if r.get(col)]
         if filled:
@@ -122,30 +127,19 @@ def _media_refusal(rows: list[dict[str, Any]], columns: Counter[str]) -> str | N
     return None
 
 
-def _preference_refusal(rows: list[dict[str, Any]], columns: Counter[str]) -> tuple[str, str] | None:
-    for chosen, rejected in _PREFERENCE_PAIRS:
-        if chosen in columns and rejected in columns:
-            if chosen.endswith("_messages"):
-                how = f"format=openai, messages={chosen}"
-            elif any(c in columns for c in _MESSAGE_COLUMNS):
-                msg_col = next(c for c in _MESSAGE_COLUMNS if c in columns)
-                sample = next((r[msg_col] for r in rows if r.get(msg_col)), [])
-                fmt = "sharegpt" if sample and isinstance(sample[0], dict) and "from" in sample[0] else "openai"
-                how = f"format={fmt}, messages={msg_col}, response={chosen}"
-            else:
-                prompt = next((c for c in ("instruction", "prompt", "question") if c in columns), "<prompt column>")
-                how = f"format=alpaca, prompt={prompt}, response={chosen}"
-            message = (
-                f"This is preference data (for DPO/ORPO/reward-model training): each row pairs a '{chosen}' "
-                f"(better) and a '{rejected}' (worse) answer. Tune Studio does supervised fine-tuning, which learns "
-                "one answer per prompt."
-            )
-            fix = (
-                f"To fine-tune on the preferred answers, set the column mapping {how}; the '{rejected}' "
-                "answers are then ignored."
-            )
-            return message, fix
-    return None
+def preference_refusal(shape: PairShape) -> tuple[str, str]:
+    """Why SFT refuses a pair file and what to do instead: (message, fix).
+
+    Why refuse instead of guessing: SFT learns one answer per prompt, and every silent choice (the chosen
+    answer, both joined) would train on something the user did not ask for.
+    """
+    message = (f"This is preference data for DPO/ORPO. {shape.explanation} Supervised fine-tuning (SFT) learns one "
+               "answer per prompt, so it cannot use the pairs as they are.")
+    fix = ("Choose DPO or ORPO (or KTO) as the training method in the Train tab; or, to fine-tune with SFT on the "
+           "preferred answers only, turn on 'Train on the chosen answers' (data option sft_on_chosen).")
+    if shape.source == "no_prompt":
+        fix = "Name the prompt column in the column mapping (prompt=<column>), then " + fix[0].lower() + fix[1:]
+    return message, fix
 
 
 def _message_keys(rows: list[dict[str, Any]], col: str) -> set[str]:
@@ -246,7 +240,7 @@ def _explicit(
         for pair in _PREFERENCE_PAIRS
         if pair[1] in columns
     ]
-    label, label_warnings = _label_column(rows, columns)
+    label, label_warnings = _label_column(rows, columns, mapping)
     explanation = f"Format {mapping.format} set by your column mapping ({used})."
     return Detection(
         format=mapping.format,
@@ -257,32 +251,13 @@ def _explicit(
     )
 
 
-def _label_column(rows: list[dict[str, Any]], columns: Counter[str]) -> tuple[str | None, list[str]]:
+def _label_column(rows: list[dict[str, Any]], columns: Counter[str],
+                  mapping: ColumnMapping) -> tuple[str | None, list[str]]:
     """A boolean good/bad feedback column (KTO data), and the warning that explains it."""
-    col = next((c for c in _LABEL_COLUMNS if c in columns), None)
+    col = mapping.label or next((c for c in _LABEL_COLUMNS if c in columns), None)
     if col and all(_as_bool(r.get(col)) is not None for r in rows if col in r):
         return col, [
             f"The '{col}' column marks each answer as good (true) or bad (false), as in KTO feedback data. "
             "Rows labelled false are examples of bad answers and are left out unless keep_negative_feedback is on."
         ]
     return None, []
-
-
-def _as_bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    return None
-
-
-def _maybe_json(value: Any) -> Any:
-    """CSV cells hold nested data as JSON text; decode it when it looks like a list or object."""
-    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value

@@ -9,6 +9,9 @@ Supported shapes (LLaMA-Factory's descriptions of them are the reference):
 * ``prompt_completion``: ``prompt`` + ``completion`` (strings, or lists of messages as in TRL).
 * ``text``: one ``text`` column, continued pre-training.
 
+Preference data (chosen/rejected pairs, KTO feedback) is read by ``preference`` from the same helpers. An answer
+cell holding a list of answers is a row error here, never one answer made of them joined.
+
 Tool use is normalised to four roles. ShareGPT ``function_call`` turns and typed ``tool_call`` parts become
 assistant turns whose text is ``<tool_call>\\n{json}\\n</tool_call>`` (the Hermes/Qwen convention, so the call
 is learned as ordinary assistant text and works with any chat template); ``observation``/``function``/``tool``
@@ -22,12 +25,13 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from engine.data.detection import _MEDIA_PART_TYPES, _as_bool, _maybe_json, detect_format
+from engine.data.columns import as_bool as _as_bool
+from engine.data.columns import maybe_json as _maybe_json
+from engine.data.detection import _MEDIA_PART_TYPES
 from engine.data.errors import DatasetError, Issue
-from engine.data.loading import BadLine, load_dataset_file
+from engine.data.loading import BadLine
 from engine.data.schema import ColumnMapping, DataOptions, Detection, Example, LoadedData, Message, PreparedData
 
 ROLE_ALIASES = {
@@ -208,21 +212,42 @@ def _tools(record: dict[str, Any], mapping: ColumnMapping) -> str | None:
 
 
 def _response_messages(record: dict[str, Any], column: str) -> list[Message]:
-    """A response cell: text, one message object ({from, value}) or a list of messages."""
-    value = _maybe_json(record.get(column))
+    """A response cell: text, one message object ({from, value}) or a list of messages.
+
+    A list of plain texts is several answers (LLaMA-Factory's ranking ``[chosen, rejected]``), never one:
+    joining them would teach the model to say the rejected answer too, so the row is an error. (Text that
+    merely reads like a JSON list, such as an answer about lists, stays text.)
+    """
+    raw = record.get(column)
+    value = _maybe_json(raw)
     if isinstance(value, list) and value and all(isinstance(v, dict) and ("role" in v or "from" in v) for v in value):
         return _messages(value, column)
+    if isinstance(raw, list) and raw and all(isinstance(v, str) for v in raw):
+        raise RowError(
+            "ranking",
+            f"The answer field '{column}' holds a list of {len(raw)} answers; SFT learns one answer per row. "
+            "A list [chosen, rejected] is preference (ranking) data.",
+            "For ranking data choose DPO or ORPO in the Train tab, or turn on 'Train on the chosen answers'; "
+            "otherwise write one answer per row.",
+            column,
+        )
     return [Message("assistant", _required(record, column, "response"))]
 
 
-def normalise_record(record: Any, fmt: str, mapping: ColumnMapping, row: int) -> Example:
-    """One raw row -> :class:`Example`; raises :class:`RowError` for a row that cannot be used."""
+def require_fields(record: Any) -> dict[str, Any]:
+    """The row as an object with fields; a JSON line that did not parse or a bare value is a :class:`RowError`."""
     if isinstance(record, BadLine):
         raise RowError(
             "invalid_json", record.message[0].upper() + record.message[1:] + ".", "Fix the JSON on that line."
         )
     if not isinstance(record, dict):
         raise RowError("bad_type", f"The row is a {type(record).__name__}, not an object with fields.")
+    return record
+
+
+def normalise_record(record: Any, fmt: str, mapping: ColumnMapping, row: int) -> Example:
+    """One raw row -> :class:`Example`; raises :class:`RowError` for a row that cannot be used."""
+    record = require_fields(record)
     if fmt == "text":
         return Example(row=row, text=_required(record, mapping.text, "text"))
     if fmt in ("sharegpt", "openai"):
@@ -382,18 +407,16 @@ _PLAIN_TEXT_EXPLANATION = (
 )
 
 
-def prepare(path: str | Path, mapping: ColumnMapping | None = None, **options: Any) -> PreparedData:
-    """Load, detect, normalise and check a dataset file; the examples the trainer and preview use.
+def prepare_sft(loaded: LoadedData, records: Sequence[Any], detection: Detection,
+                opts: DataOptions) -> PreparedData:
+    """Normalise and check the rows of a loaded file whose format is decided: the examples SFT trains on.
 
-    ``options`` are :class:`DataOptions` fields (``keep_negative_feedback``, ``placeholders``). Rows that
-    cannot be used are left out and listed in ``issues``; the whole file is refused with a
-    :class:`DatasetError` when its format is refused or no row is usable.
+    The public entry is ``engine.data.prepare`` (``preference.prepare``), which loads the file, detects the
+    format and sends pair files to the chosen answers when ``sft_on_chosen`` is on. Rows that cannot be used
+    are left out and listed in ``issues``; the whole file is refused with a :class:`DatasetError` when its
+    format is refused or no row is usable.
     """
-    opts = DataOptions.from_dict(options)
-    loaded = load_dataset_file(path)
     name = loaded.info.path.name
-    records = _rows_of(loaded.records)
-    detection = detect_format(records, mapping)
     if detection.refusal:
         raise DatasetError(detection.refusal, fix=detection.refusal_fix, where=name, code=detection.refusal_code)
     if detection.format == "text" and loaded.info.kind == "txt":
@@ -403,7 +426,7 @@ def prepare(path: str | Path, mapping: ColumnMapping | None = None, **options: A
     if n_negative:
         warnings.append(f"{n_negative} row(s) labelled false (bad answers) were left out.")
     examples = fill_placeholders(examples, opts.placeholders)
-    unfilled = _unfilled_placeholders_warning(examples)
+    unfilled = unfilled_placeholders_warning(examples)
     if unfilled:
         warnings.append(unfilled)
     if not examples:
@@ -419,7 +442,7 @@ def prepare(path: str | Path, mapping: ColumnMapping | None = None, **options: A
     )
 
 
-def _rows_of(records: Sequence[Any]) -> Sequence[Any]:
+def rows_of(records: Sequence[Any]) -> Sequence[Any]:
     """Records as rows with fields: a JSON list of plain strings is a ``text`` column.
 
     A large file's Arrow-backed records are already dicts and stay lazy; copying them into a list here would
@@ -475,7 +498,7 @@ def _checked_example(record: Any, row: int, detection: Detection) -> tuple[Examp
     return example, findings
 
 
-def _unfilled_placeholders_warning(examples: list[Example]) -> str | None:
+def unfilled_placeholders_warning(examples: list[Example]) -> str | None:
     """The warning for ``{{name}}`` placeholders left in the examples: the model would learn them literally."""
     unfilled = find_placeholders(examples)
     if not unfilled:

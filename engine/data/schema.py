@@ -23,10 +23,11 @@ ROLES = ("system", "user", "assistant", "tool")
 class ColumnMapping(Settings):
     """Which column holds what, when automatic detection guesses wrong (or refuses).
 
-    Leave a field empty to let detection fill it. ``format`` picks the normaliser; the column names
+    Leave a field empty to let detection fill it. ``format`` picks the SFT normaliser; the column names
     then override its defaults. A ``response`` column may hold plain text or one message object
-    (``{"from": "gpt", "value": ...}``), which is how a preference file's ``chosen`` column is used
-    as the answer.
+    (``{"from": "gpt", "value": ...}``), which is how a preference file's ``chosen`` column can be learned
+    with SFT. ``chosen``, ``rejected`` and ``label`` name the columns of preference data (DPO/ORPO pairs,
+    KTO feedback) when they are not called that; ``format`` stays 'auto' for those.
     """
 
     format: str = setting("auto", "Dataset format; 'auto' detects it from the columns.", choices=("auto", *FORMATS))
@@ -46,6 +47,11 @@ class ColumnMapping(Settings):
     )
     tools: str | None = setting(None, "Optional column with the JSON list of tools the assistant may call.")
     text: str | None = setting(None, "Column with raw text for continued pre-training.")
+    chosen: str | None = setting(None, "Preference data (DPO/ORPO): column with the better answer.")
+    rejected: str | None = setting(None, "Preference data (DPO/ORPO): column with the worse answer.")
+    label: str | None = setting(
+        None, "Feedback data (KTO): column marking each answer good (true) or bad (false); LLaMA-Factory's kto_tag."
+    )
 
     def explicit(self) -> dict[str, str]:
         """The columns the user actually named (everything except 'auto'/empty)."""
@@ -64,6 +70,12 @@ class DataOptions(Settings):
     placeholders: dict = setting(
         {},
         "Values for {{placeholders}} in the data, e.g. {'name': 'Ada', 'author': 'ACME'}.",
+    )
+    sft_on_chosen: bool = setting(
+        False,
+        "Preference data (chosen/rejected pairs) with SFT: learn the chosen answers and ignore the rejected ones. "
+        "Off: SFT refuses pair files; choose DPO or ORPO (or KTO) as the training method instead.",
+        label="Train on the chosen answers",
     )
 
 
@@ -229,6 +241,159 @@ class ValidationReport:
     @property
     def ok(self) -> bool:
         """True when at least one example can be trained on."""
+        return self.n_examples > 0
+
+    def counts_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for issue in self.issues:
+            out[issue.kind] = out.get(issue.kind, 0) + 1
+        return out
+
+
+# ----------------------------------------------------------------------------------------- preference data
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One DPO/ORPO pair: the same prompt answered well (``chosen``) and worse (``rejected``).
+
+    ``prompt`` is an optional system turn, then user/assistant turns ending with a user (or tool) turn;
+    ``chosen`` and ``rejected`` are assistant turns. ``row`` is the 1-based row of the source file.
+    """
+
+    row: int
+    prompt: tuple[Message, ...]
+    chosen: Message
+    rejected: Message
+    tools: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackExample:
+    """One KTO example: a prompt, one assistant answer and whether that answer is good (``desirable``)."""
+
+    row: int
+    prompt: tuple[Message, ...]
+    completion: Message
+    desirable: bool
+    tools: str | None = None
+
+
+@dataclass
+class PreparedPreferences:
+    """A preference file read and checked: pairs (``kind == "pairs"``) or labelled answers (``"feedback"``).
+
+    ``source`` names the shape that was detected (``"trl"``, ``"llamafactory_sharegpt"``, ``"hh"``...) and
+    ``explanation`` says in plain words which columns were used, as :attr:`Detection.explanation` does.
+    """
+
+    kind: str
+    source: str
+    explanation: str
+    pairs: list[PreferencePair]
+    feedback: list[FeedbackExample]
+    info: FileInfo
+    n_rows: int
+    issues: list[Issue] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    lines: Sequence[int | None] = field(default_factory=list)
+    mapping: ColumnMapping = field(default_factory=ColumnMapping)  # the columns used, for the mapping form
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.pairs) if self.kind == "pairs" else len(self.feedback)
+
+    def line_of(self, row: int) -> int | None:
+        """The line of the source file 1-based ``row`` starts on (see :meth:`LoadedData.line_of`)."""
+        return _line_of(self.lines, row)
+
+
+@dataclass
+class EncodedPair:
+    """A pair as token ids: ``prompt_ids + chosen_ids`` is exactly what SFT would encode for prompt + chosen.
+
+    The ``*_cut`` fields count tokens removed to fit the maximum length (the prompt loses its start, the
+    answers their end); the ``full_*`` fields are the counts before cutting.
+    """
+
+    row: int
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    prompt_cut: int = 0
+    chosen_cut: int = 0
+    rejected_cut: int = 0
+    full_prompt: int = 0
+    full_chosen: int = 0
+    full_rejected: int = 0
+
+    @property
+    def cut(self) -> bool:
+        return bool(self.prompt_cut or self.chosen_cut or self.rejected_cut)
+
+
+@dataclass
+class EncodedFeedback:
+    """A KTO example as token ids, cut like :class:`EncodedPair`."""
+
+    row: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    desirable: bool
+    prompt_cut: int = 0
+    completion_cut: int = 0
+    full_prompt: int = 0
+    full_completion: int = 0
+
+    @property
+    def cut(self) -> bool:
+        return bool(self.prompt_cut or self.completion_cut)
+
+
+@dataclass
+class PairPreview:
+    """A pair (or a KTO example) as the model sees it, after cutting to the maximum length.
+
+    For a KTO example ``chosen_text`` is its answer, ``rejected_text`` is empty and ``label`` says
+    "good" or "bad"; for a pair ``label`` is empty. ``cut_note`` says what the maximum length cuts ("" = nothing).
+    """
+
+    row: int
+    prompt_text: str
+    chosen_text: str
+    rejected_text: str
+    prompt_tokens: int
+    chosen_tokens: int
+    rejected_tokens: int
+    cut_note: str
+    label: str = ""
+
+
+@dataclass
+class PreferenceReport:
+    """What :func:`engine.data.preference.validate_preferences` found, as :class:`ValidationReport` does for SFT.
+
+    ``prompt_tokens`` / ``answer_tokens`` are token counts before cutting (answers: chosen and rejected both);
+    ``token_lengths`` is, per usable example, prompt + its longest answer (for the Data tab's histogram).
+    """
+
+    kind: str
+    max_length: int
+    n_rows: int
+    n_examples: int
+    n_error_rows: int
+    n_cut: int
+    n_desirable: int
+    n_undesirable: int
+    prompt_tokens: TokenStats
+    answer_tokens: TokenStats
+    issues: list[Issue] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    token_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when at least one pair (or labelled answer) can be trained on."""
         return self.n_examples > 0
 
     def counts_by_kind(self) -> dict[str, int]:

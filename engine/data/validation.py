@@ -13,19 +13,14 @@ import random
 from pathlib import Path
 from typing import Any
 
-from engine.data.encoding import clip_for_stats, preview_from_tokens, row_chars, tokenize_for_stats
+from engine.data.encoding import clip_for_stats, preview_from_tokens, tokenize_for_stats
 from engine.data.errors import DatasetError, Issue
-from engine.data.formats import prepare
+from engine.data.preference import prepare
 from engine.data.schema import ColumnMapping, Example, PreparedData, TokenStats, ValidationReport
-from engine.limits import LimitError, Limits, limits
+from engine.data.stats import TOO_LONG_FIX, fill_stats, too_long
+from engine.limits import Limits, limits
 
 _FEW_EXAMPLES = 20
-
-
-def _percentile(sorted_values: list[int], q: float) -> int:
-    if not sorted_values:
-        return 0
-    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
 
 
 def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: str = "assistant",
@@ -41,9 +36,9 @@ def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: 
     line = prepared.line_of
     fitting: list[Example] = []
     for ex in prepared.examples:
-        too_long = _too_long(ex, lim)
-        if too_long:
-            issues.append(Issue(ex.row, "error", "too_long", too_long, _TOO_LONG_FIX, "", line(ex.row)))
+        refusal = too_long(ex, lim)
+        if refusal:
+            issues.append(Issue(ex.row, "error", "too_long", refusal, TOO_LONG_FIX, "", line(ex.row)))
         else:
             fitting.append(ex)
     lengths: list[int] = []
@@ -59,7 +54,7 @@ def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: 
         if not found or found[0] != "error":
             usable.append(ex)
     n_duplicates = _duplicates(usable, issues, line)
-    _fill_stats(stats, lengths)
+    fill_stats(stats, lengths)
     issues.sort(key=lambda i: (i.row, i.severity != "error"))
     warnings = list(prepared.warnings) + _file_warnings(len(usable), stats, n_duplicates, max_length)
     error_rows = {i.row for i in issues if i.severity == "error" and i.row}
@@ -69,18 +64,6 @@ def validate(prepared: PreparedData, tokenizer: Any, max_length: int, train_on: 
         n_error_rows=len(error_rows), n_warning_rows=len(warning_rows), n_duplicates=n_duplicates,
         token_stats=stats, issues=issues, warnings=warnings, token_lengths=lengths,
     )
-
-
-_TOO_LONG_FIX = "Shorten this row or split it into several examples; it was left out without being read further."
-
-
-def _too_long(example: Example, lim: Limits) -> str:
-    """The refusal for a row over ``max_row_chars`` (naming the limit), or "" when it fits."""
-    try:
-        lim.check("max_row_chars", row_chars(example), "The row's length in characters", "")
-    except LimitError as exc:
-        return str(exc).strip()
-    return ""
 
 
 def _tokenize_bounded(tokenizer: Any, examples: list[Example], max_length: int,
@@ -156,15 +139,6 @@ def _duplicates(examples: list[Example], issues: list[Issue], line: Any) -> int:
     return n
 
 
-def _fill_stats(stats: TokenStats, lengths: list[int]) -> None:
-    ordered = sorted(lengths)
-    stats.count = len(ordered)
-    if ordered:
-        stats.min, stats.max = ordered[0], ordered[-1]
-        stats.mean = round(sum(ordered) / len(ordered), 1)
-        stats.p50, stats.p90, stats.p99 = (_percentile(ordered, q) for q in (0.5, 0.9, 0.99))
-
-
 def _file_warnings(n_examples: int, stats: TokenStats, n_duplicates: int, max_length: int) -> list[str]:
     out = []
     if 0 < n_examples < _FEW_EXAMPLES:
@@ -226,6 +200,8 @@ def inspect_report(
     try:
         prepared = prepare(path, mapping, **options)
     except DatasetError as err:
+        if err.code == "preference":  # pairs: say what DPO/ORPO would train on instead of only refusing
+            return preference_inspect_report(path, tokenizer, max_length, mapping, n_issues)
         return {"file": str(path), "ok": False, "refused": True, "code": err.code, "error": str(err)}
     report = validate(prepared, tokenizer, max_length, train_on)
     usable = training_examples(prepared, report)
@@ -262,4 +238,22 @@ def inspect_report(
         "max_length": max_length,
         "train_on": train_on,
         "preview": preview,
+    }
+
+
+def preference_inspect_report(path: str | Path, tokenizer: Any, max_length: int, mapping: ColumnMapping | None,
+                              n_issues: int = 10) -> dict[str, Any]:
+    """``inspect`` for preference pairs: the shape found, counts, issues and the first pair as the model sees it."""
+    from engine.data.preference import prepare_preferences, preview_pair, training_preferences, validate_preferences
+
+    prepared = prepare_preferences(path, mapping)
+    report = validate_preferences(prepared, tokenizer, max_length)
+    usable = training_preferences(prepared, report)
+    return {
+        "file": str(path), "ok": report.ok, "refused": False, "kind": prepared.kind, "format": prepared.source,
+        "explanation": prepared.explanation, "methods": ["dpo", "orpo", "kto"] if prepared.kind == "pairs" else ["kto"],
+        "warnings": [*prepared.warnings, *report.warnings], "rows": report.n_rows, "usable_examples": report.n_examples,
+        "rows_with_errors": report.n_error_rows, "cut_by_max_length": report.n_cut,
+        "issues": [i.to_dict() for i in report.issues[:n_issues]], "max_length": max_length,
+        "preview": dataclasses.asdict(preview_pair(tokenizer, usable[0], max_length)) if usable else None,
     }
