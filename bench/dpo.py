@@ -15,8 +15,9 @@ meant for full fine-tuning and leaves a LoRA adapter nearly untouched in one epo
 (prompt / chosen / rejected messages): TRL applies the chat template itself. One thing is changed so it is not
 crippled on a CPU: precision (``bf16=False``, as ``bench train`` explains: this CPU has no bf16 instructions).
 
-The app recipe is its ``quick-cpu-demo`` preset with method DPO, one epoch at the same max length, no
-validation split: NF4 QLoRA, our own tokens, no gradient checkpointing, batch 2 × accumulation 2.
+The app recipe is its ``quick-cpu-dpo`` preset, one epoch at the same max length, no validation split: NF4
+QLoRA, our own tokens, no gradient checkpointing, batch 1 × accumulation 4 (each pair's two sequences padded
+only to the longer one).
 Its time includes model loading and data preparation; the plain recipe's does not.
 """
 
@@ -35,7 +36,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "testdata" / "ft" / "llama_factory" / "dpo_en_demo.json"
-APP_PRESET = "quick-cpu-demo"
+APP_PRESET = "quick-cpu-dpo"
 BETA = 0.1
 
 
@@ -84,8 +85,8 @@ def run_app(train_file: Path, max_length: int, out: Path) -> dict[str, Any]:
     from engine.train import train
 
     store = JobStore(out / "home")
-    config = load_preset(APP_PRESET).replace(method="dpo", max_length=max_length, max_steps=-1, num_epochs=1.0,
-                                             val_fraction=0.0, save_steps=100_000)
+    config = load_preset(APP_PRESET).replace(max_length=max_length, max_steps=-1, num_epochs=1.0, val_fraction=0.0,
+                                             save_steps=100_000)
     job = store.submit(config, train_file, start=False, run_dir=out / "run")
     start, cpu = time.perf_counter(), time.process_time()
     result = train(job, store=None)  # includes model load and data preparation: counted against the app

@@ -37,7 +37,10 @@ PAIRS = [
     ("How many days are in a week?", "Seven.", "Ten."),
 ]
 MAX_LENGTH = 64
-# Margins from the measured spread: see the note in bench/RESULTS.md ("Preference tests: spread").
+# Margins from the measured spread (bench/RESULTS.md, "Preference tests: spread"): these two recipes, run with
+# seeds 42, 7 and 1234 while two other training processes kept the 2 cores busy (load 3.9-5.3), gave a mean
+# reward margin on the 8 training pairs of 1.76, 1.36, 1.56 (DPO) and 0.73, 0.67 (KTO, seeds 42 and 7), reward
+# accuracy 1.0 every time; the same seed gives the same figure. The bounds sit at about a third of the lowest.
 DPO_MARGIN_MIN = 0.5
 KTO_MARGIN_MIN = 0.2
 QUICK = dict(max_length=MAX_LENGTH, batch_size=2, grad_accum=1, val_fraction=0.0, save_steps=100,
@@ -132,11 +135,12 @@ def test_dpo_continuing_an_sft_run_uses_that_adapter_as_its_frozen_reference(tmp
     sft = TrainConfig(method="sft", max_steps=4, learning_rate=2e-3, **QUICK)
     _, sft_job = run_in_process(home, sft, pairs_path, data_options={"sft_on_chosen": True}, owner="ada")
     assert sft_job.status == "done"
-    pairs = data.prepare_preferences(pairs_path).pairs
-    # The SFT adapter really moved the model: measured against the bare base it already has non-zero rewards,
-    # so a run whose reference were the base would start with a visible margin.
-    against_base = preference_scores(BUNDLED_ID, sft_job.adapter_dir, pairs, MAX_LENGTH)
-    assert abs(against_base["mean_chosen_reward"]) > 0.05, against_base
+    # The SFT adapter really moved the model (LoRA's B matrices start at zero), so a run whose reference were
+    # the bare base would start with non-zero rewards.
+    from safetensors.torch import load_file
+
+    weights = load_file(str(sft_job.adapter_dir / "adapter_model.safetensors"))
+    assert max(float(w.abs().max()) for name, w in weights.items() if "lora_B" in name) > 1e-3
 
     dpo = TrainConfig(method="dpo", from_run=sft_job.id, max_steps=2, learning_rate=1e-3, **QUICK)
     _, dpo_job = run_in_process(home, dpo, pairs_path, owner="ada")
