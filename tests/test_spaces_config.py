@@ -105,7 +105,7 @@ def test_assembled_space_starts_and_answers(space: Path, tmp_path: Path) -> None
         client = Client(url, verbose=False)
         endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
         assert "/compare_refresh" in endpoints
-        runs, collections = client.predict(api_name="/compare_refresh")
+        runs, _second_runs, collections = client.predict(api_name="/compare_refresh")
         assert runs and collections is not None
         assert "/chat" in endpoints
         history, *_ = client.predict("Hello!", None, "base", None, max_new_tokens=4, api_name="/chat")

@@ -603,8 +603,8 @@ def status_text(job: JobRecord, events: list[ev.JobEvent], queue_position: int |
     icon = STATUS_ICONS.get(job.status, "")
     cfg = job.config
     steps = f"max steps {cfg.max_steps}" if cfg.max_steps > 0 else f"{cfg.num_epochs:g} epoch(s)"
-    head = (f"### {icon} {job.name} — {job.status}\nRun `{job.id}` · {METHOD_LABELS[cfg.method]} · model "
-            f"`{cfg.base_model}` · {steps} · batch {cfg.batch_size} × {cfg.grad_accum} · max length "
+    head = (f"### {icon} {job.name} — {job.status}\nRun `{job.id}` · model `{cfg.base_model}` · "
+            f"{METHOD_LABELS[cfg.method]} · {steps} · batch {cfg.batch_size} × {cfg.grad_accum} · max length "
             f"{cfg.max_length} · LR {cfg.learning_rate:g}") + preference_line(job, events)
     if job.status == "queued":
         where = f"position **{queue_position}** in the queue" if queue_position else "in the queue"
