@@ -876,19 +876,24 @@ def preference_jsonl(export: PreferenceExport) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in export.rows)
 
 
-#: A DPO pass on votes is short: about two steps per pair, within these bounds.
-VOTE_RUN_STEPS = (10, 60)
+#: A DPO pass on votes: two passes over the pairs, at most this many steps.
+VOTE_RUN_EPOCHS, VOTE_RUN_MAX_STEPS = 2, 60
+#: ... at a tenth of the voted run's learning rate: DPO on a handful of pairs at an SFT learning rate drives the
+#: rejected answers' likelihood down until the model answers in single words (measured: 2 pairs, 10 steps at
+#: 2e-3 turned "The capital of France is Paris." into "Not.").
+VOTE_RUN_LR_FACTOR = 0.1
 
 
 def preference_config(config: TrainConfig, run_id: str, pairs: int) -> TrainConfig:
-    """The voted run's own settings, switched to a short DPO pass that continues that run's adapter.
+    """The voted run's own settings, switched to a short, gentle DPO pass that continues that run's adapter.
 
     Why the voted run's settings: same base model, LoRA shape and quantization, so the new adapter is a
     continuation of the one that was voted on. No validation split: the pairs are few and all are needed.
     """
-    low, high = VOTE_RUN_STEPS
-    return config.replace(method="dpo", from_run=run_id, max_steps=min(high, max(low, 2 * pairs)),
-                          val_fraction=0.0)
+    per_step = max(1, config.batch_size * config.grad_accum)
+    steps = min(VOTE_RUN_MAX_STEPS, max(1, -(-VOTE_RUN_EPOCHS * pairs // per_step)))
+    return config.replace(method="dpo", from_run=run_id, max_steps=steps, val_fraction=0.0,
+                          learning_rate=config.learning_rate * VOTE_RUN_LR_FACTOR)
 
 
 def improve_with_votes(report: Report, ws: Workspace, *, visitor: str | None = None, hf_token: str | None = None,

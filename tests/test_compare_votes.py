@@ -234,8 +234,9 @@ def test_improve_with_votes_queues_a_dpo_run_continuing_the_voted_run(isolated_h
     job, export = improve_with_votes(voted_report(run_id), ws, visitor="user:alice", start=False)
     assert job.status == "queued" and job.owner == LOCAL_OWNER and job.name == "my-run + votes"
     assert (job.config.method, job.config.from_run, job.config.val_fraction) == ("dpo", run_id, 0.0)
-    assert job.config.max_steps == 10  # 3 pairs: 2 per pair, at least 10
-    assert (job.config.lora_r, job.config.learning_rate) == (8, 1e-4)  # the voted run's own settings
+    assert job.config.max_steps == 1  # 3 pairs, two passes, 8 pairs per step (batch 4 x accumulation 2)
+    assert job.config.lora_r == 8  # the voted run's own settings...
+    assert job.config.learning_rate == pytest.approx(1e-5)  # ...at a tenth of its learning rate
     data = Path(job.data_path)
     assert data.parent == ws.datasets.resolve()
     assert [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()] == export.rows
@@ -256,10 +257,11 @@ def test_improve_with_votes_refuses_what_it_cannot_do(isolated_home: Path) -> No
     assert not list(ws.datasets.iterdir())  # nothing written when nothing could start
 
 
-def test_dpo_steps_grow_with_the_pairs_within_bounds() -> None:
-    config = TrainConfig()
-    assert [preference_config(config, "r1", n).max_steps for n in (1, 5, 6, 20, 30, 31, 500)] == [10, 10, 12, 40,
-                                                                                                 60, 60, 60]
+def test_dpo_steps_are_two_passes_over_the_pairs_within_bounds() -> None:
+    config = TrainConfig(batch_size=2, grad_accum=2)  # 4 pairs per step
+    assert [preference_config(config, "r1", n).max_steps for n in (1, 2, 3, 20, 120, 121, 500)] == [1, 1, 2, 10,
+                                                                                                   60, 60, 60]
+    assert preference_config(config, "r1", 5).learning_rate == pytest.approx(config.learning_rate / 10)
 
 
 # ----------------------------------------------------------------------------------------- the tab
@@ -287,7 +289,7 @@ def test_the_tab_enables_improve_only_with_a_run_and_pairs_then_preselects_the_n
     assert len(new) == 1 and picker.value == new[0].id
     assert (f"{new[0].name} (still training)", new[0].id) in picker.choices  # listed while it trains
     assert arms.value == ["base", "ft", "ft2"] and button.interactive is False
-    assert "Started" in status and "3 preference pair(s) (10 steps)" in status
+    assert "Started" in status and "3 preference pair(s) (1 step(s) at learning rate" in status
 
 
 def test_export_adds_the_preference_pairs_and_says_the_counts(isolated_home: Path) -> None:

@@ -130,7 +130,7 @@ def test_browser_dpo_pairs_refuse_sft_then_train_with_reward_chart(app_server: d
         page.locator("#train-start").click()
         page.locator("#train-status").filter(has_text=re.compile("running|queued")).wait_for()
         text = status_text(page)
-        run_id = re.search(r"Run (\S+) · DPO · model", text).group(1)
+        run_id = re.search(r"Run (\S+) · model \S+ · DPO · ", text).group(1)
         assert "Reference: the base model" in text, text
 
         # 4. Steps with rewards are logged, and the reward chart (hidden for SFT) draws them.

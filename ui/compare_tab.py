@@ -640,9 +640,10 @@ def improve_started(report: Report, job: JobRecord, pairs: int) -> str:
     """What happened after the click, and how to get the before/after comparison."""
     voted = literal_markdown(str(report.config.get("adapter") or "the fine-tuned run"))
     return (f"**Started {literal_markdown(job.name)}:** a DPO run continues **{voted}** on your {pairs} preference "
-            f"pair(s) ({job.config.max_steps} steps). When it finishes it appears in Compare as another arm so you "
-            "can ask the same questions before and after: it is already picked under *Second run* and the *After "
-            "votes* arm is ticked. Follow it in the Train tab, then run the question set again.")
+            f"pair(s) ({job.config.max_steps} step(s) at learning rate {job.config.learning_rate:g}). When it "
+            "finishes it appears in Compare as another arm so you can ask the same questions before and after: "
+            "it is already picked under *Second run* and the *After votes* arm is ticked. Follow it in the Train "
+            "tab, then run the question set again.")
 
 
 def improve_for_request(report: Report | None, arms: list[str] | None, request: gr.Request,
