@@ -1,5 +1,6 @@
 """Benchmarks: ``python -m bench rag`` (retrieval quality and speed), ``train``, ``dpo`` (preference tuning against
-plain TRL), ``load``, ``serving`` or ``memory`` (the memory estimate against measured peaks).
+plain TRL), ``load``, ``serving``, ``memory`` (the memory estimate against measured peaks) or ``experiment``
+(generated questions against human ones, and the judge's agreement with gold answers).
 
 Each subcommand's module is imported only when chosen, so one benchmark's heavy dependencies never
 slow the other down.
@@ -14,13 +15,17 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmark", choices=("rag", "train", "dpo", "load", "serving", "memory"))
+    parser.add_argument("benchmark", choices=("rag", "train", "dpo", "load", "serving", "memory", "experiment"))
     args, rest = parser.parse_known_args(argv[:1])
     rest += argv[1:]
     if args.benchmark == "serving":
         from bench import serving
 
         return serving.main(rest)
+    if args.benchmark == "experiment":
+        from bench import experiment
+
+        return experiment.main(rest)
     if args.benchmark == "dpo":
         from bench import dpo
 

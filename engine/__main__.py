@@ -21,7 +21,9 @@ from engine.config import TrainConfig, load_preset, preset_names
 from engine.lab.cli import add_lab_parser, join_value_lists, run_lab
 
 ALIASES = {"base_model": ["--base"]}
-RUNNERS: dict[str, str] = {"train": "engine.train:run_job", "index": "services.index_jobs:run_index_job"}
+RUNNERS: dict[str, str] = {"train": "engine.train:run_job", "index": "services.index_jobs:run_index_job",
+                           "experiment": "services.experiment:run_experiment_job",
+                           "generate": "services.qgen:run_generate_job"}
 """Which function runs each kind of job, as "module:function", imported only in the worker that needs it.
 
 Why strings: engine/jobs.py must not import rag/ or services/, but this entry point may import any layer.
@@ -74,6 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=f"{name} a run")
         cmd.add_argument("job_id")
     _add_compare_parser(sub)
+    _add_experiment_parser(sub)
     add_lab_parser(sub)
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("job_id")
@@ -338,35 +341,92 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Experiment flags whose plain name would collide across its three settings classes (all have a seed).
+EXPERIMENT_FLAG_NAMES = {("qgen", "seed"): "question-seed", ("split", "seed"): "split-seed",
+                         ("split", "mode"): "split-mode", ("run", "seed"): "bootstrap-seed",
+                         ("judge", "mode"): "judge-mode", ("judge", "max_new_tokens"): "judge-max-new-tokens"}
+
+
+def _add_experiment_parser(sub: Any) -> None:
+    """``experiment``: documents -> questions -> split -> fine-tune -> four approaches -> verdict, in one folder."""
+    from services.experiment import ExperimentSettings
+    from services.experiment_split import ExperimentSplitSettings
+    from services.judge import JudgeSettings
+    from services.qgen import QGenSettings
+
+    exp = sub.add_parser("experiment", help="generate questions from a RAG index, fine-tune on part of them and "
+                         "compare base, fine-tuned, RAG and fine-tuned+RAG on the rest; writes questions.jsonl, "
+                         "split.json and report.json (.html, .csv) into --out")
+    exp.add_argument("--index", required=True, help="RAG index folder (a collection built in the app or the CLI)")
+    exp.add_argument("--out", required=True, help="folder for every file of the experiment")
+    exp.add_argument("--model", default=None, help="model that generates, is fine-tuned and answers "
+                     "(default: the bundled model)")
+    for prefix, cls, title in (("qgen", QGenSettings, "question generation"),
+                               ("split", ExperimentSplitSettings, "train/test split"),
+                               ("run", ExperimentSettings, "fine-tuning, answers and judge"),
+                               ("judge", JudgeSettings, "judge")):
+        group = exp.add_argument_group(f"{title} settings")
+        for info in describe(cls):
+            flag = "--" + EXPERIMENT_FLAG_NAMES.get((prefix, info.name), info.name.replace("_", "-"))
+            kind = base_type(info.type)
+            extra: dict[str, Any] = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+            if info.spec.choices:
+                extra["choices"] = list(info.spec.choices)
+            group.add_argument(flag, dest=f"{prefix}__{info.name}", default=None,
+                               help=f"{info.spec.help} (default: {info.default!r})", **extra)
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from engine.models import BUNDLED_ID
+    from services.experiment import ExperimentSettings
+    from services.experiment_flow import run_experiment
+    from services.experiment_split import ExperimentSplitSettings
+    from services.judge import JudgeSettings
+    from services.qgen import QGenSettings
+
+    def values(prefix: str) -> dict[str, Any]:
+        return {k.split("__", 1)[1]: v for k, v in vars(args).items() if k.startswith(prefix + "__") and v is not None}
+
+    report = run_experiment(args.index, args.out, model=args.model or BUNDLED_ID,
+                            qgen=QGenSettings.from_dict(values("qgen")),
+                            split=ExperimentSplitSettings.from_dict(values("split")),
+                            settings=ExperimentSettings.from_dict(values("run")),
+                            judge=JudgeSettings.from_dict(values("judge")),
+                            token=os.environ.get("HF_TOKEN") or None,
+                            say=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps({"verdict": report["verdict"]["text"], "key_question": report["key_question"],
+                      "judge": report["judge"].get("reason"), "retrieval": report["retrieval"],
+                      "out": str(args.out)}, indent=2, default=str))
+    return 0
+
+
+def cmd_cancel_or_resume(args: argparse.Namespace) -> int:
+    from engine.jobs import JobStore
+
+    store = JobStore()
+    job = (store.cancel(args.job_id) if args.command == "cancel"
+           else store.resume(args.job_id, hf_token=os.environ.get("HF_TOKEN") or None))
+    print(json.dumps({"id": job.id, "status": job.status}))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": cmd_train, "generate": cmd_generate, "inspect": cmd_inspect, "runs": cmd_runs, "compare": cmd_compare,
+    "experiment": cmd_experiment, "lab": run_lab, "cancel": cmd_cancel_or_resume, "resume": cmd_cancel_or_resume,
+    "worker": lambda args: cmd_worker(args.job_id),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(join_value_lists(sys.argv[1:] if argv is None else argv))
+    command = COMMANDS.get(args.command)
+    if command is None:
+        return 2
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "generate":
-            return cmd_generate(args)
-        if args.command == "inspect":
-            return cmd_inspect(args)
-        if args.command == "runs":
-            return cmd_runs(args)
-        if args.command == "compare":
-            return cmd_compare(args)
-        if args.command == "lab":
-            return run_lab(args)
-        if args.command in ("cancel", "resume"):
-            from engine.jobs import JobStore
-
-            store = JobStore()
-            job = (store.cancel(args.job_id) if args.command == "cancel"
-                   else store.resume(args.job_id, hf_token=os.environ.get("HF_TOKEN") or None))
-            print(json.dumps({"id": job.id, "status": job.status}))
-            return 0
-        if args.command == "worker":
-            return cmd_worker(args.job_id)
+        return command(args)
     except (SettingsError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 2
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ class TrainConfig(Settings):
     )
     from_run: str = setting(
         "",
-        "Continue a finished run's adapter (the usual SFT → DPO path): training starts from that adapter and "
-        "the reference is that same adapter, frozen. Empty: start from the base model.",
+        "Continue a finished run's adapter: training starts from that adapter. DPO/KTO (the usual SFT → DPO path) "
+        "use that same adapter, frozen, as the reference; SFT continues it, e.g. after continued pre-training on "
+        "your documents. Empty: start from the base model.",
         label="Start from run",
     )
     beta: float = setting(
@@ -154,9 +155,6 @@ class TrainConfig(Settings):
             raise SettingsError("optimizer", "8-bit and paged optimizers need a GPU; choose 'auto' or adamw_torch.")
         if self.dtype == "float16" and self.device == "cpu":
             raise SettingsError("dtype", "float16 training is not supported on CPU; choose 'auto' or float32.")
-        if self.from_run and self.method not in PREFERENCE_METHODS:
-            raise SettingsError("from_run", "only DPO, ORPO and KTO runs continue a finished run; choose one of "
-                                            "them, or clear 'Start from run' to fine-tune from the base model.")
         if self.from_run and not RUN_ID.fullmatch(self.from_run):
             raise SettingsError("from_run", f"{self.from_run[:40]!r} is not a run id; pick a finished run.")
         if self.label_smoothing and self.loss_type not in ("robust", "exo_pair"):

@@ -55,7 +55,7 @@ RESUMABLE = ("failed", "cancelled", "interrupted")
 TOKEN_ENV = "TUNE_STUDIO_HF_TOKEN"
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
-KIND_LANES: dict[str, str] = {"train": "device", "index": "cpu", "generate": "device"}
+KIND_LANES: dict[str, str] = {"train": "device", "index": "cpu", "generate": "device", "experiment": "device"}
 """The lane each kind of job waits in: training (and question generation) share the accelerator; index
 builds run on the CPU beside them. One job per lane runs at a time."""
 LANES: tuple[str, ...] = tuple(dict.fromkeys(KIND_LANES.values()))
@@ -447,8 +447,13 @@ class JobStore:
         run_dir: str | Path | None = None,
         start: bool = True,
         visitor: str | None = None,
+        queued_after: bool = False,
     ) -> JobRecord:
         """Record a new training run and queue it; it starts at once when the device is free.
+
+        ``queued_after`` lets ``config.from_run`` name a run that is still queued or running in the same lane:
+        this one is queued behind it, so it starts after it ends (the Experiment's pre-training → SFT chain);
+        if that run does not finish with an adapter, this one fails at its start and says why.
 
         ``mapping`` overrides format detection and ``data_options`` are the dataset options the Data tab
         chose. ``run_dir`` places the run's files somewhere chosen (the CLI's ``--output``). ``visitor``
@@ -461,7 +466,7 @@ class JobStore:
         visitor_hash = self.visitor_hash(visitor) if visitor is not None else None
         if visitor_hash:
             self._check_step_cap(config, data_path)
-        start_adapter = self._start_adapter(config, owner) if config.from_run else None
+        start_adapter = self._start_adapter(config, owner, queued_after=queued_after) if config.from_run else None
         job_id = _new_job_id()
         run_dir = Path(run_dir).resolve() if run_dir else self.runs_dir / job_id
         if (run_dir / "config.yaml").exists():
@@ -478,10 +483,10 @@ class JobStore:
                          visitor_hash=visitor_hash, token=hf_token)
         return self._queued(job_id, start)
 
-    def _start_adapter(self, config: TrainConfig, owner: str) -> str:
+    def _start_adapter(self, config: TrainConfig, owner: str, queued_after: bool = False) -> str:
         """The adapter folder a run continuing ``config.from_run`` starts from, after checking that the run is
-        finished, belongs to ``owner`` (the operator — owners "local" and "cli" — may use any run here) and has the
-        same base model."""
+        finished (or, with ``queued_after``, still ahead in the queue), belongs to ``owner`` (the operator —
+        owners "local" and "cli" — may use any run here) and has the same base model."""
         try:
             source = self.load(config.from_run)
         except JobError:
@@ -489,7 +494,8 @@ class JobStore:
                 from None
         if source.kind != "train" or (owner not in ("local", "cli") and source.owner != owner):
             raise JobError(f"There is no run {config.from_run!r} to start from; pick one of your finished runs.")
-        if source.status != "done" or not (source.adapter_dir / "adapter_config.json").is_file():
+        ahead = queued_after and source.status in ("queued", "running")
+        if not ahead and (source.status != "done" or not (source.adapter_dir / "adapter_config.json").is_file()):
             raise JobError(f"The run '{source.name}' has not finished with an adapter (it is {source.status}); "
                            "start from a finished run.")
         if source.config.base_model != config.base_model:

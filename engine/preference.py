@@ -33,9 +33,9 @@ from engine.train import (
     TrainerSetup,
     _adapter_to_float32,
     auto_eval_steps,
+    continued_model,
     load_model_announced,
     load_tokenizer_announced,
-    lora_config,
     planned_steps,
     tokenize_announced,
     trainer_arguments,
@@ -237,22 +237,6 @@ TRAINER_CLASSES: dict[str, Callable[[], type]] = {
 # ----------------------------------------------------------------------------------------- model and reference
 
 
-def policy_model(model: Any, job: JobRecord) -> tuple[Any, Any]:
-    """The model to train and the LoRA config to give the trainer (None when the model already has one).
-
-    Continuing a finished run: its adapter is loaded trainable, and TRL adds the frozen ``ref`` copy itself.
-    """
-    if not job.start_adapter:
-        return model, lora_config(job.config)
-    from peft import PeftModel, prepare_model_for_kbit_training
-
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=job.config.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    return PeftModel.from_pretrained(model, job.start_adapter, is_trainable=True), None
-
-
 def reference_text(job: JobRecord, store: JobStore | None) -> str:
     """What the rewards are measured against, in the words the Train tab shows."""
     method = job.config.method
@@ -289,7 +273,7 @@ def build_preference_trainer(job: JobRecord, store: JobStore | None, hf_token: s
         job, log, lambda: preference_datasets(job, tokenizer, log))
     model = load_model_announced(job, hf_token, log)
     model_config = model.config.to_dict()
-    model, peft_config = policy_model(model, job)
+    model, peft_config = continued_model(model, job)
     reference = reference_text(job, store)
     log.append(Log(job.id, message=reference))
     args = method_config(config, trainer_arguments(job, device, dtype, has_eval=eval_dataset is not None))

@@ -348,18 +348,43 @@ def build_sft_trainer(job: JobRecord, store: JobStore | None, hf_token: str | No
         job, log, lambda: build_datasets(job, tokenizer, config, log))
     model = load_model_announced(job, hf_token, log)
     model_config = model.config.to_dict()  # the exact shape, for the memory estimate recorded with the peak
+    model, peft_config = continued_model(model, job)
     args = build_sft_config(job, device, dtype, has_eval=eval_dataset is not None)
     meta = {"device": device, "base_model": config.base_model, "train_rows": fingerprint["train_rows"],
             "eval_rows": fingerprint["eval_rows"]}
     callback = EventCallback(job.id, log, store, meta, interruption)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, peft_config=lora_config(config), callbacks=[callback])
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
     if dtype == torch.float32:
         _adapter_to_float32(trainer.model)
     if eval_dataset is not None and not config.eval_steps:
         # Packing decides how many steps an epoch has; only now can "about 5 evaluations" be placed.
         trainer.args.eval_steps = auto_eval_steps(config, planned_steps(config, len(trainer.train_dataset)))
     return TrainerSetup(trainer, callback, tokenizer, eval_dataset is not None, model_config, {})
+
+
+def continued_model(model: Any, job: JobRecord) -> tuple[Any, Any]:
+    """The model to train and the LoRA config to give the trainer: a fresh adapter, or (None when the model
+    already has one) the adapter of the run this one continues, loaded trainable. Every method uses it; for
+    DPO/KTO, TRL then adds the frozen ``ref`` copy itself.
+
+    A run queued behind the one it continues (``JobStore.submit(queued_after=True)``) finds out only here
+    whether that run finished with an adapter; if not, it stops with the reason instead of training from zero.
+    """
+    if not job.start_adapter:
+        return model, lora_config(job.config)
+    if not (Path(job.start_adapter) / "adapter_config.json").is_file():
+        from engine.data import DatasetError
+
+        raise DatasetError(f"The run this one continues ({job.config.from_run}) did not finish with an adapter, so "
+                           "there is nothing to continue: look at that run, then start this one again.")
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=job.config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    return PeftModel.from_pretrained(model, job.start_adapter, is_trainable=True), None
 
 
 def lora_config(config: TrainConfig) -> Any:

@@ -163,6 +163,10 @@ class Workspace:
         return self._dir("reports")
 
     @property
+    def experiments(self) -> Path:
+        return self._dir("experiments")
+
+    @property
     def exports(self) -> Path:
         return self._dir("exports")
 
@@ -186,6 +190,13 @@ class Workspace:
 
     def index_names(self) -> list[str]:
         return sorted(p.name for p in self.indexes.iterdir() if (p / "manifest.json").exists())
+
+    def experiment_path(self, name: str) -> Path:
+        """The folder of one of the owner's experiments (may not exist yet); names cannot climb out."""
+        cleaned = _SAFE.sub("_", (name or "").strip()).strip("._")
+        if not cleaned:
+            raise ValueError("Give the experiment a name (letters, digits, '-', '_').")
+        return self.experiments / cleaned[:80]
 
     def index_path(self, name: str) -> Path:
         """The folder of one of the owner's indexes (may not exist yet). Names cannot climb out of the workspace."""

@@ -53,7 +53,18 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     out = report.to_dict()
     if not args.full:
         out.pop("pipeline")
+    _log(_levels_line("document", out, "", report.questions))
+    if report.passage_hit_at_1 is not None:
+        _log(_levels_line("passage ", out, "passage_", report.passage_questions or 0))
     return out
+
+
+def _levels_line(level: str, out: dict[str, Any], prefix: str, questions: int) -> str:
+    """One stderr line per hit level (the JSON on stdout carries both as keys): document = right file,
+    passage = a retrieved chunk holds the gold answer."""
+    values = "  ".join(f"{name} {out[prefix + key]:.3f}" for name, key in
+                       (("hit@1", "hit_at_1"), ("hit@5", "hit_at_5"), ("hit@10", "hit_at_10"), ("MRR@10", "mrr_at_10")))
+    return f"{level} level ({questions} questions): {values}"
 
 
 def _adopt_pipeline(index: RagIndex, spec: PipelineSpec, allow_reindex: bool) -> None:

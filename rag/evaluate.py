@@ -1,8 +1,10 @@
 """Retrieval evaluation on a corpus with known gold documents (the SQuAD-small layout).
 
 Corpus lines: ``{doc_id, title, text}``; question lines: ``{qid, question, answers[], gold_doc_id}``
-(``is_impossible`` questions have no gold document and are skipped). A question is a hit at k when
-its gold document is the source of one of the top-k chunks; MRR@10 uses the rank of the first such chunk.
+(``is_impossible`` questions have no gold document and are skipped). Hits are :mod:`rag.gold`'s, the same
+definition the Experiment uses: at document level a question is a hit at k when its gold document is the
+source of one of the top-k chunks; at passage level when one of them also holds the question's first answer
+(SQuAD ``answers[0]``) as the gold quote. MRR@10 uses the rank of the first such chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rag.events import IndexUpdated
+from rag.gold import Gold, hit_rank, retrieval_metrics
 from rag.index import RagIndex
 from rag.ingest import LoadedDocument, Section, file_sha256
 from rag.pipeline import PipelineSpec
@@ -42,6 +45,11 @@ class EvalReport:
     query_p95_ms: float
     embedder: str
     pipeline: dict[str, Any]
+    passage_questions: int | None = None
+    passage_hit_at_1: float | None = None
+    passage_hit_at_5: float | None = None
+    passage_hit_at_10: float | None = None
+    passage_mrr_at_10: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,24 +106,33 @@ def build_index(docs: list[LoadedDocument], titles: dict[str, str], spec: Pipeli
     return index, time.perf_counter() - start
 
 
+def gold_of(question: dict[str, Any]) -> Gold:
+    """A question row's gold: its document, and its first answer as the quote (none: document level only)."""
+    answers = question.get("answers") or []
+    return Gold(str(question["gold_doc_id"]), str(answers[0]) if answers else "")
+
+
 def score(index: RagIndex, questions: list[dict[str, Any]], spec: PipelineSpec) -> dict[str, float]:
-    """hit@1/5/10, MRR@10 and query latency over ``questions`` (top 10 chunks per question)."""
-    hits = {1: 0, 5: 0, 10: 0}
-    reciprocal = 0.0
-    latencies = []
+    """Document- and passage-level hit@1/5/10, MRR@10 and query latency over ``questions`` (top 10 chunks each).
+
+    Passage-level metrics count only questions with an answer to quote (``passage_questions`` of them); they
+    are None when no question has one.
+    """
+    latencies, doc_ranks, passage_ranks = [], [], []
     search(index, questions[0]["question"], spec, top_k=10)  # warm-up: first call pays one-off costs
     for q in questions:
         start = time.perf_counter()
         result = search(index, q["question"], spec, top_k=10)
         latencies.append((time.perf_counter() - start) * 1000)
-        sources = [h.chunk.source for h in result.hits]
-        rank = next((i for i, s in enumerate(sources, start=1) if s == q["gold_doc_id"]), None)
-        for k in hits:
-            hits[k] += rank is not None and rank <= k
-        reciprocal += 1.0 / rank if rank else 0.0
-    n = len(questions)
-    return {"hit_at_1": hits[1] / n, "hit_at_5": hits[5] / n, "hit_at_10": hits[10] / n,
-            "mrr_at_10": reciprocal / n, "query_p50_ms": float(np.percentile(latencies, 50)),
+        chunks = [h.chunk for h in result.hits]
+        gold = gold_of(q)
+        doc_ranks.append(hit_rank(chunks, gold, "document"))
+        if gold.quote.strip():
+            passage_ranks.append(hit_rank(chunks, gold, "passage"))
+    passage: dict[str, float] = {"passage_questions": len(passage_ranks)}
+    if passage_ranks:
+        passage.update({f"passage_{k}": v for k, v in retrieval_metrics(passage_ranks).items()})
+    return {**retrieval_metrics(doc_ranks), **passage, "query_p50_ms": float(np.percentile(latencies, 50)),
             "query_p95_ms": float(np.percentile(latencies, 95))}
 
 

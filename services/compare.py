@@ -17,7 +17,6 @@ import difflib
 import html
 import io
 import json
-import math
 import random
 import re
 import string
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from core.generation import GenerationSettings
 from core.settings import Settings, SettingsError, setting
+from core.stats import wilson_interval  # also re-exported: tests and callers import it from here
 from engine.files import csv_text
 from engine.infer import AdapterMismatchError, Provenance, adapter_hash
 
@@ -164,17 +164,6 @@ def rouge_l(prediction: str, references: Iterable[str]) -> float:
     return best
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval: sane for small n and rates near 0 or 1, unlike the normal approximation."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 # ---------------------------------------------------------------------------------- questions
 
 
@@ -257,7 +246,7 @@ def _question_of(row: dict[str, Any], number: int, name: str) -> Question | None
                            "'question' column (and optionally 'answer' and 'gold_doc_id').")
     if _truthy(lowered.get("is_impossible")):
         return None
-    gold = lowered.get("gold_doc_id") or lowered.get("gold_doc") or lowered.get("doc_id")
+    gold = lowered.get("gold_doc_id") or lowered.get("gold_doc") or lowered.get("doc_id") or lowered.get("source")
     return Question(q, _references(lowered), str(gold) if gold else None,
                     str(lowered.get("qid") or lowered.get("id") or number))
 

@@ -77,7 +77,7 @@ class _Interrupted(BaseException):
     """The system asked the worker to stop (SIGTERM: a Space restarting or going to sleep)."""
 
 
-class _StopSignal:
+class StopSignal:
     """Turns SIGTERM into a flag checked between batches, so an interrupted build stops before it saves.
 
     The job then ends as ``interrupted`` and the server queues it again when it starts (a build is
@@ -88,7 +88,7 @@ class _StopSignal:
         self.received = False
         self._previous: Any = None
 
-    def __enter__(self) -> _StopSignal:
+    def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -372,7 +372,7 @@ def _needed_embedder(payload: dict[str, Any], path: Path, spec: PipelineSpec | N
     return spec.embed.model if spec is not None else PipelineSpec().embed.model
 
 
-def perform(job: JobRecord, store: JobStore, reporter: _Reporter, stop: _StopSignal | None = None) -> dict[str, Any]:
+def perform(job: JobRecord, store: JobStore, reporter: _Reporter, stop: StopSignal | None = None) -> dict[str, Any]:
     """Apply the job's change under the collection's lock; stop without saving when cancel is requested.
 
     Returns the result record (also written to ``result.json``). Raises :class:`_CancelledByUser` or
@@ -447,7 +447,7 @@ def run_index_job(job_id: str, store: JobStore | None = None) -> int:
     reporter = _Reporter(job.id, log)
     t0, exit_code, keep_staging = time.time(), 0, False
     try:
-        with _StopSignal() as stop:
+        with StopSignal() as stop:
             if job.kind != KIND:
                 raise IndexJobError(f"Job {job.id} is a {job.kind} job, not an index job.")
             perform(job, store, reporter, stop)

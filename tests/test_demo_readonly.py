@@ -85,8 +85,9 @@ def _call(client: Any, endpoint: str, info: dict[str, Any], run_id: str, files: 
 
     kwargs = {p["parameter_name"]: _value(p, run_id, files) for p in info["parameters"]
               if not p["parameter_has_default"]}
-    if any(p["parameter_name"] == "max_new_tokens" for p in info["parameters"]):
-        kwargs["max_new_tokens"] = 4  # read-only answers are allowed: keep them short
+    read_only = ENDPOINT_ACCESS[endpoint.lstrip("/")][0] == READ_ONLY
+    if read_only and any(p["parameter_name"] == "max_new_tokens" for p in info["parameters"]):
+        kwargs["max_new_tokens"] = 4  # read-only answers are allowed: keep them short (writes keep their default)
     try:
         client.predict(**kwargs, api_name=endpoint)
     except AppError as exc:

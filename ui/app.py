@@ -1,4 +1,4 @@
-"""The app shell: a first-run guide, then one tab per job (Data, Train, RAG, Compare, Chat, Share, Lab).
+"""The app shell: a first-run guide, then one tab per job (Data, Train, RAG, Compare, Experiment, Chat, Share, Lab).
 
 Why this shape: each tab file builds its components and then registers its events, so tabs can
 share a few components (the loaded dataset, the Train settings the Data check depends on) without
@@ -17,7 +17,7 @@ import gradio as gr
 from engine.quotas import upload_bytes_limit
 from engine.workspace import AccessPolicy
 from services.hub import connect_downloads
-from ui import chat_tab, compare_tab, data_tab, lab_tab, share_tab, train_tab
+from ui import chat_tab, compare_tab, data_tab, experiment_tab, lab_tab, share_tab, train_tab
 from ui.common import UndeclaredEndpointError, signed_in_user
 
 log = logging.getLogger("tune_studio.ui")
@@ -29,6 +29,7 @@ GRADIO_CACHE_CLEANUP = (3600, 86400)
 CSS = """
 .ts-progress progress { height: 14px; }
 .ts-progress-text { font-size: 0.95em; margin-top: 4px; }
+#experiment-verdict p { font-size: 1.45em; font-weight: 600; line-height: 1.35; }
 """
 
 GUIDE_STEPS = (
@@ -75,6 +76,7 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
             add_rag_tab(demo, visible=writable)
             with gr.Tab("Compare", id="compare"):
                 compare_tab.register(compare_tab.build())
+            add_experiment_tab(demo, visible=writable)
             with gr.Tab("Chat", id="chat"):
                 chat = chat_tab.build()
                 chat_tab.register(chat)
@@ -146,6 +148,14 @@ def register_guide(guide: gr.Walkthrough, buttons: dict[str, gr.Button], tabs: g
     buttons["preset"].click(lambda: (gr.Dropdown(value=quick), gr.Walkthrough(selected=2), gr.Tabs(selected="train")),
                             None, [train.preset, guide, tabs], api_visibility="private")
     buttons["to_train"].click(lambda: gr.Tabs(selected="train"), None, tabs, api_visibility="private")
+
+
+def add_experiment_tab(demo: gr.Blocks, visible: bool = True) -> None:
+    """The Experiment: documents -> questions -> split -> fine-tune and four answering approaches -> verdict."""
+    with gr.Tab("Experiment", id="experiment", visible=visible):
+        experiment = experiment_tab.build()
+        experiment_tab.register(experiment)
+        experiment_tab.register_page_load(demo, experiment)
 
 
 def add_lab_tab(demo: gr.Blocks) -> None:

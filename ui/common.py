@@ -470,7 +470,12 @@ def named_parameters(fn: Callable[..., Any], names: list[str], *, request: bool 
             return args[: len(names)], {**kwargs, **dict(zip(extra, args[len(names):], strict=False))}
         return args, kwargs
 
-    if inspect.isgeneratorfunction(fn):
+    if inspect.isasyncgenfunction(fn):  # job followers: Gradio must still see an async generator
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            args, kwargs = split(args, kwargs)
+            async for item in fn(*args, **kwargs):
+                yield item
+    elif inspect.isgeneratorfunction(fn):
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             args, kwargs = split(args, kwargs)
             yield from fn(*args, **kwargs)
@@ -623,6 +628,20 @@ ENDPOINT_ACCESS: dict[str, tuple[str, str]] = {
     "lab_spectrum": (READ_ONLY, ""),
     "lab_memory": (READ_ONLY, ""),
     "lab_decide": (READ_ONLY, ""),
+    # Experiment
+    "experiment_open": (WRITES, "Creating an experiment"),
+    "experiment_generate": (WRITES, "Generating questions"),
+    "experiment_cancel": (WRITES, "Cancelling an experiment step"),
+    "experiment_save_questions": (WRITES, "Editing questions"),
+    "experiment_import": (WRITES, "Importing questions"),
+    "experiment_split": (WRITES, "Splitting questions"),
+    "experiment_run": (WRITES, "Running an experiment"),
+    "experiment_status": (READ_ONLY, ""),
+    "experiment_vote_a": (WRITES, "Voting"),
+    "experiment_vote_b": (WRITES, "Voting"),
+    "experiment_vote_tie": (WRITES, "Voting"),
+    "experiment_vote_both_bad": (WRITES, "Voting"),
+    "experiment_download": (READ_ONLY, ""),  # the questions go to the download folder only
 }
 
 
