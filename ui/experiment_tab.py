@@ -46,6 +46,7 @@ from ui.common import (
     endpoint,
     format_duration,
     friendly_errors,
+    hide_paths,
     literal_markdown,
     model_token,
     named_parameters,
@@ -546,11 +547,11 @@ async def follow(ws: Workspace, job_id: str) -> AsyncIterator[tuple[JobRecord, l
 
 def _ended_line(job: JobRecord, failed: str | None) -> str:
     if job.status == "failed":
-        return f"❌ **Stopped:** {failed or job.error or 'the job failed.'}"
+        return f"❌ **Stopped:** {hide_paths(failed or job.error or 'the job failed.')}"
     if job.status == "cancelled":
         return "⏹ **Cancelled.** What was made so far is kept."
     if job.status == "interrupted":
-        return f"⏸ **Paused:** {job.error or 'the server stopped.'} It continues when the server is back."
+        return f"⏸ **Paused:** {hide_paths(job.error or 'the server stopped.')} It continues when the server is back."
     if job.status == "needs_token":
         return "🔑 **Waiting for your token:** the server restarted; type it again above and press the button again."
     return ""
