@@ -214,9 +214,26 @@ def create_experiment(ws: Workspace, name: str, collection: str, model: str) -> 
 # ------------------------------------------------------------------------------ the steps
 
 
+def check_visitor_jobs(ws: Workspace, visitor: str | None) -> None:
+    """A visitor may have as many generation and evaluation jobs waiting or running as training runs (the
+    ``max_queued_runs`` limit): they share the one device lane, so one visitor must not fill it."""
+    from engine.jobs import ACTIVE, WAITING
+    from engine.limits import limits
+
+    if visitor is None:
+        return  # the operator (CLI) has no quota
+    store = ws.store()
+    mine = store.visitor_hash(visitor)
+    busy = sum(1 for job in store.list(owner=ws.owner, kind=None) if job.kind in (GENERATE_KIND, EVAL_KIND)
+               and job.visitor_hash == mine and job.status in (*ACTIVE, *WAITING))
+    limits().check("max_queued_runs", busy + 1, "Counting this one, your question-generation and evaluation jobs "
+                   "waiting or running", "Wait for one of them to finish, or cancel one, then try again.")
+
+
 def start_generation(ws: Workspace, exp: Experiment, settings: QGenSettings, *, visitor: str | None = None,
                      hf_token: str | None = None) -> JobRecord:
     """Queue a question-generation job; its pairs appear in the review table as they are made."""
+    check_visitor_jobs(ws, visitor)
     record = exp.record
     out = exp.folder / "generated" / f"{uuid.uuid4().hex[:12]}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +361,7 @@ def start_run(ws: Workspace, exp: Experiment, settings: ExperimentSettings, *, v
         raise ExperimentError("The questions changed since the split: split again before running.")
     if not report.test_ids:
         raise ExperimentError("The test side of the split is empty: split again with a larger test share.")
+    check_visitor_jobs(ws, visitor)
     data = write_training_file(exp, report)
     store = ws.store()
     config = training_config(exp.record["model"], settings)

@@ -168,3 +168,16 @@ def test_cli_refuses_an_empty_collection_plainly(tmp_path: Path, capsys: pytest.
     assert "The collection empty is empty: add documents to it first." in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["experiment", "--index", "x", "--out", "y", "--split-mode", "by-chapter"])  # not a choice
+
+
+def test_a_visitor_cannot_fill_the_device_lane_with_generation_jobs(collection: tuple[Workspace, Path]) -> None:
+    from engine.limits import LimitError, limits
+
+    ws, _ = collection
+    store = ws.store()
+    for _ in range(limits().max_queued_runs):
+        store.submit_task(ex.GENERATE_KIND, {}, owner=ws.owner, visitor="ada", name="q", start=False)
+    ex.check_visitor_jobs(ws, "bob")  # another visitor is not counted
+    ex.check_visitor_jobs(ws, None)  # nor the operator
+    with pytest.raises(LimitError, match="question-generation and evaluation jobs"):
+        ex.check_visitor_jobs(ws, "ada")
