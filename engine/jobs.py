@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -902,3 +903,15 @@ def _estimated_steps(config: TrainConfig, data_path: Path) -> tuple[int, int] | 
     train_rows = max(1, rows - math.floor(rows * config.val_fraction))
     per_epoch = math.ceil(train_rows / (config.batch_size * config.grad_accum))
     return max(1, math.ceil(per_epoch * config.num_epochs)), rows
+
+
+def record_failure(store: JobStore, job_id: str, reason: str, exc: BaseException) -> None:
+    """End a job as failed: the Failed event (with the traceback's tail for the log view), then the status.
+
+    Shared by the runners of every kind, so a failure reads the same in every tab and the traceback reaches
+    the worker's own output too.
+    """
+    detail = "".join(traceback.format_exception(exc))[-4000:]
+    EventLog(store.load(job_id).events_path).append(Failed(job_id, reason=reason, resumable=False, detail=detail))
+    store.finish(job_id, "failed", error=reason)
+    print(detail, flush=True)

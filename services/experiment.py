@@ -27,7 +27,6 @@ import json
 import os
 import signal
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,8 +36,8 @@ from typing import Any
 
 from core.generation import GenerationSettings
 from core.settings import Settings, setting
-from engine.events import Cancelled, Done, EventLog, Failed, Interrupted, Log, Progress
-from engine.jobs import TOKEN_ENV, JobError, JobRecord, JobStore
+from engine.events import Cancelled, Done, EventLog, Interrupted, Log, Progress
+from engine.jobs import TOKEN_ENV, JobError, JobRecord, JobStore, record_failure
 from engine.workspace import Workspace
 from services import experiment_report as er
 from services.experiment_split import ExperimentSplitSettings, SplitReport, split_pairs
@@ -333,19 +332,11 @@ def write_pretraining_file(exp: Experiment, report: SplitReport, index: Any) -> 
 def training_config(model: str, settings: ExperimentSettings) -> Any:
     """The device's preset with the experiment's steps and model (the same QLoRA defaults as the Train tab)."""
     from engine.config import load_preset
+    from engine.models import pick_device
 
-    preset = "quick-cpu-demo" if not _has_gpu() else "balanced-gpu-qlora"
+    preset = "balanced-gpu-qlora" if pick_device("auto") == "cuda" else "quick-cpu-demo"
     return load_preset(preset).replace(base_model=model, max_steps=settings.max_steps,
                                        learning_rate=settings.learning_rate, save_steps=max(settings.max_steps, 1))
-
-
-def _has_gpu() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
 
 
 def start_run(ws: Workspace, exp: Experiment, settings: ExperimentSettings, *, visitor: str | None = None,
@@ -630,9 +621,7 @@ def run_experiment_job(job_id: str, store: JobStore | None = None) -> int:
     except BaseException as exc:
         reason = str(exc) if isinstance(exc, (ExperimentError, JobError)) else \
             f"The evaluation stopped with an error: {type(exc).__name__}: {exc}"
-        log.append(Failed(job.id, reason=reason, resumable=False,
-                          detail="".join(traceback.format_exception(exc))[-4000:]))
-        store.finish(job.id, "failed", error=reason)
+        record_failure(store, job.id, reason, exc)
         exit_code = 1
     finally:
         signal.signal(signal.SIGTERM, previous)

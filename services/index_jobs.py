@@ -25,15 +25,14 @@ import shutil
 import signal
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.events import Cancelled, Done, EventLog, Failed, Interrupted, Log, Progress
-from engine.jobs import ACTIVE, WAITING, JobError, JobRecord, JobStore
+from engine.events import Cancelled, Done, EventLog, Interrupted, Log, Progress
+from engine.jobs import ACTIVE, WAITING, JobError, JobRecord, JobStore, record_failure
 from engine.limits import limits
 from engine.quotas import accept_upload
 from engine.workspace import Workspace
@@ -464,11 +463,7 @@ def run_index_job(job_id: str, store: JobStore | None = None) -> int:
         store.finish(job.id, "interrupted", error=reason)
         keep_staging, exit_code = True, 75
     except BaseException as exc:
-        reason = explain_failure(exc)
-        detail = "".join(traceback.format_exception(exc))[-4000:]
-        log.append(Failed(job.id, reason=reason, resumable=False, detail=detail))
-        store.finish(job.id, "failed", error=reason)
-        print(detail, flush=True)
+        record_failure(store, job.id, explain_failure(exc), exc)
         exit_code = 1
     finally:
         if job.payload.get("staging") and not keep_staging:

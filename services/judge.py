@@ -145,6 +145,24 @@ def _fallback_grade(line: str) -> bool | None:
     return _one([_GRADE_WORDS[word] for _, word in found] + matched)
 
 
+def _last_explicit_or_agreed(text: str, explicit_of: Callable[[str], list[Any]],
+                             fallback_of: Callable[[str], Any]) -> Any:
+    """The rule both parsers share: the last line with one explicit verdict wins (a line naming several is the
+    instruction echoed, and is skipped); without any, the fallback readings count only if they all agree."""
+    explicit, fallback = [], []
+    for line in _lines(text):
+        found = explicit_of(line)
+        if found:
+            value = _one(found)
+            if value is not None:
+                explicit.append(value)
+            continue
+        value = fallback_of(line)
+        if value is not None:
+            fallback.append(value)
+    return explicit[-1] if explicit else _one(fallback)
+
+
 def parse_graded(text: str) -> bool | None:
     """True (correct), False (incorrect) or None when the reply holds no unambiguous verdict.
 
@@ -152,21 +170,8 @@ def parse_graded(text: str) -> bool | None:
     verdicts (the model echoing the instruction) is ignored. Without one, bare or sentence verdicts
     count only if they all agree. Anything else is None: counted as unparsed, never guessed.
     """
-    explicit, fallback = [], []
-    for line in _lines(text):
-        found = [_GRADE_WORDS[" ".join(w.split())] for w in _VERDICT_RE.findall(line)]
-        if found:
-            value = _one(found)
-            if value is not None:
-                explicit.append(value)
-            continue
-        value = _fallback_grade(line)
-        if value is not None:
-            fallback.append(value)
-    if explicit:
-        return explicit[-1]
-    return _one(fallback)
-
+    return _last_explicit_or_agreed(
+        text, lambda line: [_GRADE_WORDS[" ".join(w.split())] for w in _VERDICT_RE.findall(line)], _fallback_grade)
 
 _PREF_WORDS = {"a": "A", "b": "B", "tie": "tie", "both": "tie", "neither": "tie", "equal": "tie"}
 _BETTER_RE = re.compile(r"better\s*(?:[:=\-]|is\b)\s*(?:answer\s+)?(a|b|tie|both|neither|equal)\b")
@@ -191,21 +196,8 @@ def parse_pairwise(text: str) -> str | None:
     Same rules as :func:`parse_graded`: the last explicit "Better: X" line wins, a line naming several
     options is an echo of the instruction and is ignored, and fallback sentences must all agree.
     """
-    explicit, fallback = [], []
-    for line in _lines(text):
-        found = [_PREF_WORDS[w] for w in _BETTER_RE.findall(line)]
-        if found:
-            value = _one(found)
-            if value is not None:
-                explicit.append(value)
-            continue
-        value = _fallback_pref(line)
-        if value is not None:
-            fallback.append(value)
-    if explicit:
-        return explicit[-1]
-    return _one(fallback)
-
+    return _last_explicit_or_agreed(text, lambda line: [_PREF_WORDS[w] for w in _BETTER_RE.findall(line)],
+                                    _fallback_pref)
 
 # ------------------------------------------------------------------------------------------ judge
 

@@ -25,7 +25,6 @@ import os
 import random
 import re
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings, SettingsError, setting
-from engine.events import Cancelled, Done, EventLog, Failed, Interrupted, Log, Progress
-from engine.jobs import TOKEN_ENV, JobRecord, JobStore
+from engine.events import Cancelled, Done, EventLog, Interrupted, Log, Progress
+from engine.jobs import TOKEN_ENV, JobRecord, JobStore, record_failure
 from rag.chunking import Chunk
 from rag.gold import Gold, chunk_id, contains_phrase, content_words, find_phrase, normalise, sentences, words
 from services.index_jobs import StopSignal
@@ -659,11 +658,7 @@ def run_generate_job(job_id: str, store: JobStore | None = None) -> int:
         store.finish(job.id, "interrupted", error=reason)
         exit_code = 75
     except BaseException as exc:
-        reason = explain_failure(exc)
-        detail = "".join(traceback.format_exception(exc))[-4000:]
-        log.append(Failed(job.id, reason=reason, resumable=False, detail=detail))
-        store.finish(job.id, "failed", error=reason)
-        print(detail, flush=True)
+        record_failure(store, job.id, explain_failure(exc), exc)
         exit_code = 1
     finally:
         if exit_code != 75:  # a stopping server starts nothing new
