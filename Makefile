@@ -10,7 +10,7 @@ run: install
 
 test: install browser
 	$(PY) -m ruff check .
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadfile
 
 lint: install
 	$(PY) -m ruff check .

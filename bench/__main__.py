@@ -1,6 +1,7 @@
 """Benchmarks: ``python -m bench rag`` (retrieval quality and speed), ``train``, ``dpo`` (preference tuning against
-plain TRL), ``load``, ``serving``, ``memory`` (the memory estimate against measured peaks) or ``experiment``
-(generated questions against human ones, and the judge's agreement with gold answers).
+plain TRL), ``load``, ``serving``, ``memory`` (the memory estimate against measured peaks), ``experiment``
+(generated questions against human ones, and the judge's agreement with gold answers) or ``newcomer`` (the
+guide's whole path in a browser, timed).
 
 Each subcommand's module is imported only when chosen, so one benchmark's heavy dependencies never
 slow the other down.
@@ -15,13 +16,18 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmark", choices=("rag", "train", "dpo", "load", "serving", "memory", "experiment"))
+    parser.add_argument("benchmark", choices=("rag", "train", "dpo", "load", "serving", "memory", "experiment",
+                                                     "newcomer"))
     args, rest = parser.parse_known_args(argv[:1])
     rest += argv[1:]
     if args.benchmark == "serving":
         from bench import serving
 
         return serving.main(rest)
+    if args.benchmark == "newcomer":
+        from bench import newcomer
+
+        return newcomer.main(rest)
     if args.benchmark == "experiment":
         from bench import experiment
 

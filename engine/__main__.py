@@ -174,7 +174,21 @@ def cmd_worker(job_id: str) -> int:
         store.dispatch()
         return 1
     signal.signal(signal.SIGTERM, previous)  # the runner installs its own handler if it can checkpoint
+    _fit_threads(log, job.id)
     return runner(job_id, store)
+
+
+def _fit_threads(log: Any, job_id: str) -> None:
+    """Compute with the cores other programs leave free (``engine.cpu``); say so in the job's log."""
+    from engine.cpu import fit_threads_to_free_cores
+    from engine.events import Log
+
+    try:
+        line = fit_threads_to_free_cores()
+    except Exception:  # never a reason for a job to fail: it runs with the default threads
+        return
+    if line:
+        log.append(Log(job_id, message=line))
 
 
 class _WorkerStopped(BaseException):

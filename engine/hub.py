@@ -151,9 +151,8 @@ def _offline_error(repo: str) -> HubError:
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        return HubError("offline", f"Downloading {repo} is switched off: this server runs offline (HF_HUB_OFFLINE "
-                                   "is set). Offline, only the bundled model works; choose it, or ask the operator "
-                                   "to allow Hub downloads.")
+        return HubError("offline", f"Downloading {repo} is switched off: this server runs offline. Offline, only "
+                                   "the bundled model works; choose it, or ask the operator to allow Hub downloads.")
     return HubError("offline", f"Cannot reach {endpoint_host()} to fetch {repo}. Check the internet connection and "
                                "try again; offline, only the bundled model works.")
 

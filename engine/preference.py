@@ -33,6 +33,7 @@ from engine.train import (
     TrainerSetup,
     _adapter_to_float32,
     auto_eval_steps,
+    cap_validation,
     continued_model,
     load_model_announced,
     load_tokenizer_announced,
@@ -82,13 +83,18 @@ def preference_examples(job: JobRecord, tokenizer: Any, log: EventLog) -> tuple[
     return "feedback", usable, prepared
 
 
+def prompt_key(example: Any) -> tuple[tuple[str, str], ...]:
+    """Examples with the same prompt (KTO answers, pairs of one question) belong together in a split."""
+    return tuple((m.role, m.content) for m in example.prompt)
+
+
 def split_by_prompt(examples: list[Any], val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     """Deterministic train/validation split; examples sharing a prompt stay on one side (no leak)."""
     if val_fraction <= 0 or len(examples) < 4:
         return list(examples), []
     groups: dict[Any, list[Any]] = {}
     for ex in examples:
-        groups.setdefault(tuple((m.role, m.content) for m in ex.prompt), []).append(ex)
+        groups.setdefault(prompt_key(ex), []).append(ex)
     keys = list(groups)
     random.Random(seed).shuffle(keys)
     target = min(len(examples) - 1, max(1, round(len(examples) * val_fraction)))
@@ -121,7 +127,9 @@ def preference_datasets(job: JobRecord, tokenizer: Any, log: EventLog) -> tuple[
 
     config = job.config
     kind, examples, prepared = preference_examples(job, tokenizer, log)
-    train_examples, eval_examples = split_by_prompt(examples, config.val_fraction, config.seed)
+    train_examples, eval_examples = cap_validation(
+        *split_by_prompt(examples, config.val_fraction, config.seed), config.eval_max_rows,
+        key=prompt_key)  # a prompt's pairs stay on one side
     train_rows = encoded_rows(kind, tokenizer, train_examples, config.max_length)
     eval_rows = encoded_rows(kind, tokenizer, eval_examples, config.max_length)
     if not train_rows:
@@ -286,7 +294,7 @@ def build_preference_trainer(job: JobRecord, store: JobStore | None, hf_token: s
     if dtype == torch.float32:
         _adapter_to_float32(trainer.model)
         _reference_to_float32(trainer.model)
-    if eval_dataset is not None and not config.eval_steps:
+    if eval_dataset is not None:  # the setting is a lower bound: evaluation stays a small share of the run
         trainer.args.eval_steps = auto_eval_steps(config, planned_steps(config, len(train_dataset)))
     return TrainerSetup(trainer, callback, tokenizer, eval_dataset is not None, model_config,
                         {"reference": reference, "from_run": config.from_run or None, "data_kind": fingerprint["kind"]})

@@ -16,6 +16,8 @@ import os
 import signal
 import time
 import traceback
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from engine import memory
-from engine.config import TrainConfig
+from engine.config import TrainConfig, eval_interval
 from engine.events import (
     Cancelled,
     Checkpoint,
@@ -88,7 +90,31 @@ def resolve_optimizer(config: TrainConfig, device: str) -> str:
 
 
 def auto_eval_steps(config: TrainConfig, total_steps: int) -> int:
-    return config.eval_steps or max(1, math.ceil(total_steps / 5))
+    """Steps between evaluations (``engine.config.eval_interval``); a short run evaluates only at the end, which
+    the trainer does after its last step (or :func:`run_trainer` if it did not)."""
+    return eval_interval(config, total_steps)
+
+
+def cap_validation(train: list[Any], held_out: list[Any], max_rows: int,
+                   key: Callable[[Any], Any] | None = None) -> tuple[list[Any], list[Any]]:
+    """At most ``max_rows`` held-out examples are evaluated; the other held-out examples train.
+
+    Examples with the same ``key`` (default: ``example.key()``, equal examples) stay on one side, as the split
+    keeps them: whole groups are kept for evaluation until the cap is reached, the other groups go back to
+    training (preference data passes its prompt as the key).
+    """
+    if len(held_out) <= max_rows:
+        return train, held_out
+    key = key or (lambda example: example.key())
+    sizes = Counter(key(example) for example in held_out)
+    kept_keys: set[Any] = set()
+    count = 0
+    for group, size in sizes.items():  # first-seen order: the split's own shuffled order
+        if count + size <= max_rows or not kept_keys:
+            kept_keys.add(group)
+            count += size
+    evaluated = [ex for ex in held_out if key(ex) in kept_keys]
+    return train + [ex for ex in held_out if key(ex) not in kept_keys], evaluated
 
 
 def planned_steps(config: TrainConfig, sequences: int) -> int:
@@ -101,12 +127,12 @@ def planned_steps(config: TrainConfig, sequences: int) -> int:
 
 def build_datasets(job: JobRecord, tokenizer: Any, config: TrainConfig, log: EventLog) -> tuple[Any, Any, dict]:
     """Tokenise with the same code path the Data tab's preview uses; labels are -100 outside trained tokens."""
-    from datasets import Dataset
-
     from engine import data
 
     mapping = data.ColumnMapping.from_dict(job.mapping) if job.mapping else None
     prepared = data.prepare(job.data_path, mapping=mapping, **job.data_options)
+    item = Path(job.data_path).name
+    log.append(Progress(job.id, phase="tokenize", item=item, done=0, total=len(prepared.examples), unit="rows"))
     report = data.validate(prepared, tokenizer, config.max_length, config.train_on)
     for warning in prepared.warnings:
         log.append(Log(job.id, message=warning, level="warning"))
@@ -115,22 +141,16 @@ def build_datasets(job: JobRecord, tokenizer: Any, config: TrainConfig, log: Eve
     if skipped:
         log.append(Log(job.id, level="warning", message=f"Skipping {skipped} row(s) with errors; the Data tab "
                                                        "lists them with row numbers."))
-    train_examples, eval_examples = data.split_train_validation(usable, config.val_fraction, config.seed)
-
-    def encode(examples: list[Any]) -> Any:
-        rows = []
-        for encoded in data.encode_examples(tokenizer, examples, config.max_length, config.train_on):
-            labels = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.assistant_masks, strict=True)]
-            rows.append({"input_ids": encoded.input_ids, "labels": labels})
-        return Dataset.from_list(rows) if rows else None
-
-    train_dataset = encode(train_examples)
+    train_examples, eval_examples = cap_validation(
+        *data.split_train_validation(usable, config.val_fraction, config.seed), config.eval_max_rows)
+    counter = RowCounter(job.id, log, item, len(usable))
+    train_dataset = encode_dataset(tokenizer, train_examples, config, counter)
     if train_dataset is None:
         raise data.DatasetError(
             "No example has any token to train on after cutting to max length. Raise 'Max length' or check that "
             "your rows contain assistant replies."
         )
-    eval_dataset = encode(eval_examples) if eval_examples else None
+    eval_dataset = encode_dataset(tokenizer, eval_examples, config, counter) if eval_examples else None
     fingerprint = {
         "file": str(job.data_path),
         "sha256": data.fingerprint_file(job.data_path),
@@ -144,6 +164,43 @@ def build_datasets(job: JobRecord, tokenizer: Any, config: TrainConfig, log: Eve
         "options": job.data_options,
     }
     return train_dataset, eval_dataset, fingerprint
+
+
+#: Examples encoded between two 'Preparing the data: i of n rows' events (at most about one a second).
+ENCODE_CHUNK = 256
+
+
+class RowCounter:
+    """'Preparing the data: i of n rows' while examples are encoded, at most about once a second."""
+
+    def __init__(self, job_id: str, log: EventLog, item: str, total: int, every_s: float = 1.0):
+        self.job_id, self.log, self.item, self.total, self.every_s = job_id, log, item, total, every_s
+        self.done = 0
+        self._last = time.monotonic()
+
+    def count(self, rows: int) -> None:
+        self.done += rows
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.log.append(Progress(self.job_id, phase="tokenize", item=self.item, done=self.done,
+                                     total=self.total, unit="rows"))
+
+
+def encode_dataset(tokenizer: Any, examples: list[Any], config: TrainConfig, counter: RowCounter) -> Any:
+    """Token ids and labels (-100 outside the trained tokens) as a ``datasets.Dataset``; None when empty."""
+    from datasets import Dataset
+
+    from engine import data
+
+    rows = []
+    for start in range(0, len(examples), ENCODE_CHUNK):
+        chunk = examples[start:start + ENCODE_CHUNK]
+        for encoded in data.encode_examples(tokenizer, chunk, config.max_length, config.train_on):
+            labels = [t if m else -100 for t, m in zip(encoded.input_ids, encoded.assistant_masks, strict=True)]
+            rows.append({"input_ids": encoded.input_ids, "labels": labels})
+        counter.count(len(chunk))
+    return Dataset.from_list(rows) if rows else None
 
 
 #: TRL's log keys for a preference run's implicit rewards, and the Step fields they fill.
@@ -167,10 +224,13 @@ class EventCallback(TrainerCallback):
         self.interrupted = False
         self.last_loss: float | None = None
         self.last_eval_loss: float | None = None
+        self.last_eval_step: int | None = None
         self._t0 = time.time()
         self._tokens = (0.0, time.time())
         self._first_step_time: float | None = None
         self._first_step = 0
+        self._eval_batches = 0
+        self._eval_shown = time.monotonic()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._t0 = time.time()
@@ -178,11 +238,27 @@ class EventCallback(TrainerCallback):
         self.log.append(Started(self.job_id, total_steps=state.max_steps, resumed_from_step=state.global_step,
                                 **self.meta))
 
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """'Evaluating: batch i of n', at most about once a second (a long evaluation shows it is moving)."""
+        self._eval_batches += 1
+        now = time.monotonic()
+        if now - self._eval_shown < 1.0:
+            return
+        self._eval_shown = now
+        loader = kwargs.get("eval_dataloader")
+        total = len(loader) if loader is not None and hasattr(loader, "__len__") else None
+        self.log.append(Progress(self.job_id, phase="evaluate", done=self._eval_batches, total=total,
+                                 unit="batches"))
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._eval_batches = 0
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
         logs = logs or {}
         now = time.time()
         if "eval_loss" in logs:
             self.last_eval_loss = logs["eval_loss"]
+            self.last_eval_step = state.global_step
             self.log.append(Eval(self.job_id, step=state.global_step, eval_loss=logs["eval_loss"],
                                  reward_margin=logs.get("eval_rewards/margins"),
                                  reward_accuracy=logs.get("eval_rewards/accuracies")))
@@ -220,10 +296,12 @@ class EventCallback(TrainerCallback):
             self.cancelled = True
             control.should_save = True  # leave a checkpoint to resume from
             control.should_training_stop = True
+        elif state.global_step >= state.max_steps:
+            control.should_save = False  # the finished adapter is saved next: a last checkpoint would only cost time
         # The flow callback has already decided what happens after this step; say so before it starts.
         if control.should_evaluate:
-            self.log.append(Progress(self.job_id, phase="evaluate", done=state.global_step, total=state.max_steps,
-                                     unit="steps"))
+            self._eval_batches = 0
+            self.log.append(Progress(self.job_id, phase="evaluate", message=f"after step {state.global_step}"))
         if control.should_save:
             self.log.append(Progress(self.job_id, phase="save", done=state.global_step, total=state.max_steps,
                                      unit="steps", message="checkpoint"))
@@ -292,8 +370,11 @@ def model_label(model_id: str) -> str:
 
 def load_tokenizer_announced(job: JobRecord, hf_token: str | None, log: EventLog) -> Any:
     """The tokenizer, its phase announced first so the run shows life within seconds."""
-    from engine.models import load_tokenizer
+    from engine.models import BUNDLED_ID, load_tokenizer, local_config_path
 
+    if job.config.base_model == BUNDLED_ID and local_config_path(BUNDLED_ID) is None:
+        log.append(Progress(job.id, phase="convert", item=model_label(BUNDLED_ID),
+                            message="first time only, about half a minute"))
     log.append(Progress(job.id, phase="load", item=model_label(job.config.base_model), message="tokenizer"))
     return load_tokenizer(job.config.base_model, hf_token, on_progress=_downloading(job, log))
 
@@ -357,7 +438,7 @@ def build_sft_trainer(job: JobRecord, store: JobStore | None, hf_token: str | No
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
     if dtype == torch.float32:
         _adapter_to_float32(trainer.model)
-    if eval_dataset is not None and not config.eval_steps:
+    if eval_dataset is not None:
         # Packing decides how many steps an epoch has; only now can "about 5 evaluations" be placed.
         trainer.args.eval_steps = auto_eval_steps(config, planned_steps(config, len(trainer.train_dataset)))
     return TrainerSetup(trainer, callback, tokenizer, eval_dataset is not None, model_config, {})
@@ -427,8 +508,8 @@ def run_trainer(job: JobRecord, setup: TrainerSetup, log: EventLog, device: str,
     if callback.cancelled:
         return TrainResult("cancelled", steps, callback.last_loss, callback.last_eval_loss)
     eval_loss = callback.last_eval_loss
-    if setup.has_eval and trainer.state.global_step % trainer.args.eval_steps != 0:
-        log.append(Progress(job.id, phase="evaluate", done=steps, total=steps, unit="steps"))
+    if setup.has_eval and callback.last_eval_step != steps:  # the trainer may have evaluated the last step
+        log.append(Progress(job.id, phase="evaluate", message=f"after step {steps}"))
         trainer.evaluate()  # its log line reaches the callback, which records the Eval event
         eval_loss = callback.last_eval_loss
     log.append(Progress(job.id, phase="save", message="adapter"))

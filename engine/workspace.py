@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
-from dataclasses import dataclass, field
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.paths import data_dir
 from engine.jobs import JobError, JobRecord, JobStore
@@ -32,6 +36,10 @@ SHARE_OWNER_TOKEN_ENV = "TUNE_STUDIO_SHARE_OWNER_TOKEN"  # "1": every visitor's 
 SERVER_TOKEN_ENV = "HF_TOKEN"  # the Space owner's secret
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+#: "Your datasets": at most this many are kept per workspace (their bytes count in the disk quota too).
+MAX_SAVED_DATASETS = 30
+DATASET_RECORD = "dataset.json"
+_DATASET_ID = re.compile(r"^[0-9a-f]{12}$")
 
 
 class AccessError(PermissionError):
@@ -137,6 +145,26 @@ def token_for_job(policy: AccessPolicy, owner: str, visitor_token: str | None) -
     return None
 
 
+@dataclass
+class DatasetRecord:
+    """One of "your datasets": a file kept in the workspace and what the Data tab read from it."""
+
+    id: str  # the first 12 hex digits of the file's sha256: the same file is kept once
+    name: str
+    format: str = ""
+    rows: int = 0
+    saved_at: float = 0.0  # time.time() of the last save or use
+    kind: str = "sft"
+    mapping: dict[str, Any] | None = None  # the column mapping chosen for it (None: detected)
+    options: dict[str, Any] = field(default_factory=dict)  # engine.data.DataOptions fields
+    path: str = ""  # the file, filled when read (not stored: the workspace can move)
+
+    def label(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.saved_at))
+        rows = f"{self.rows} rows · " if self.rows else ""
+        return f"{self.name} ({rows}{self.format or 'format not read yet'} · {when})"
+
+
 class Workspace:
     """One owner's files and runs. Cheap to create per request."""
 
@@ -204,3 +232,83 @@ class Workspace:
         if not cleaned:
             raise ValueError("Give the collection a name (letters, digits, '-', '_').")
         return self.indexes / cleaned[:80]
+
+    # -- "your datasets" ---------------------------------------------------------------------------
+    def save_dataset(self, source: str | Path, name: str | None = None, **info: Any) -> DatasetRecord:
+        """Keep a data file in the workspace (once per content) with its record; returns the record.
+
+        The caller checked the upload's size and the disk quota (``engine.quotas.accept_upload``); this bounds
+        how many are kept (``MAX_SAVED_DATASETS``): saving past it is refused with what to do instead.
+        ``info`` sets record fields (format, rows, kind, mapping, options).
+        """
+        source = Path(source)
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+        folder = self.datasets / digest
+        if not folder.is_dir() and len(self.list_datasets()) >= MAX_SAVED_DATASETS:
+            raise ValueError(f"You already keep {MAX_SAVED_DATASETS} datasets: delete one under 'Your datasets' "
+                             "in the Data tab, then upload this file again.")
+        name = Path(name or source.name).name
+        target = folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copyfile(source, target)
+        old = self._read_record(folder)
+        record = DatasetRecord(**{**(asdict(old) if old else {}), "id": digest, "name": name,
+                                  "saved_at": time.time(), **info})
+        self._write_record(folder, record)
+        return self.dataset(digest)
+
+    def update_dataset(self, dataset_id: str, **info: Any) -> DatasetRecord:
+        """Change fields of a kept dataset's record (format and rows once read, the chosen mapping...)."""
+        record = self.dataset(dataset_id)
+        record = DatasetRecord(**{**asdict(record), **info, "saved_at": time.time()})
+        self._write_record(self.datasets / record.id, record)
+        return self.dataset(record.id)
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        """The owner's kept datasets, the most recently used first."""
+        records = [self._read_record(folder) for folder in self.datasets.iterdir() if folder.is_dir()]
+        return sorted((r for r in records if r), key=lambda r: r.saved_at, reverse=True)
+
+    def last_dataset(self) -> DatasetRecord | None:
+        """The dataset used last (what a reloaded page loads again), or None."""
+        records = self.list_datasets()
+        return records[0] if records else None
+
+    def dataset(self, dataset_id: str) -> DatasetRecord:
+        """One kept dataset; another owner's id, or a made-up one, reads as missing."""
+        folder = self.datasets / dataset_id if _DATASET_ID.match(dataset_id or "") else None
+        record = self._read_record(folder) if folder is not None and folder.is_dir() else None
+        if record is None:
+            raise KeyError("That dataset is not in your workspace any more: pick another one, or upload it again.")
+        return record
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Remove a kept dataset (its file and record). Finished runs keep their own results; a run still
+        queued or training reads the file, so the dataset is kept until it ends (the message says which)."""
+        folder = self.datasets / self.dataset(dataset_id).id
+        busy = [job for job in self.runs() if not job.finished and Path(job.data_path).parent == folder.resolve()]
+        if busy:
+            raise ValueError(f"The run '{busy[0].name}' is still using this dataset ({busy[0].status}): delete it "
+                             "when that run has ended.")
+        shutil.rmtree(folder)
+
+    def _read_record(self, folder: Path) -> DatasetRecord | None:
+        try:
+            raw = json.loads((folder / DATASET_RECORD).read_text(encoding="utf-8"))
+            known = {k: v for k, v in raw.items() if k in DatasetRecord.__dataclass_fields__}
+            record = DatasetRecord(**known)
+        except (OSError, ValueError, TypeError):
+            return None
+        path = folder / Path(record.name).name
+        if record.id != folder.name or not path.is_file():
+            return None
+        record.path = str(path)
+        return record
+
+    @staticmethod
+    def _write_record(folder: Path, record: DatasetRecord) -> None:
+        data = {k: v for k, v in asdict(record).items() if k != "path"}
+        tmp = folder / (DATASET_RECORD + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, folder / DATASET_RECORD)

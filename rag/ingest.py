@@ -6,7 +6,8 @@ every chunk cut later can be cited precisely. A file that cannot be used never r
 file, and how to fix it, so one bad file never stops the rest of a batch.
 
 Libraries: pypdf (BSD) for PDF — no AGPL PDF library; python-docx, python-pptx, openpyxl for
-Office files; BeautifulSoup for HTML/EPUB; striprtf for RTF; core.text (charset-normalizer) for encodings.
+Office files; BeautifulSoup for HTML/EPUB; striprtf for RTF; core.text (charset-normalizer) for encodings;
+the standard library's ``email`` for .eml and python-oxmsg (MIT) for Outlook .msg.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def _load_pdf(data: bytes, source: str, password: str = "") -> tuple[list[Sectio
             raise _Refuse(
                 RefusalReason.ENCRYPTED,
                 f"'{source}' is password-protected. Type its password in the 'PDF password' box, or save an "
-                "unlocked copy (e.g. print it to PDF, or `qpdf --decrypt`) and upload that.",
+                "unlocked copy (open it, then print it to PDF) and upload that.",
             )
         pages = list(reader.pages)
     except _Refuse:
@@ -184,7 +185,8 @@ def _load_pdf(data: bytes, source: str, password: str = "") -> tuple[list[Sectio
         raise _Refuse(
             RefusalReason.NO_TEXT_LAYER,
             f"'{source}' has {len(pages)} page(s) but no text layer: it is a scanned or image-only PDF. "
-            "Run OCR on it (e.g. `ocrmypdf in.pdf out.pdf`) and upload the result.",
+            "Make it searchable with text recognition (OCR: in most PDF and scanner programs, 'Recognize text' "
+            "or 'Make searchable') and upload the result.",
         )
     return sections, None
 
@@ -315,6 +317,87 @@ def _load_epub(data: bytes, source: str) -> tuple[list[Section], str | None]:
     return sections, None
 
 
+# ---------------------------------------------------------------- e-mail
+# One section per message: the header lines people search by (subject, from, to, date), then the body (the
+# plain-text part, else the HTML part as text), then the attachments by name. Attachments are listed, not read:
+# drop them as files of their own to index them.
+
+_ENCRYPTED_MAIL = ("multipart/encrypted", "application/pkcs7-mime", "application/x-pkcs7-mime")
+
+
+def _mail_text(source: str, headers: dict[str, str], body: str, attachments: list[str]) -> list[Section]:
+    lines = [f"{name}: {value}" for name, value in headers.items() if value and str(value).strip()]
+    text = "\n".join(lines)
+    if body.strip():
+        text += "\n\n" + body
+    if attachments:
+        text += "\n\nAttachments: " + ", ".join(attachments)
+    if not (body.strip() or attachments or headers.get("Subject")):
+        return []
+    return [Section(_clean(text), source, section=headers.get("Subject") or None)]
+
+
+def _refuse_encrypted_mail(source: str) -> None:
+    raise _Refuse(RefusalReason.ENCRYPTED, f"'{source}' is an encrypted e-mail (S/MIME or PGP): its text cannot be "
+                  "read without the recipient's key. Open it in your mail program, save or print the decrypted "
+                  "message (e.g. as PDF), and upload that.")
+
+
+def _eml_part_text(part: object) -> str:
+    """A MIME part's text; an unknown or broken charset falls back to core.text's detection."""
+    from email.message import EmailMessage
+
+    assert isinstance(part, EmailMessage)
+    try:
+        content = part.get_content()
+    except (LookupError, UnicodeError, ValueError, AssertionError):
+        raw = part.get_payload(decode=True) or b""
+        content, _ = decode_bytes(raw if isinstance(raw, bytes) else str(raw).encode())
+    return content if isinstance(content, str) else ""
+
+
+def _load_eml(data: bytes, source: str) -> tuple[list[Section], str | None]:
+    import email
+    from email import policy
+
+    message = email.message_from_bytes(data, policy=policy.default)
+    if message.get_content_type() in _ENCRYPTED_MAIL:
+        _refuse_encrypted_mail(source)
+    headers = {name: str(message.get(name, "") or "") for name in ("Subject", "From", "To", "Date")}
+    part = message.get_body(preferencelist=("plain", "html"))
+    body = ""
+    if part is not None:
+        body = _eml_part_text(part)
+        if part.get_content_type() == "text/html":
+            body = _html_to_sections(body, source)[0][0].text
+    attachments = [p.get_filename() or p.get_content_type() for p in message.iter_attachments()]
+    return _mail_text(source, headers, body, attachments), None
+
+
+def _load_msg(data: bytes, source: str) -> tuple[list[Section], str | None]:
+    from oxmsg import Message
+
+    try:
+        message = Message.load(io.BytesIO(data))
+    except Exception as exc:  # not an OLE file, or a damaged one: python-oxmsg raises several kinds
+        raise _Refuse(RefusalReason.BROKEN, f"'{source}' is not a readable Outlook message ({type(exc).__name__}). "
+                      "Open it in Outlook and save it again (File > Save As > Outlook Message Format), or save it "
+                      "as .eml, and upload that.") from None
+    headers_in = message.message_headers or {}
+    content_type = str(headers_in.get("Content-Type", "")).split(";", 1)[0].strip().lower()
+    if content_type in _ENCRYPTED_MAIL or message.message_class.upper().startswith("IPM.NOTE.SMIME"):
+        _refuse_encrypted_mail(source)
+    to = ", ".join(f"{r.name} <{r.email_address}>" if r.name else r.email_address for r in message.recipients)
+    headers = {"Subject": message.subject or "", "From": message.sender or "", "To": to or headers_in.get("To", ""),
+               "Date": message.sent_date.isoformat(" ") if message.sent_date else ""}
+    body = message.body or ""
+    if not body.strip() and message.html_body:
+        html = message.html_body
+        body = _html_to_sections(html if isinstance(html, str) else decode_bytes(html)[0], source)[0][0].text
+    attachments = [a.file_name or a.mime_type or "attachment" for a in message.attachments]
+    return _mail_text(source, headers, body, attachments), None
+
+
 Loader = Callable[[bytes, str], tuple[list[Section], str | None]]
 
 LOADERS: dict[str, Loader] = {
@@ -336,6 +419,8 @@ LOADERS: dict[str, Loader] = {
     ".rtf": _load_rtf,
     ".odt": _load_odt,
     ".epub": _load_epub,
+    ".eml": _load_eml,
+    ".msg": _load_msg,
 }
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(sorted(LOADERS))
@@ -355,10 +440,10 @@ def load_bytes(data: bytes, source: str, *, pdf_password: str = "", max_mb: floa
             hint = (
                 f" Save it as {_OLD_OFFICE[suffix]} and upload that."
                 if suffix in _OLD_OFFICE
-                else f" Supported: {', '.join(SUPPORTED_EXTENSIONS)}."
+                else f" Supported: {' '.join(SUPPORTED_EXTENSIONS)}."
             )
-            raise _Refuse(RefusalReason.UNSUPPORTED,
-                          f"'{source}': files of type '{suffix or 'none'}' are not read.{hint}")
+            raise _Refuse(RefusalReason.UNSUPPORTED, f"{source}: this kind of file ({suffix or 'no extension'}) "
+                          f"cannot be read, so it is left out.{hint}")
         if max_mb and len(data) > max_mb * 1024 * 1024:
             raise _Refuse(
                 RefusalReason.TOO_LARGE,

@@ -46,6 +46,34 @@ ARMS = ("base", "ft", "ft2", "rag", "ft+rag")
 ARM_LABELS = {"base": "Base model", "ft": "Fine-tuned", "ft2": "After votes (second run)", "rag": "RAG (base + index)",
               "ft+rag": "Fine-tuned + RAG"}
 VOTE_CHOICES = ("A", "B", "tie", "both_bad")
+
+#: Every measure of a comparison: (plain name, what it means in one line). The keys stay the column names of
+#: the exported JSON/CSV; people see the plain name and the line (Compare tab, HTML report).
+METRICS: dict[str, tuple[str, str]] = {
+    "questions": ("Questions", "How many questions this approach answered."),
+    "exact_match": ("Exact match", "The answer equals the reference (ignoring case, punctuation and a/an/the)."),
+    "f1": ("Word match (F1)", "Share of words the answer and the reference have in common (1 = the same words)."),
+    "contained": ("Contains the answer", "The reference appears word for word inside the answer."),
+    "rouge_l": ("Word overlap (ROUGE-L)", "The longest run of the reference's words the answer keeps in order."),
+    "retrieval_hit": ("Found the source", "The document the reference comes from was among the retrieved "
+                      "passages (RAG only)."),
+    "latency_s": ("Seconds per answer", "Time from the question to the end of the answer."),
+    "ttft_s": ("Time to first word (s)", "Seconds until the answer starts to appear."),
+    "tokens_per_s": ("Speed (tokens/s)", "Word pieces written per second once the answer has started."),
+    "retrieval_failures": ("Missed the source", "Wrong answers where the right document was not retrieved "
+                           "(RAG only)."),
+    "generation_failures": ("Had the source, still wrong", "Wrong answers although the right document was "
+                            "retrieved (RAG only)."),
+    "errors": ("Errors", "Answers that failed with an error."),
+}
+#: The measures of the summary table, in the order shown.
+SUMMARY_METRICS = ("questions", "contained", "exact_match", "f1", "rouge_l", "retrieval_hit", "latency_s", "ttft_s",
+                   "tokens_per_s", "retrieval_failures", "generation_failures")
+
+
+def metric_name(key: str) -> str:
+    """A measure's plain name ("Exact match"); an unknown key is shown as it is."""
+    return METRICS.get(key, (key, ""))[0]
 VOTE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 
 SHORT_BASE_TEMPLATE = "Answer the question with a short phrase.\n\nQuestion: {question}\nAnswer:"
@@ -65,21 +93,21 @@ class CompareSettings(Settings):
 
     base_template: str = setting(
         SHORT_BASE_TEMPLATE,
-        "Prompt for the arms without retrieval (base, fine-tuned); must contain {question}. "
+        "Prompt for the answers without retrieval (base, fine-tuned); must contain {question}. "
         "Write '{question}' alone to send the question unchanged.",
         advanced=True,
     )
     rag_template: str = setting(
         SHORT_RAG_TEMPLATE,
-        "Prompt for the RAG arms; must contain {context} and {question}. Leave empty to use the index's own "
+        "Prompt for the RAG answers; must contain {context} and {question}. Leave empty to use the index's own "
         "pipeline prompt (which asks for [n] citations).",
         advanced=True,
     )
-    top_k: int = setting(1, "Chunks retrieved for the RAG arms (0 = the index's pipeline setting). Small models "
-                         "answer better from one passage (bundled model on SQuAD-small: 5/20 answers with 1 chunk, "
-                         "3/20 with 3); raise it for larger models.", label="Retrieved chunks", minimum=0,
-                         maximum=50, step=1)
-    max_context_chars: int = setting(0, "Context budget for the RAG arms' prompt, in characters; 0 uses the "
+    top_k: int = setting(1, "Passages retrieved for the RAG answers (0 = the collection's pipeline setting). "
+                         "Small models answer better from one passage (bundled model on SQuAD-small: 5/20 answers "
+                         "with 1 passage, 3/20 with 3); raise it for larger models.", label="Retrieved passages",
+                         minimum=0, maximum=50, step=1)
+    max_context_chars: int = setting(0, "Context budget for the RAG answers' prompt, in characters; 0 uses the "
                                      "collection's own prompt budget (its pipeline's Prompt card).",
                                      minimum=0, maximum=200000, step=100, advanced=True)
     near_duplicate: float = setting(0.8, "Leakage check: a question whose word overlap (Jaccard) or character "
@@ -951,8 +979,7 @@ def _second_run_rows(config: dict[str, Any]) -> str:
 def render_html(report: Report) -> str:
     e = html.escape
     summary = report.summary()
-    metrics = ["questions", "exact_match", "f1", "contained", "rouge_l", "retrieval_hit", "latency_s", "ttft_s",
-               "tokens_per_s", "retrieval_failures", "generation_failures"]
+    metrics = SUMMARY_METRICS
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Tune Studio comparison</title>"
              f"<style>{_CSS}</style></head><body><h1>Tune Studio comparison</h1>",
              "<h2>Configuration</h2>",
@@ -965,11 +992,12 @@ def render_html(report: Report) -> str:
              f"<tr><th>Created</th><td>{e(str(report.config.get('created')))}</td></tr></table>",
              f"<details><summary>Pipeline spec</summary><pre>{e(json.dumps(report.config.get('pipeline'), indent=2))}"
              "</pre></details>",
-             "<h2>Summary</h2><table id='summary'><tr><th>metric</th>"
-             + "".join(f"<th>{e(arm_label(a, report.config))}</th>" for a in report.arms) + "</tr>"]
+             "<h2>Summary</h2><table id='summary'><tr><th>measure</th>"
+             + "".join(f"<th>{e(arm_label(a, report.config))}</th>" for a in report.arms)
+             + "<th>what it means</th></tr>"]
     for m in metrics:
-        parts.append(f"<tr><th>{e(m)}</th>" + "".join(f"<td>{_fmt(summary[a].get(m))}</td>" for a in report.arms)
-                     + "</tr>")
+        cells = "".join(f"<td>{_fmt(summary[a].get(m))}</td>" for a in report.arms)
+        parts.append(f"<tr><th>{e(metric_name(m))}</th>{cells}<td>{e(METRICS[m][1])}</td></tr>")
     parts.append("</table>")
     rates = win_rates(report.votes)
     if rates:
@@ -999,7 +1027,7 @@ def render_html(report: Report) -> str:
             ok = a.scores.get("contained")
             verdict = ("<span class='ok'>✓ contains the answer</span>" if ok else
                        f"<span class='fail'>✗ {e(a.failure or 'no reference')}</span>" if ok is not None else "")
-            scores = " · ".join(f"{k} {_fmt(v, 2)}" for k, v in a.scores.items() if v is not None)
+            scores = " · ".join(f"{metric_name(k)} {_fmt(v, 2)}" for k, v in a.scores.items() if v is not None)
             src = f"<div>retrieved: {e(', '.join(a.sources))}</div>" if a.retrieved else ""
             made_by = f"<div class='prov'>{e(a.provenance_line)}</div>" if a.provenance else ""
             cells.append(f"<td><div class='ans'>{e(a.text)}</div>{verdict}<div>{e(scores)}</div>{src}"

@@ -20,7 +20,6 @@ scores them, asks the judge, and writes the report (``services.experiment_report
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import itertools
 import json
@@ -28,12 +27,12 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.files import locked, write_atomic
 from core.generation import GenerationSettings
 from core.settings import Settings, setting
 from engine.events import Cancelled, Done, EventLog, Interrupted, Log, Progress
@@ -83,25 +82,6 @@ class ExperimentSettings(Settings):
 
 
 # --------------------------------------------------------------------------------- the record
-
-
-@contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """One writer at a time per experiment (two tabs, or a tab and a job, may write it at once)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write beside, then swap in: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_pairs(path: Path) -> list[QAPair]:

@@ -211,6 +211,40 @@ def submit_index_job(ws: Workspace, collection: str, action: str, *,
         raise
 
 
+DEMO_COLLECTION = "demo-docs"
+DEMO_DOCS_DIR = Path(__file__).resolve().parents[1] / "ui" / "demo_data" / "docs"
+"""Short documents about Tune Studio itself, written for the app (a folder, read by path: no ui import)."""
+
+
+def demo_documents() -> list[tuple[str, Path]]:
+    """The bundled demo documents as ``(display name, path)`` pairs, in a stable order."""
+    return [(path.name, path) for path in sorted(DEMO_DOCS_DIR.glob("*.md"))]
+
+
+def start_demo_collection(ws: Workspace, visitor: str | None = None) -> str:
+    """Build the collection ``demo-docs`` from the bundled demo documents, as an ordinary index job.
+
+    Returns the id of the job building it (a new one, or one of the workspace's that is already waiting or
+    running for it), or the collection's name, :data:`DEMO_COLLECTION`, when it already holds every demo
+    document (nothing is queued then). Raises :class:`IndexJobError` or the limit's own error when the
+    workspace cannot take another collection or job; the message says why.
+    """
+    path = ws.index_path(DEMO_COLLECTION)
+    running = [j for j in index_jobs(ws, active_only=True) if j.payload.get("collection") == path.name]
+    if running:
+        return running[-1].id  # index_jobs lists newest first: follow the one that started first
+    documents = demo_documents()
+    if (path / MANIFEST).exists():
+        held = {str(record.get("source")) for record in read_manifest(path).get("files") or []}
+        if {name for name, _ in documents} <= held:
+            return path.name
+    else:
+        limits().check("max_collections", len(ws.index_names()) + 1, "Counting the demo collection, the number "
+                       "of your collections", "Delete a collection you no longer need, or add the documents to "
+                       "an existing one.")
+    return submit_index_job(ws, DEMO_COLLECTION, "add", uploads=documents, visitor=visitor, spec=PipelineSpec()).id
+
+
 def read_result(job: JobRecord) -> dict[str, Any] | None:
     """What a finished index job changed (counts, version, refusals), or None before it finished."""
     path = job.run_dir / RESULT_FILE
@@ -245,8 +279,8 @@ class _Reporter:
         if handle is not None:
             handle(self, event)
 
-    def _reading(self, event: ReadingFile) -> None:
-        self.progress("read", done=event.number - 1, total=event.total, unit="files", item=event.source)
+    def _reading(self, event: ReadingFile) -> None:  # "Reading report.pdf: 3 of 7 files" while it reads the 3rd
+        self.progress("read", done=event.number, total=event.total, unit="files", item=event.source)
 
     def _loaded(self, event: FileLoaded) -> None:
         self.note(f"{event.source}: {event.sections} section(s), {event.chars:,} characters"
@@ -263,7 +297,7 @@ class _Reporter:
         self.note(f"{event.source} {verb}: {event.chunks} chunk(s)")
 
     def _splitting(self, event: Splitting) -> None:
-        self.progress("split", done=event.number - 1, total=event.total, unit="documents", item=event.source)
+        self.progress("split", done=event.number, total=event.total, unit="documents", item=event.source)
 
     def _chunked(self, event: Chunked) -> None:
         self.note(event.preview.summary())

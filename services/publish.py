@@ -486,7 +486,7 @@ def check_token(token: str | None) -> str:
     value = (token or "").strip()
     if not value:
         raise PublishError("A Hugging Face access token with write scope is needed to push: create one at "
-                           "huggingface.co/settings/tokens and paste it into the token field (CLI: set HF_TOKEN).")
+                           "huggingface.co/settings/tokens and paste it into the token field.")
     return value
 
 
@@ -517,7 +517,7 @@ def _hub_call(token: str, what: str, call: Callable[[], T]) -> T:
     except Exception as exc:
         if _is_offline(exc):
             message = ("No connection to huggingface.co, so nothing was pushed. Check the internet connection "
-                       "(and that HF_HUB_OFFLINE is not set), then try again; the built folder is kept.")
+                       "(a server set to work offline cannot publish), then try again; the built folder is kept.")
         else:
             status = getattr(getattr(exc, "response", None), "status_code", None)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -39,7 +39,7 @@ def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
     with running_app(APP, home=home, log_name="compare-browser-app") as url, browser_page(url) as page:
         page.locator("#compare-collection input").click()
         page.get_by_role("option", name="squad").click()
-        page.get_by_text("Generation settings (shared by every arm)").click()
+        page.get_by_text("Generation settings (shared by every answer)").click()
         set_number(page, "compare-gen-max_new_tokens", 12)
 
         page.locator("#compare-question textarea").fill("In what country is Normandy located?")
@@ -61,7 +61,7 @@ def test_side_by_side_then_blind_vote_and_export(tmp_path: Path):
         page.locator("#compare-run-set").click()
         page.wait_for_function("document.querySelector('#compare-status').innerText.includes('Done')",
                                timeout=300_000)
-        assert "retrieval_hit" in _text(page, "compare-summary")
+        assert "Found the source" in _text(page, "compare-summary")
 
         page.locator("#compare-blind-start").click()
         page.wait_for_function("document.querySelector('#compare-blind-question').innerText.includes('1 of 2')")

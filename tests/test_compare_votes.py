@@ -281,7 +281,7 @@ def test_the_tab_enables_improve_only_with_a_run_and_pairs_then_preselects_the_n
     assert compare_tab.improve_hint(no_pairs)[0] is False
     ready, text = compare_tab.improve_hint(voted_report(run_id))
     assert ready and "a DPO run continues **my\\-run** on your 3 preference pair(s)" in text
-    assert "appears in Compare as another arm so you can ask the same questions before and after" in text
+    assert "appears in Compare as another answer so you can ask the same questions before and after" in text
 
     monkeypatch.setattr(compare_tab, "improve_with_votes", functools.partial(improve_with_votes, start=False))
     status, picker, arms, button = compare_tab.improve_for_request(voted_report(run_id), ["base", "ft"], None)

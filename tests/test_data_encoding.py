@@ -60,10 +60,10 @@ def test_mask_covers_exactly_the_replies_and_their_end_of_turn(tokenizer: Any) -
     assert enc.to_trainer_row() == {"input_ids": enc.input_ids, "assistant_masks": enc.assistant_masks}
 
 
-def test_default_system_prompt_and_train_on_all(tokenizer: Any) -> None:
+def test_no_injected_system_prompt_and_train_on_all(tokenizer: Any) -> None:
     ex = _chat(("user", "2+2?"), ("assistant", "4"))
     enc = encode_example(tokenizer, ex, max_length=512)
-    assert "You are a helpful AI assistant named SmolLM" in tokenizer.decode(enc.input_ids)
+    assert "named SmolLM" not in tokenizer.decode(enc.input_ids)  # no injected system prompt (core.chat_template)
     assert _trained_text(tokenizer, enc) == ["4" + EOT]
     everything = encode_example(tokenizer, ex, max_length=512, train_on="all")
     assert everything.input_ids == enc.input_ids and all(everything.assistant_masks)

@@ -46,6 +46,8 @@ def test_build_reorder_ask_and_see_citations(tmp_path: Path):
         screenshot(page, "rag-1-built")
 
         # Drag "mmr" above "threshold" and apply: the spec's post-retrieval order must follow the cards.
+        page.get_by_text("Advanced: the pipeline step by step").click()  # the cards live under "Advanced"
+        page.locator("#rag-step-mmr [data-testid=drag-handle]").wait_for(state="visible")
         before = _post_order(page)
         assert before[:2] == ["threshold", "dedupe"]
         page.locator("#rag-step-mmr [data-testid=drag-handle]").drag_to(page.locator("#rag-step-threshold").first)

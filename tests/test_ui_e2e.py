@@ -25,6 +25,7 @@ ALPACA = SHARED / "alpaca_en_demo.json"
 MLLM = SHARED / "mllm_demo.json"
 FIRST_STEP_TIMEOUT_S = 420  # worker start + model load + one step on 2 shared CPU cores
 ALPACA_ERROR_ROWS = 0  # alpaca_en_demo.json is clean: every row is usable (engine.data.validate agrees)
+GUIDE_RUN = {"max_steps": 2}  # the taste preset as chosen by the guide, only shorter
 TINY_RUN = {"max_steps": 6, "batch_size": 2, "grad_accum": 1, "max_length": 128, "save_steps": 2,
             "val_fraction": 0.0, "gradient_checkpointing": False}
 
@@ -141,16 +142,6 @@ def test_browser_bad_uploads_show_messages_and_app_keeps_working(page, tmp_path:
 
 
 @pytest.mark.browser
-def test_browser_guide_loads_demo_and_preset(page) -> None:
-    page.locator("#guide-demo").click()
-    page.locator("#data-status").filter(has_text="tune_studio_faq.json").wait_for(timeout=120_000)
-    page.locator("#guide-preset").click()
-    page.wait_for_selector("#train-start", state="visible")
-    page.wait_for_function("document.querySelector('#train-max_steps input').value === '30'")
-    shot(page, "09-guide-demo-and-preset")
-
-
-@pytest.mark.browser
 def test_browser_upload_train_reload_and_stop(page, app_server: dict) -> None:
     upload(page, ALPACA)
     page.locator("#data-status").filter(has_text="Detected format: alpaca").wait_for(timeout=120_000)
@@ -241,3 +232,17 @@ def test_client_drives_upload_train_status_and_stop(app_server: dict) -> None:
     final = wait_until(lambda: (s := client.predict(run_id, api_name="/train_status"))["status"]
                        in ("cancelled", "done") and s, 240, interval=3, what="the run to stop")
     assert final["status"] == "cancelled" and final["resumable"] is True
+
+
+@pytest.mark.browser
+def test_the_guide_walks_a_newcomer_through_the_whole_product(page) -> None:
+    """Demo data → taste training → demo documents → cited answer → four answers → share, by the guide's
+    buttons only, each step's visible result checked (``bench.newcomer.walk``, which the benchmark times)."""
+    from bench.newcomer import walk
+
+    result = walk(page, train_overrides=GUIDE_RUN, timeout_s=FIRST_STEP_TIMEOUT_S,
+                  shots=lambda p, n: shot(p, f"guide-{n}"))
+    assert [name for name, _ in result.marks][-1] == "7-share"
+    checklist = page.locator("#guide-checklist").inner_text()
+    assert "○" not in checklist and "⏳" not in checklist, checklist
+    assert not page.errors, page.errors

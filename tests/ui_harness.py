@@ -57,29 +57,44 @@ def running_app(script: str | Path, *, home: Path, timeout: float = 180, env: di
     A ``cwd`` other than the project (a generated demo or Space folder) must run on its own files, so
     the project is not put on ``PYTHONPATH`` there.
     """
-    port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log_path = ARTIFACTS / f"{log_name}.log"
     self_contained = Path(cwd).resolve() != REPO
     inherited = {k: v for k, v in os.environ.items()
                  if k not in NOT_INHERITED and not (self_contained and k == "PYTHONPATH")}
-    full_env = {**inherited, "TUNE_STUDIO_HOME": str(home), "GRADIO_SERVER_PORT": str(port),
-                "GRADIO_SERVER_NAME": "127.0.0.1", "TUNE_STUDIO_PORT": str(port), "TUNE_STUDIO_HOST": "127.0.0.1",
-                "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-                **({} if self_contained else {"PYTHONPATH": str(REPO)}), **(env or {})}
-    url = f"http://127.0.0.1:{port}/"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([str(python), str(script)], cwd=cwd, env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-            _wait_for(url, proc, timeout, log_path)
-            yield url
-        finally:
-            proc.terminate()
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        full_env = {**inherited, "TUNE_STUDIO_HOME": str(home), "GRADIO_SERVER_PORT": str(port),
+                    "GRADIO_SERVER_NAME": "127.0.0.1", "TUNE_STUDIO_PORT": str(port), "TUNE_STUDIO_HOST": "127.0.0.1",
+                    "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+                    **({} if self_contained else {"PYTHONPATH": str(REPO)}), **(env or {})}
+        url = f"http://127.0.0.1:{port}/"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen([str(python), str(script)], cwd=cwd, env=full_env, stdout=log,
+                                    stderr=subprocess.STDOUT)
             try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                try:
+                    _wait_for(url, proc, timeout, log_path)
+                except RuntimeError:
+                    if attempt + 1 < PORT_ATTEMPTS and _port_taken(log_path):
+                        continue  # another test process took the free port between our check and the bind
+                    raise
+                yield url
+                return
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+PORT_ATTEMPTS = 3
+
+
+def _port_taken(log_path: Path) -> bool:
+    text = log_path.read_text(errors="replace").lower()
+    return "address already in use" in text or "cannot find empty port" in text
 
 
 def _wait_for(url: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:

@@ -17,7 +17,7 @@ import gradio as gr
 from engine.quotas import upload_bytes_limit
 from engine.workspace import AccessPolicy
 from services.hub import connect_downloads
-from ui import chat_tab, compare_tab, data_tab, experiment_tab, lab_tab, share_tab, train_tab
+from ui import chat_tab, compare_tab, data_tab, experiment_tab, guide, lab_tab, share_tab, train_tab
 from ui.common import UndeclaredEndpointError, signed_in_user
 
 log = logging.getLogger("tune_studio.ui")
@@ -32,19 +32,6 @@ CSS = """
 #experiment-verdict p { font-size: 1.45em; font-weight: 600; line-height: 1.35; }
 """
 
-GUIDE_STEPS = (
-    ("Load data", "Start with the demo dataset (41 questions and answers about this app), or drop your own file "
-                  "in the **Data** tab. Tune Studio shows the format it detected, any problems row by row, and "
-                  "a preview of what the model will learn."),
-    ("Pick settings", "The quick CPU preset trains the bundled SmolLM2 model in a few minutes on a laptop. "
-                      "The memory estimate tells you whether the run fits before you start."),
-    ("Train", "In the **Train** tab press **Start training**. Watch the loss fall; you may close the page — "
-              "the run continues and reappears when you come back."),
-    ("Try and download", "When the run is finished, ask it a question under *Try it*, and download the adapter "
-                         "or the merged model."),
-)
-
-
 def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
     """The whole web app. Per-visitor state lives in gr.State / component values, never in module globals.
 
@@ -57,42 +44,57 @@ def build_app(policy: AccessPolicy | None = None) -> gr.Blocks:
     scrub_stored_secrets()
     connect_downloads()  # Hub embedders download through engine.hub, like models (rag cannot import engine)
     with gr.Blocks(title=TITLE, delete_cache=GRADIO_CACHE_CLEANUP) as demo:
-        with gr.Row(equal_height=True):
-            gr.Markdown(f"# {TITLE}\nFine-tune an open language model on your own examples — no code needed.")
-            if policy.oauth:
-                gr.LoginButton(scale=0, min_width=220)
-        who = gr.Markdown(elem_id="signed-in-as")
-        if policy.demo:
-            gr.Markdown("**Read-only demo:** chat with the models and compare them. Training and indexing are "
-                        "turned off here.", elem_id="demo-banner")
-        with gr.Accordion("New here? Follow these four steps", open=True, elem_id="guide", visible=writable):
-            guide, guide_buttons = build_guide()
+        build_header(demo, policy)
+        with gr.Accordion("New here? Try the whole app in about 10 minutes", open=True, elem_id="guide",
+                          visible=writable):
+            tour = guide.build()
         dataset = gr.State(None)
         with gr.Tabs() as tabs:
             with gr.Tab("Data", id="data", visible=writable):
                 data = data_tab.build(dataset)
             with gr.Tab("Train", id="train", visible=writable):
                 train = train_tab.build(dataset)
-            add_rag_tab(demo, visible=writable)
-            with gr.Tab("Compare", id="compare"):
-                compare_tab.register(compare_tab.build())
+            rag = add_rag_tab(demo, visible=writable, demo_triggers=[tour.buttons["docs"].click])
+            with gr.Tab("Compare", id="compare") as compare_page:
+                compare = compare_tab.build()
+                compare_tab.register(compare)
             add_experiment_tab(demo, visible=writable)
-            with gr.Tab("Chat", id="chat"):
+            with gr.Tab("Chat", id="chat") as chat_page:
                 chat = chat_tab.build()
                 chat_tab.register(chat)
-            with gr.Tab("Share", id="share", visible=writable):
+            with gr.Tab("Share", id="share", visible=writable) as share_page:
                 share = share_tab.build()
             add_lab_tab(demo)
         data_tab.register(data, check_with=[train.control(name) for name in data_tab.CHECK_SETTINGS],
-                          extra_demo_triggers=[guide_buttons["demo"]])
+                          extra_demo_triggers=[tour.buttons["demo"]])
+        data_tab.register_page_load(demo, data)
         train_tab.register(train)
         train_tab.register_page_load(demo, train)
         share_tab.register(share)
         share_tab.register_page_load(demo, share)
         chat_tab.register_page_load(demo, chat)
-        register_guide(guide, guide_buttons, tabs, train)
-        demo.load(signed_in_text, None, who, api_visibility="private")
+        # Lists refresh when a tab is opened (by a click, or by the guide switching tabs), never by polling.
+        compare_tab.register_tab_select(compare_page, compare, tabs.change)
+        chat_tab.register_tab_select(chat_page, chat)
+        share_tab.register_tab_select(share_page, share, tabs.change)
+        if writable:
+            guide.register(tour, demo, guide.GuideTargets(
+                tabs=tabs, dataset=dataset, train_preset=train.preset, train_form=train.form, compare=compare,
+                rag_collection=getattr(rag, "collection", None), rag_question=getattr(rag, "question", None)))
     return demo
+
+
+def build_header(demo: gr.Blocks, policy: AccessPolicy) -> None:
+    """Title, sign-in button, whose workspace this is, and the read-only demo's banner."""
+    with gr.Row(equal_height=True):
+        gr.Markdown(f"# {TITLE}\nFine-tune an open language model on your own examples — no code needed.")
+        if policy.oauth:
+            gr.LoginButton(scale=0, min_width=220)
+    who = gr.Markdown(elem_id="signed-in-as")
+    if policy.demo:
+        gr.Markdown("**Read-only demo:** chat with the models and compare them. Training and indexing are "
+                    "turned off here.", elem_id="demo-banner")
+    demo.load(signed_in_text, None, who, api_visibility="private")
 
 
 def scrub_stored_secrets() -> None:
@@ -118,38 +120,6 @@ def signed_in_text(request: gr.Request, profile: gr.OAuthProfile | None = None) 
     return f"Signed in as **{user}** — your datasets, runs and indexes are yours only." if user else ""
 
 
-def build_guide() -> tuple[gr.Walkthrough, dict[str, gr.Button]]:
-    """A gr.Walkthrough whose steps each say what to do and offer the one click that does it."""
-    buttons: dict[str, gr.Button] = {}
-    with gr.Walkthrough(selected=0) as guide:
-        for index, (label, text) in enumerate(GUIDE_STEPS):
-            with gr.Step(label, id=index):
-                gr.Markdown(text)
-                with gr.Row():
-                    if index == 0:
-                        buttons["demo"] = gr.Button("Load the demo dataset", variant="primary", elem_id="guide-demo")
-                    if index == 1:
-                        buttons["preset"] = gr.Button("Use the quick CPU preset", variant="primary",
-                                                      elem_id="guide-preset")
-                    if index == 2:
-                        buttons["to_train"] = gr.Button("Open the Train tab", variant="primary")
-                    if index < len(GUIDE_STEPS) - 1:
-                        buttons[f"next{index}"] = gr.Button("Next step →", elem_id=f"guide-next-{index}")
-    return guide, buttons
-
-
-def register_guide(guide: gr.Walkthrough, buttons: dict[str, gr.Button], tabs: gr.Tabs,
-                   train: train_tab.TrainTabComponents) -> None:
-    for index in range(len(GUIDE_STEPS) - 1):
-        buttons[f"next{index}"].click(lambda i=index: gr.Walkthrough(selected=i + 1), None, guide,
-                                      api_visibility="private")
-    buttons["demo"].click(lambda: gr.Walkthrough(selected=1), None, guide, api_visibility="private")
-    quick = "quick-cpu-demo"
-    buttons["preset"].click(lambda: (gr.Dropdown(value=quick), gr.Walkthrough(selected=2), gr.Tabs(selected="train")),
-                            None, [train.preset, guide, tabs], api_visibility="private")
-    buttons["to_train"].click(lambda: gr.Tabs(selected="train"), None, tabs, api_visibility="private")
-
-
 def add_experiment_tab(demo: gr.Blocks, visible: bool = True) -> None:
     """The Experiment: documents -> questions -> split -> fine-tune and four answering approaches -> verdict."""
     with gr.Tab("Experiment", id="experiment", visible=visible):
@@ -166,31 +136,34 @@ def add_lab_tab(demo: gr.Blocks) -> None:
         lab_tab.register_page_load(demo, lab)
 
 
-def add_rag_tab(demo: gr.Blocks, visible: bool = True) -> None:
+def add_rag_tab(demo: gr.Blocks, visible: bool = True, demo_triggers: list[Any] | None = None) -> Any:
     """Add the RAG tab when ``ui/rag_tab.py`` exists and builds; otherwise say so, and keep the app up.
 
     ``demo`` is the app's Blocks: the tab follows a visitor's running index job again on every page load.
+    Returns the tab's components (the guide fills its question), or None when the tab is not there.
     """
     try:
         rag_tab: Any = importlib.import_module("ui.rag_tab")
     except ModuleNotFoundError as exc:
         if exc.name != "ui.rag_tab":
             log.warning("RAG tab not added: %s", exc)
-        return
+        return None
     except Exception:
         log.exception("RAG tab not added: ui/rag_tab.py failed to import")
-        return
+        return None
     with gr.Tab("RAG", id="rag", visible=visible):
         try:
             components = rag_tab.build()
-            rag_tab.register(components)
+            rag_tab.register(components, demo_triggers=demo_triggers)
             rag_tab.register_page_load(demo, components)
+            return components
         except UndeclaredEndpointError:
             raise  # a programming error, not a server problem: the app must not start with it
         except Exception:
             log.exception("RAG tab failed to build")
             gr.Markdown("⚠️ The RAG tab could not be built on this server; the other tabs work. "
                         "See the server log for details.")
+    return None
 
 
 def launch_kwargs(policy: AccessPolicy | None = None, share: bool = False) -> dict[str, Any]:

@@ -35,8 +35,10 @@ from core.generation import GenerationSettings
 from engine.models import BUNDLED_ID
 from engine.workspace import Workspace
 from services.compare import ArmAnswer, Comparer, CompareSettings, Question
+from services.model_notes import small_model_note
 from ui.common import (
     SettingsForm,
+    body_size,
     build_settings_form,
     chat_model_for,
     check_history,
@@ -53,6 +55,7 @@ BASE = "base"
 NO_COLLECTION = None
 SOURCES_TITLE = "Sources"
 SOURCE_HEADERS = ["[n]", "source", "score", "text"]  # [n] ✓ = cited in the answer
+SOURCE_WIDTHS = ["8%", "24%", "10%", "58%"]  # narrow number and score columns: the score is never cut off
 #: Earlier turns sent with a new message, newest kept first (characters; the bundled model reads 8k tokens).
 HISTORY_CHARS = 6000
 API_INPUTS = ["message", "history", "model", "collection"]
@@ -72,6 +75,7 @@ class ChatTabComponents:
     sources: gr.Dataframe
     generation: SettingsForm
     hf_token: gr.Textbox
+    model_note: gr.Markdown
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def open_collection(ws: Workspace, name: str | None) -> Any:
 
     if str(name) not in ws.index_names():
         raise ValueError(f"There is no RAG collection named {name!r} in your workspace; build it in the RAG tab, "
-                         "then press ↻ Refresh.")
+                         "then pick it under *RAG collection* (press ↻ Refresh if it is not listed).")
     return shared_collection(ws.index_path(str(name)))  # one read-only copy per version, shared by every chat
 
 
@@ -223,9 +227,40 @@ def sources_message(answer: ArmAnswer) -> str:
 
 
 def source_rows(answer: ArmAnswer) -> list[list[Any]]:
+    """The passages an answer read, cited ones marked ✓; scores to three decimals so the column stays narrow."""
     cited = set(answer.cited)
-    return [[f"[{n}]{' ✓' if n in cited else ''}", r["location"], r["score"], r["text"][:600]]
+    return [[f"[{n}]{' ✓' if n in cited else ''}", r["location"], _score(r["score"]), r["text"][:600]]
             for n, r in enumerate(answer.retrieved, start=1)]
+
+
+def _score(value: Any) -> Any:
+    return f"{value:.3f}" if isinstance(value, float) else value
+
+
+def has_rows(table: Any) -> bool:
+    """Whether a Dataframe value holds a row with any text (an empty table arrives as one blank row or none)."""
+    if table is None:
+        return False
+    if hasattr(table, "to_numpy"):  # the pandas frame Gradio hands a handler
+        table = table.to_numpy().tolist()
+    elif isinstance(table, dict):
+        table = table.get("data") or []
+    return any(str(cell).strip() for row in table for cell in row)
+
+
+def sources_visibility(table: Any) -> Any:
+    """Show the passages table only when the last answer read some."""
+    return gr.Dataframe(visible=has_rows(table))
+
+
+def base_model_of(ws: Workspace | None, value: str | None) -> str:
+    """The base model a picker value answers with (the bundled one when unknown), for the small-model note."""
+    if ws is None:
+        return BUNDLED_ID
+    try:
+        return resolve_model(ws, value).base_model
+    except Exception:  # a run still training or removed: the answer itself will say so
+        return BUNDLED_ID
 
 
 def stats_text(answer: ArmAnswer, choice: ModelChoice, arm: str) -> str:
@@ -254,7 +289,7 @@ def chat_turns(message: str, history: History | None, settings: GenerationSettin
     yield history, [], stats_text(ArmAnswer(arm), choice, arm)
     final: ArmAnswer | None = None
     for partial in comparer.stream_arm(arm, Question(message)):
-        reply["content"] = partial.text
+        reply["content"] = body_size(partial.text)  # a model's "# Heading" at body size
         final = partial
         yield history, source_rows(partial), stats_text(partial, choice, arm)
     if final is None:  # stream_arm always ends with a done answer; this guards a changed engine
@@ -285,6 +320,7 @@ def build() -> ChatTabComponents:
                                  allow_custom_value=True, info="Leave empty to chat without retrieval.",
                                  elem_id="chat-collection", scale=2)
         refresh_button = gr.Button("↻ Refresh", elem_id="chat-refresh", scale=0, min_width=110)
+    model_note = gr.Markdown(small_model_note(BUNDLED_ID), elem_id="chat-model-note")
     chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat-chatbot", buttons=["copy", "copy_all"],
                          feedback_options=None)
     with gr.Row(equal_height=True):
@@ -293,22 +329,25 @@ def build() -> ChatTabComponents:
         send_button = gr.Button("Send", variant="primary", elem_id="chat-send", scale=1)
         clear_button = gr.Button("Clear", elem_id="chat-clear", scale=0, min_width=90)
     stats = gr.Markdown("", elem_id="chat-stats")
-    sources = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=300,
-                           label="Retrieved passages for the last answer", elem_id="chat-sources")
+    sources = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=300, visible=False,
+                           column_widths=SOURCE_WIDTHS, label="Passages read for the last answer ([n] ✓ = cited)",
+                           elem_id="chat-sources")
     with gr.Accordion("Generation settings", open=False, elem_id="chat-settings"):
         generation = build_settings_form(GenerationSettings, prefix="chat-gen", advanced_label="More")
         hf_token = gr.Textbox("", label="Hugging Face token (only for a gated base model)", type="password",
                               info="Used for this chat only, kept in no file; needs read access to the model.",
                               elem_id="chat-hf-token")
     return ChatTabComponents(model, collection, refresh_button, chatbot, message, send_button, clear_button, stats,
-                             sources, generation, hf_token)
+                             sources, generation, hf_token, model_note)
 
 
 # ----------------------------------------------------------------------------------------- events
 
 
 def register(c: ChatTabComponents) -> None:
-    """Wire Refresh, Send (button or Enter) and Clear; each is a public API endpoint (see the module docstring)."""
+    """Wire Refresh, Send (button or Enter) and Clear; each is a public API endpoint (see the module docstring).
+
+    The passages table shows only after an answer that read some; the small-model note follows the model picked."""
     endpoint(c.refresh_button.click, friendly_errors("Could not list your models")(refresh_pickers),
              [c.model, c.collection], [c.model, c.collection], api_name="chat_refresh")
 
@@ -325,15 +364,27 @@ def register(c: ChatTabComponents) -> None:
             yield [shown, "", rows, stats]
 
     chat = named_parameters(on_chat, [*API_INPUTS, *c.generation.names, "hf_token"], request=True)
-    endpoint([c.send_button.click, c.message.submit], chat,
-             [c.message, c.chatbot, c.model, c.collection, *c.generation.components, c.hf_token],
-             [c.chatbot, c.message, c.sources, c.stats], api_name="chat", show_progress="minimal")
+    sent = endpoint([c.send_button.click, c.message.submit], chat,
+                    [c.message, c.chatbot, c.model, c.collection, *c.generation.components, c.hf_token],
+                    [c.chatbot, c.message, c.sources, c.stats], api_name="chat", show_progress="minimal")
 
     def on_clear() -> list[Any]:
         return [[], "", [], ""]
 
-    endpoint(c.clear_button.click, on_clear, None, [c.chatbot, c.message, c.sources, c.stats], api_name="chat_clear",
-             show_progress="hidden")
+    cleared = endpoint(c.clear_button.click, on_clear, None, [c.chatbot, c.message, c.sources, c.stats],
+                       api_name="chat_clear", show_progress="hidden")
+    for event in (sent, cleared):  # the API keeps its four outputs; the page hides an empty table afterwards
+        event.then(sources_visibility, c.sources, c.sources, api_visibility="private", show_progress="hidden")
+    c.model.change(model_note_for, c.model, c.model_note, api_visibility="private", show_progress="hidden")
+
+
+def model_note_for(model: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+    """The small-model note for the model picked (nothing for a larger one)."""
+    try:
+        ws = workspace_of(request, profile)
+    except gr.Error:
+        ws = None
+    return small_model_note(base_model_of(ws, model))
 
 
 def refresh_pickers(model: str | None, collection: str | None, request: gr.Request,
@@ -360,3 +411,11 @@ def register_page_load(demo: gr.Blocks, c: ChatTabComponents) -> None:
     """Fill the pickers with the visitor's own runs and collections when the page opens (Gradio's ``demo.load``)."""
     demo.load(fill_pickers_on_load, [c.model, c.collection], [c.model, c.collection], api_visibility="private",
               show_progress="hidden")
+
+
+def register_tab_select(tab: gr.Tab, c: ChatTabComponents, *also: Any) -> None:
+    """Refresh the pickers whenever the visitor opens the Chat tab, so a run or collection made since the page
+    loaded is listed without pressing Refresh (one light request per tab opening, no polling). ``also``: more
+    triggers, e.g. the ``gr.Tabs``' ``change`` (a button switching tabs does not fire ``tab.select``)."""
+    gr.on([tab.select, *also], fill_pickers_on_load, [c.model, c.collection], [c.model, c.collection],
+          api_visibility="private", show_progress="hidden")

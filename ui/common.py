@@ -42,12 +42,17 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     SettingsError, DatasetError, JobError, ModelError, AccessError, FileNotFoundError, ValueError,
 )
 
+#: How long an error toast stays (seconds): long enough to read a message that asks for an action, then it
+#: fades by itself so it never stays over the status lines under it.
+ERROR_TOAST_S = 15
+
 
 # ----------------------------------------------------------------------------------------- errors
 
 
 def user_error(exc: BaseException, title: str = "That did not work") -> gr.Error:
-    """A gr.Error that stays on screen until closed: the browser shows it, API clients receive it."""
+    """A gr.Error shown for :data:`ERROR_TOAST_S` seconds (then it fades): the browser shows it, API clients
+    receive it."""
     if isinstance(exc, USER_ERRORS):
         message = str(exc)
     else:
@@ -55,7 +60,7 @@ def user_error(exc: BaseException, title: str = "That did not work") -> gr.Error
         message = (f"Something unexpected went wrong ({type(exc).__name__}: {exc}). "
                    "The app is still running and nothing you had is lost; try again, or check the server log.")
     # The toast renders HTML, so "<image>" must be escaped; quotes need not be (API clients read them as typed).
-    return gr.Error(html.escape(hide_paths(message), quote=False), duration=None, title=title)
+    return gr.Error(html.escape(hide_paths(message), quote=False), duration=ERROR_TOAST_S, title=title)
 
 
 #: An absolute path (two or more parts) that is not part of a URL: what :func:`hide_paths` shortens.
@@ -182,7 +187,7 @@ def owner_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None)
     try:
         return AccessPolicy.from_env().owner_for(signed_in_user(request, profile))
     except AccessError as exc:
-        raise gr.Error(str(exc), title="Please sign in") from exc
+        raise gr.Error(str(exc), title="Please sign in", duration=ERROR_TOAST_S) from exc
 
 
 def workspace_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> Workspace:
@@ -510,6 +515,32 @@ def literal_markdown(text: str) -> str:
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
 
 
+_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.+?)[ \t#]*$")
+_FENCE = re.compile(r"^ {0,3}(```|~~~)")
+_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")  # "Title" over "=====": a heading too (setext)
+_NOT_PARAGRAPH = re.compile(r"^\s*([-*+>|]|\d+[.)])")  # a list item, quote or table row is not underlined
+
+
+def body_size(text: str) -> str:
+    """A model's Markdown answer at body size: its headings (``# ReAct``) become bold lines, code stays as is.
+
+    Why: a small model often starts an answer with a heading, which Markdown renders larger than the
+    page's own titles; the answer is body text next to other answers, so it is shown as such.
+    """
+    lines: list[str] = []
+    in_code = False
+    for line in (text or "").split("\n"):
+        if _FENCE.match(line):
+            in_code = not in_code
+        if (not in_code and _UNDERLINE.match(line) and lines and lines[-1].strip()
+                and not _NOT_PARAGRAPH.match(lines[-1])):
+            lines[-1] = f"**{lines[-1].strip()}**"
+            continue
+        heading = None if in_code else _HEADING.match(line)
+        lines.append(f"**{heading.group(1)}**" if heading else line)
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------- limits
 
 
@@ -652,7 +683,7 @@ def refuse_in_demo(kind: str, action: str) -> None:
     try:
         AccessPolicy.from_env().require_write(action or "This action")
     except AccessError as exc:
-        raise gr.Error(str(exc), title="Read-only demo") from exc
+        raise gr.Error(str(exc), title="Read-only demo", duration=ERROR_TOAST_S) from exc
 
 
 class UndeclaredEndpointError(LookupError):

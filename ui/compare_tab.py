@@ -29,6 +29,8 @@ from engine.workspace import AccessPolicy, Workspace
 from services.compare import (
     ARM_LABELS,
     ARMS,
+    METRICS,
+    SUMMARY_METRICS,
     VOTE_CHOICES,
     ArmAnswer,
     Comparer,
@@ -43,14 +45,17 @@ from services.compare import (
     improve_with_votes,
     leakage_check,
     load_questions,
+    metric_name,
     parse_arms,
     preference_pairs,
     training_prompts,
     win_rates,
     write_preference_file,
 )
+from services.model_notes import small_model_note
 from ui.common import (
     SettingsForm,
+    body_size,
     build_settings_form,
     check_message,
     endpoint,
@@ -66,13 +71,17 @@ from ui.common import (
 )
 
 NO_RUN = "(none)"
-SUMMARY_HEADERS = ["metric", *[ARM_LABELS[a] for a in ARMS]]
-SUMMARY_METRICS = ["questions", "exact_match", "f1", "contained", "rouge_l", "retrieval_hit", "latency_s", "ttft_s",
-                   "tokens_per_s", "retrieval_failures", "generation_failures"]
-TABLE_HEADERS = ["#", "question", "reference", "arm", "answer", "contained", "F1", "ROUGE-L", "retrieval hit",
-                 "failure", "seconds"]
-CHUNK_HEADERS = ["[n]", "source", "score", "text"]
-WIN_HEADERS = ["arm", "votes", "wins", "ties", "losses", "both bad", "win rate", "95% CI"]
+#: The per-answer table: the scores by their plain names (``services.compare.METRICS``).
+TABLE_SCORES = ("contained", "f1", "rouge_l", "retrieval_hit")
+TABLE_HEADERS = ["#", "question", "reference", "approach", "answer", *[metric_name(m) for m in TABLE_SCORES],
+                 "why wrong", "seconds"]
+TABLE_WIDTHS = ["3%", "14%", "10%", "9%", "22%", "7%", "7%", "7%", "6%", "9%", "6%"]  # "why wrong", "seconds" uncut
+#: Retrieved passages ([n] ✓ = cited): narrow number and score columns, so the score is never cut off.
+# Three columns, not four: four panes side by side leave a fourth column a few letters wide (headers wrapped
+# letter by letter), so the score shares the source's cell.
+CHUNK_HEADERS = ["[n]", "source (score)", "text"]
+CHUNK_WIDTHS = ["16%", "30%", "54%"]
+WIN_HEADERS = ["approach", "votes", "wins", "ties", "losses", "both bad", "win rate", "95% CI"]
 IMPROVE_HELP = ("*Improve with these votes* trains on your blind votes: pick a fine-tuned run, run a question "
                 "set with it, and vote; each vote between two answers to the same prompt becomes a preference "
                 "pair.")
@@ -96,6 +105,7 @@ class CompareTabComponents:
     run2: gr.Dropdown
     collection: gr.Dropdown
     refresh_button: gr.Button
+    model_note: gr.Markdown
     generation: SettingsForm
     options: SettingsForm
     question: gr.Textbox
@@ -160,24 +170,26 @@ def build() -> CompareTabComponents:
 
 
 def _build_pickers() -> dict[str, Any]:
-    """The intro, the per-visitor states, the arms/run/collection pickers and the shared settings."""
-    gr.Markdown("Ask the same question to each model you pick and see which answers best. **One copy of the "
-                "model serves every arm**: the fine-tuned adapter is switched on and off, so the arms answer one "
-                "after another (each pane streams as it goes) with the same generation settings.")
+    """The intro, the per-visitor states, the approach/run/collection pickers and the shared settings."""
+    gr.Markdown("Ask the same question in up to four ways and see which answers best: the **base model** alone, "
+                "your **fine-tuned** run, the base model reading your documents (**RAG**), and both together. "
+                "One copy of the model gives every answer (your run's adapter is switched on and off), so they "
+                "come one after another, each pane filling as it goes, with the same generation settings.")
     parts: dict[str, Any] = {"report_state": gr.State(None), "blind_state": gr.State(None)}
     with gr.Row(equal_height=True):
         parts["arms"] = gr.CheckboxGroup(choices=[(ARM_LABELS[a], a) for a in ARMS], value=["base", "rag"],
-                                         label="Arms", elem_id="compare-arms", scale=3)
+                                         label="Answers to compare", elem_id="compare-arms", scale=3)
         parts["run"] = gr.Dropdown(choices=run_choices(), value=NO_RUN,
-                                   label="Fine-tuned run (for the fine-tuned arms)", elem_id="compare-run", scale=2)
+                                   label="Fine-tuned run (for the fine-tuned answers)", elem_id="compare-run", scale=2)
         parts["run2"] = gr.Dropdown(choices=run2_choices(), value=NO_RUN,
-                                    label="Second run (for the 'After votes' arm)", elem_id="compare-run2", scale=2,
+                                    label="Second run (for the 'After votes' answer)", elem_id="compare-run2", scale=2,
                                     info="E.g. the run 'Improve with these votes' trained; same base model.")
         parts["collection"] = gr.Dropdown(choices=collection_choices(), value=None,
-                                          label="RAG collection (for the RAG arms)", elem_id="compare-collection",
+                                          label="RAG collection (for the RAG answers)", elem_id="compare-collection",
                                           scale=2)
         parts["refresh_button"] = gr.Button("↻ Refresh lists", elem_id="compare-refresh", scale=1)
-    with gr.Accordion("Generation settings (shared by every arm)", open=False, elem_id="compare-settings"):
+    parts["model_note"] = gr.Markdown(small_model_note(BUNDLED_ID), elem_id="compare-model-note")
+    with gr.Accordion("Generation settings (shared by every answer)", open=False, elem_id="compare-settings"):
         parts["generation"] = build_settings_form(GenerationSettings, prefix="compare-gen", advanced_label="More")
         parts["options"] = build_settings_form(CompareSettings, prefix="compare-opt",
                                                advanced_label="Prompts and checks")
@@ -185,12 +197,12 @@ def _build_pickers() -> dict[str, Any]:
 
 
 def _build_side_by_side() -> dict[str, Any]:
-    """One question, and one pane per arm (only the chosen arms' panes are visible)."""
+    """One question, and one pane per approach (only the chosen ones' panes are visible)."""
     gr.Markdown("### Side by side")
     with gr.Row(equal_height=True):
         question = gr.Textbox(label="Question", placeholder="Ask something your data or documents cover…",
                               elem_id="compare-question", scale=5)
-        ask_button = gr.Button("Ask every arm", variant="primary", elem_id="compare-ask", scale=1)
+        ask_button = gr.Button("Ask each one", variant="primary", elem_id="compare-ask", scale=1)
     panes: dict[str, ComparePane] = {}
     with gr.Row(equal_height=False):
         for arm in ARMS:
@@ -199,21 +211,23 @@ def _build_side_by_side() -> dict[str, Any]:
 
 
 def _build_pane(arm: str) -> ComparePane:
-    """One arm's column: its name, the streamed answer, its timing, and (RAG arms) the retrieved chunks."""
+    """One approach's column: its name, the streamed answer, its timing, and (RAG) the retrieved passages,
+    hidden until there are some."""
     slug = arm.replace("+", "-")
     with gr.Column(visible=arm in ("base", "rag"), min_width=240, elem_id=f"compare-pane-{slug}") as column:
         gr.Markdown(f"**{ARM_LABELS[arm]}**")
         answer = gr.Markdown("", elem_id=f"compare-answer-{slug}")
         stats = gr.Markdown("", elem_id=f"compare-stats-{slug}")
-        chunks = gr.Dataframe(headers=CHUNK_HEADERS, interactive=False, wrap=True, max_height=260,
-                              visible="rag" in arm, elem_id=f"compare-chunks-{slug}")
+        chunks = gr.Dataframe(headers=CHUNK_HEADERS, interactive=False, wrap=True, max_height=260, visible=False,
+                              column_widths=CHUNK_WIDTHS, label="Passages read ([n] ✓ = cited)",
+                              elem_id=f"compare-chunks-{slug}")
     return ComparePane(column, answer, stats, chunks)
 
 
 def _build_question_set() -> dict[str, Any]:
     """The question-set files and limit, Run, and the progress, summary and per-answer tables."""
     gr.Markdown("### Question set\nUpload questions (CSV or JSONL with `question`, optional `answer`, optional "
-                "`gold_doc_id`), or hold out part of a fine-tuning file. Every chosen arm answers every question.")
+                "`gold_doc_id`), or hold out part of a fine-tuning file. Every chosen approach answers every question.")
     parts: dict[str, Any] = {}
     with gr.Row(equal_height=True):
         parts["questions_file"] = gr.File(label="Question set (CSV / JSONL)", file_types=[".csv", ".jsonl", ".json"],
@@ -225,15 +239,19 @@ def _build_question_set() -> dict[str, Any]:
                                    elem_id="compare-limit")
         parts["run_button"] = gr.Button("Run the question set", variant="primary", elem_id="compare-run-set")
     parts["status"] = gr.HTML("", elem_id="compare-status")
-    parts["summary"] = gr.Dataframe(headers=SUMMARY_HEADERS, interactive=False, elem_id="compare-summary")
+    parts["summary"] = gr.Dataframe(headers=summary_headers(["base", "rag"]), interactive=False, wrap=True,
+                                    visible=False, label="Summary (means over the questions)",
+                                    elem_id="compare-summary")
     parts["table"] = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, wrap=True, max_height=500,
+                                  column_widths=TABLE_WIDTHS, visible=False, label="Every answer",
                                   elem_id="compare-table")
     return parts
 
 
 def _build_blind_vote() -> dict[str, Any]:
     """Blind voting on the last question set (anonymous A/B), the win rates, and the report export."""
-    gr.Markdown("### Blind vote\nArm names are hidden and left/right positions are shuffled per question.")
+    gr.Markdown("### Blind vote\nWhich approach wrote each answer is hidden, and left/right positions are "
+                "shuffled per question.")
     parts: dict[str, Any] = {
         "blind_button": gr.Button("Start blind voting on the last question set", elem_id="compare-blind-start"),
         "blind_question": gr.Markdown("", elem_id="compare-blind-question"),
@@ -249,7 +267,8 @@ def _build_blind_vote() -> dict[str, Any]:
             "both_bad": gr.Button("Both bad", elem_id="compare-vote-both-bad"),
         }
     parts["blind_status"] = gr.Markdown("", elem_id="compare-blind-status")
-    parts["wins"] = gr.Dataframe(headers=WIN_HEADERS, interactive=False, elem_id="compare-wins")
+    parts["wins"] = gr.Dataframe(headers=WIN_HEADERS, interactive=False, visible=False, label="Win rates",
+                                 elem_id="compare-wins")
     with gr.Row(equal_height=True):
         parts["improve_button"] = gr.Button("Improve with these votes", interactive=False, elem_id="compare-improve",
                                             scale=1)
@@ -291,6 +310,31 @@ def picked_runs(ws: Workspace, chosen: list[str], run: str | None, run2: str | N
     return job, job2
 
 
+def checked_arms(arms: list[str] | None, run: str | None, run2: str | None) -> list[str]:
+    """The ticked approaches, refused in the tab's own words when one lacks the run it needs."""
+    if not arms:
+        raise ValueError("Tick at least one answer to compare under *Answers to compare* (e.g. Base model and RAG).")
+    chosen = parse_arms(arms)
+    if any("ft" in a.split("+") for a in chosen) and (not run or run == NO_RUN):
+        raise ValueError("The fine-tuned answers need one of your finished runs: pick it under *Fine-tuned run* "
+                         "(train one in the Train tab first), or untick Fine-tuned.")
+    if "ft2" in chosen and (not run2 or run2 == NO_RUN):
+        raise ValueError("The 'After votes' answer needs a second finished run: pick it under *Second run*, or "
+                         "untick it.")
+    return chosen
+
+
+def base_model_of(ws: Workspace | None, run: str | None, run2: str | None = None) -> str:
+    """The base model the comparison will load: the picked run's, else the bundled one."""
+    for run_id in (run, run2):
+        if ws is not None and run_id and run_id != NO_RUN:
+            try:
+                return ws.run(run_id).config.base_model
+            except Exception:  # a run removed meanwhile: the comparison itself will say so
+                continue
+    return BUNDLED_ID
+
+
 def make_comparer(arms: list[str] | None, run: str | None, collection: str | None, gen_values: list[Any],
                   opt_values: list[Any], c: CompareTabComponents, ws: Workspace, run2: str | None = None) -> Comparer:
     """Turn the form into a Comparer on the shared, process-wide model of the run's base.
@@ -301,13 +345,13 @@ def make_comparer(arms: list[str] | None, run: str | None, collection: str | Non
     from services.collections import open_collection
     from ui.common import chat_model_for
 
-    chosen = parse_arms(arms or [])
+    chosen = checked_arms(arms, run, run2)
     job, job2 = picked_runs(ws, chosen, run, run2)
     index = None
     if any("rag" in a for a in chosen):
         if not collection:
-            raise ValueError("The RAG arms need a collection: build one in the RAG tab, then pick it here "
-                             "(press ↻ Refresh lists if it is new).")
+            raise ValueError("The RAG answers need a collection of documents: build one in the RAG tab, then pick "
+                             "it under *RAG collection*.")
         index = open_collection(ws.index_path(collection))  # the shared read-only copy of its current version
     generation = c.generation.to_settings(gen_values)
     options = c.options.to_settings(opt_values)
@@ -321,6 +365,7 @@ def make_comparer(arms: list[str] | None, run: str | None, collection: str | Non
 
 
 def pane_stats(a: ArmAnswer) -> str:
+    """Under an answer: its timings, what produced it, and an error if it failed."""
     if not a.done:
         return "*answering…*" if a.text else "*waiting for the first token…*"
     ttft = "–" if a.ttft_s is None else f"{a.ttft_s:.2f} s"
@@ -333,24 +378,49 @@ def pane_stats(a: ArmAnswer) -> str:
 
 
 def chunk_rows(a: ArmAnswer) -> list[list[Any]]:
+    """The passages an answer read, cited ones marked ✓; the score (three decimals) beside its source."""
     cited = set(a.cited)
-    return [[f"[{n}]{' ✓' if n in cited else ''}", r["location"], r["score"], r["text"][:400]]
+    return [[f"[{n}]{' ✓' if n in cited else ''}", f"{r['location']} ({_score(r['score'])})", r["text"][:400]]
             for n, r in enumerate(a.retrieved, start=1)]
 
 
+def _score(value: Any) -> Any:
+    return f"{value:.3f}" if isinstance(value, float) else value
+
+
+def chunk_table(a: ArmAnswer) -> Any:
+    """The passages table of a pane, shown only once it has rows."""
+    rows = chunk_rows(a)
+    return gr.Dataframe(value=rows, visible=bool(rows))
+
+
+def summary_headers(arms: list[str], config: dict[str, Any] | None = None) -> list[str]:
+    """The summary's columns: the measure, one per compared approach, and what the measure means."""
+    return ["measure", *[arm_label(a, config) for a in arms], "what it means"]
+
+
 def summary_rows(report: Report) -> list[list[Any]]:
+    """One row per measure (plain name, a value per approach, its one-line meaning); RAG-only ones only with RAG."""
     summary = report.summary()
     rows = []
     for metric in SUMMARY_METRICS:
-        row: list[Any] = [metric]
-        for arm in ARMS:
-            value = summary.get(arm, {}).get(metric)
-            row.append("" if value is None else round(value, 3) if isinstance(value, float) else value)
-        rows.append(row)
+        values = [summary.get(arm, {}).get(metric) for arm in report.arms]
+        if all(v is None for v in values):
+            continue  # e.g. retrieval measures without a RAG answer, scores without reference answers
+        row: list[Any] = [metric_name(metric)]
+        row += ["" if v is None else round(v, 3) if isinstance(v, float) else v for v in values]
+        rows.append([*row, METRICS[metric][1]])
     return rows
 
 
+def summary_table(report: Report) -> Any:
+    """The summary Dataframe for a finished question set (headers follow the approaches compared)."""
+    return gr.Dataframe(value={"headers": summary_headers(report.arms, report.config), "data": summary_rows(report)},
+                        visible=True)
+
+
 def table_rows(report: Report) -> list[list[Any]]:
+    """Every answer of a question set, one row each, with its scores (:data:`TABLE_HEADERS`)."""
     rows = []
     for i, r in enumerate(report.rows, start=1):
         q = r.question
@@ -362,10 +432,14 @@ def table_rows(report: Report) -> list[list[Any]]:
                 return "" if v is None else f"{v:.2f}"
 
             rows.append([i, label, " | ".join(q.references), arm_label(arm, report.config), a.text,
-                         fmt(s.get("contained")),
-                         fmt(s.get("f1")), fmt(s.get("rouge_l")), fmt(s.get("retrieval_hit")), a.failure,
-                         round(a.total_s, 2)])
+                         *[fmt(s.get(m)) for m in TABLE_SCORES], a.failure, round(a.total_s, 2)])
     return rows
+
+
+def win_table(report: Report | None) -> Any:
+    """The win-rate table, shown once there is a vote."""
+    rows = win_rows(report)
+    return gr.Dataframe(value=rows, visible=bool(rows))
 
 
 def win_rows(report: Report | None) -> list[list[Any]]:
@@ -401,13 +475,13 @@ def blind_view(report: Report, blind: dict[str, Any]) -> list[Any]:
     i = blind["position"]
     if i >= len(pairs):
         return ["**All questions voted.** Win rates are below; export the report to keep them.", "", "",
-                f"{len(report.votes)} vote(s) recorded.", win_rows(report)]
+                f"{len(report.votes)} vote(s) recorded.", win_table(report)]
     qid, arm_a, arm_b = pairs[i]
     row = next(r for r in report.rows if r.question.qid == qid)
     return [f"**Question {i + 1} of {len(pairs)}:** {row.question.question}",
-            f"**Answer A**\n\n{row.answers[arm_a].text or '*(empty)*'}",
-            f"**Answer B**\n\n{row.answers[arm_b].text or '*(empty)*'}",
-            f"{len(report.votes)} vote(s) recorded.", win_rows(report)]
+            f"**Answer A**\n\n{body_size(row.answers[arm_a].text) or '*(empty)*'}",
+            f"**Answer B**\n\n{body_size(row.answers[arm_b].text) or '*(empty)*'}",
+            f"{len(report.votes)} vote(s) recorded.", win_table(report)]
 
 
 def record_vote(report: Report | None, blind: dict[str, Any] | None, choice: str) -> None:
@@ -467,6 +541,49 @@ def refresh_lists(request: gr.Request, profile: gr.OAuthProfile | None = None) -
             gr.Dropdown(choices=collection_choices(ws))]
 
 
+def newest_collection(ws: Workspace, names: list[str]) -> str | None:
+    """The collection built or changed last (its manifest is rewritten on every build), or None."""
+    def changed(name: str) -> float:
+        try:
+            return (ws.index_path(name) / "manifest.json").stat().st_mtime
+        except OSError:
+            return 0.0
+    return max(names, key=changed) if names else None
+
+
+def fill_lists(run: str | None, run2: str | None, collection: str | None, request: gr.Request,
+               profile: gr.OAuthProfile | None = None) -> list[Any]:
+    """On opening the tab: the visitor's current runs and collections, what they picked kept, the newest run and
+    collection picked when nothing was, and the small-model note for the model that will answer."""
+    try:
+        ws = workspace_of(request, profile)
+    except gr.Error:  # not signed in yet: the pickers stay as they are, Refresh says why
+        return [gr.skip()] * 4
+    runs, names = run_choices(ws), collection_choices(ws)
+    run_ids = [value for _, value in runs]
+    keep_run = run if run in run_ids and run != NO_RUN else (run_ids[1] if len(run_ids) > 1 else NO_RUN)
+    keep_run2 = run2 if run2 in [value for _, value in run2_choices(ws)] else NO_RUN
+    keep_collection = collection if collection in names else newest_collection(ws, names)
+    return [gr.Dropdown(choices=runs, value=keep_run), gr.Dropdown(choices=run2_choices(ws), value=keep_run2),
+            gr.Dropdown(choices=names, value=keep_collection), small_model_note(base_model_of(ws, keep_run, keep_run2))]
+
+
+def model_note_for(run: str | None, run2: str | None, request: gr.Request,
+                   profile: gr.OAuthProfile | None = None) -> str:
+    """The small-model note for the base model of the picked runs (the bundled model without one)."""
+    return small_model_note(base_model_of(workspace_of(request, profile), run, run2))
+
+
+def register_tab_select(tab: gr.Tab, c: CompareTabComponents, *also: Any) -> None:
+    """Refresh the lists whenever the visitor opens the Compare tab, so a run or collection made since the
+    page loaded is there without pressing Refresh (one light request per tab opening, no polling).
+
+    ``tab.select`` fires on the visitor's click only; ``also`` adds triggers such as the ``gr.Tabs``'
+    ``change``, which fires when a button (the guide) switches tabs too."""
+    gr.on([tab.select, *also], fill_lists, [c.run, c.run2, c.collection], [c.run, c.run2, c.collection, c.model_note],
+          api_visibility="private", show_progress="hidden")
+
+
 def export_for_request(report: Report | None, request: gr.Request,
                        profile: gr.OAuthProfile | None = None) -> list[Any]:
     """:func:`export_files` in the visitor's workspace (kept there, except in the read-only demo), and the
@@ -483,12 +600,16 @@ def pairs_note(report: Report | None) -> str:
 
 
 def _register_lists(c: CompareTabComponents) -> None:
-    """Refresh (button, or opening a picker) and showing only the chosen arms' panes."""
+    """Refresh (button, or opening a picker), the small-model note, and showing only the chosen answers' panes.
+
+    Opening the tab refreshes the lists too (:func:`register_tab_select`, wired where the tab is made)."""
     pickers = [c.run, c.run2, c.collection]
     endpoint(c.refresh_button.click, refresh_lists, None, pickers, api_name="compare_refresh")
     # Lists are the visitor's own, so they are filled when the visitor opens them, not when the page is built.
     for picker in pickers:
         picker.focus(refresh_lists, None, pickers, api_visibility="private", show_progress="hidden")
+    gr.on([c.run.change, c.run2.change], friendly_errors("Could not read the run")(model_note_for), [c.run, c.run2],
+          c.model_note, api_visibility="private", show_progress="hidden")
 
     def on_arms(arms: list[str] | None) -> list[Any]:
         return [gr.Column(visible=arm in (arms or [])) for arm in ARMS]
@@ -515,7 +636,7 @@ def _comparer_for(c: CompareTabComponents, arms: list[str] | None, runs: tuple[s
 
 
 def _register_ask(c: CompareTabComponents) -> None:
-    """Ask every chosen arm one question; each pane streams its answer in turn."""
+    """Ask each chosen approach one question; each pane streams its answer in turn (headings at body size)."""
     pane_outputs = [x for arm in ARMS for x in (c.panes[arm].column, c.panes[arm].answer, c.panes[arm].stats,
                                                 c.panes[arm].chunks)]
 
@@ -529,10 +650,11 @@ def _register_ask(c: CompareTabComponents) -> None:
         current: dict[str, list[Any]] = {}
         for arm in ARMS:
             chosen = arm in comparer.arms
-            current[arm] = [gr.Column(visible=chosen), "*waiting for its turn…*" if chosen else "", "", []]
+            current[arm] = [gr.Column(visible=chosen), "*waiting for its turn…*" if chosen else "", "",
+                            gr.Dataframe(value=[], visible=False)]
         yield [x for arm in ARMS for x in current[arm]]
         for arm, partial in comparer.answer_all(Question(question.strip())):
-            current[arm] = [gr.skip(), partial.text or "…", pane_stats(partial), chunk_rows(partial)]
+            current[arm] = [gr.skip(), body_size(partial.text) or "…", pane_stats(partial), chunk_table(partial)]
             yield [x for arm in ARMS for x in current[arm]]
 
     ask_names = ["arms", "run", "run2", "collection", "question", *_setting_api_names(c)]
@@ -554,8 +676,8 @@ def _register_run(c: CompareTabComponents) -> None:
             if isinstance(item, Progress):
                 yield [gr.skip(), None, progress_html(item), gr.skip(), gr.skip(), gr.skip(), gr.skip()]
                 continue
-            yield [item, None, run_done_html(len(questions), len(comparer.arms), leaks), summary_rows(item),
-                   table_rows(item), *improve_view(item)]
+            yield [item, None, run_done_html(len(questions), len(comparer.arms), leaks), summary_table(item),
+                   gr.Dataframe(value=table_rows(item), visible=True), *improve_view(item)]
 
     run_names = ["arms", "run", "run2", "collection", "questions_file", "holdout_file", "limit",
                  *_setting_api_names(c)]
@@ -569,9 +691,10 @@ def run_done_html(questions: int, arms: int, leaks: int) -> str:
     """The status line after a question set: what ran, a leakage warning, and how to read the tables."""
     note = (f" ⚠ {leaks} question(s) appear (exactly or nearly) in the training data; scores on them "
             "measure memory, not skill." if leaks else "")
-    return (f"<p>Done: {questions} question(s) × {arms} arm(s).{html.escape(note)} "
-            "Below: the per-arm summary and every answer; a RAG miss is a <i>retrieval failure</i> when the "
-            "gold document was not retrieved, a <i>generation failure</i> when it was.</p>")
+    return (f"<p>Done: {questions} question(s) × {arms} approach(es).{html.escape(note)} "
+            "Below: a summary per approach (each measure explained in its last column) and every answer. A wrong "
+            "RAG answer says why: <i>retrieval failure</i> when the right document was not among the passages "
+            "read, <i>generation failure</i> when it was and the model still missed the answer.</p>")
 
 
 def _register_blind(c: CompareTabComponents) -> None:
@@ -626,8 +749,8 @@ def improve_hint(report: Report | None) -> tuple[bool, str]:
         return False, f"No preference pairs yet. {export.line()}"
     name = literal_markdown(str(report.config.get("adapter") or "the fine-tuned run"))
     return True, (f"**Improve with these votes:** a DPO run continues **{name}** on your {len(export.rows)} "
-                  "preference pair(s); when it finishes it appears in Compare as another arm so you can ask the "
-                  f"same questions before and after (the *After votes* arm). {export.line()}")
+                  "preference pair(s); when it finishes it appears in Compare as another answer so you can ask the "
+                  f"same questions before and after (the *After votes* answer). {export.line()}")
 
 
 def improve_view(report: Report | None) -> list[Any]:
@@ -641,8 +764,8 @@ def improve_started(report: Report, job: JobRecord, pairs: int) -> str:
     voted = literal_markdown(str(report.config.get("adapter") or "the fine-tuned run"))
     return (f"**Started {literal_markdown(job.name)}:** a DPO run continues **{voted}** on your {pairs} preference "
             f"pair(s) ({job.config.max_steps} step(s) at learning rate {job.config.learning_rate:g}). When it "
-            "finishes it appears in Compare as another arm so you can ask the same questions before and after: "
-            "it is already picked under *Second run* and the *After votes* arm is ticked. Follow it in the Train "
+            "finishes it appears in Compare as another answer so you can ask the same questions before and after: "
+            "it is already picked under *Second run* and the *After votes* answer is ticked. Follow it in the Train "
             "tab, then run the question set again.")
 
 

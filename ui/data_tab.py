@@ -14,10 +14,10 @@ Train tab can say when the chosen method does not fit the data.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
+import contextlib
+import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ import pandas as pd
 
 from core.settings import SettingInfo
 from engine import data
+from engine.data.language import language_warning
+from engine.data.length_check import cut_line
 from engine.quotas import accept_upload
+from engine.workspace import AccessPolicy, Workspace
 from ui.common import (
     SettingsForm,
     build_settings_form,
@@ -79,9 +82,14 @@ class DataTabComponents:
     histogram: gr.BarPlot
     preview_index: gr.Slider
     preview_info: gr.Markdown
-    preview: gr.HighlightedText
+    preview: gr.HighlightedText  # the example as readable turns
+    preview_exact: gr.HighlightedText  # the same example exactly as the model sees it (behind the toggle)
+    preview_raw: gr.Checkbox  # shows preview_exact instead of preview
+    saved: gr.Dropdown  # "Your datasets": the visitor's kept files, most recent first
+    delete_saved: gr.Button
     dataset: gr.State  # {"path", "name", "mapping", "format", "kind", "n_examples", ...} or None; read by Train
     examples: gr.State  # usable examples of the loaded file, for the preview
+    check_with: list[Any] = field(default_factory=list)  # the Train-tab controls, set by ``register``
 
 
 def build(dataset: gr.State | None = None) -> DataTabComponents:
@@ -96,6 +104,10 @@ def build(dataset: gr.State | None = None) -> DataTabComponents:
         with gr.Column(scale=1):
             demo_button = gr.Button("Use the demo dataset", variant="secondary", elem_id="data-demo")
             gr.Markdown(f"{_demo_rows()} questions and answers about Tune Studio, written for this app.")
+    with gr.Row():
+        saved = gr.Dropdown(choices=[], value=None, label="Your datasets", scale=4, elem_id="data-saved",
+                            info="Files you loaded before, kept in your workspace: pick one to load it again.")
+        delete_saved = gr.Button("Delete this dataset", size="sm", variant="stop", scale=1, elem_id="data-delete")
     limits_panel("data-limits")
     status = gr.Markdown("No data loaded yet.", elem_id="data-status")
     sft_on_chosen = gr.Checkbox(False, label="Train on the chosen answers (SFT)", visible=False,
@@ -118,16 +130,24 @@ def build(dataset: gr.State | None = None) -> DataTabComponents:
     pairs = gr.Dataframe(EMPTY_PAIRS, label=f"Preference data: the first {PAIRS_SHOWN} usable rows as the model "
                          "sees them (prompt end, answers start)", interactive=False, wrap=True, visible=False,
                          column_widths=PAIR_WIDTHS, elem_id="data-pairs")
-    gr.Markdown("### 3 · Preview — exactly what the model sees; **highlighted** tokens are what it learns")
-    preview_index = gr.Slider(1, 2, value=1, step=1, label="Example", elem_id="data-preview-index")
+    gr.Markdown("### 3 · Preview — one example as a conversation; **highlighted** is what the model learns")
+    with gr.Row():
+        preview_index = gr.Slider(1, 2, value=1, step=1, label="Example", scale=4, elem_id="data-preview-index")
+        preview_raw = gr.Checkbox(False, label="Show exactly what the model sees", scale=1, elem_id="data-preview-raw",
+                                  info="The text with the chat template's special tokens, as it is tokenised.")
     preview_info = gr.Markdown()
-    preview = gr.HighlightedText(label="Example as the model sees it", color_map={"learned": "green"},
+    preview = gr.HighlightedText(label="Example", color_map={"learned": "green"},
                                  show_legend=True, combine_adjacent=True, elem_id="data-preview")
+    preview_exact = gr.HighlightedText(label="Example exactly as the model sees it (chat template and special "
+                                       "tokens)", color_map={"learned": "green"}, show_legend=True,
+                                       combine_adjacent=True, visible=False, elem_id="data-preview-exact")
     return DataTabComponents(
         upload=upload, demo_button=demo_button, status=status, sft_on_chosen=sft_on_chosen, mapping=mapping,
         apply_mapping=apply_mapping, check_again=check_again,
         report=report, issues=issues, pairs=pairs, histogram=histogram, preview_index=preview_index,
-        preview_info=preview_info, preview=preview, dataset=dataset if dataset is not None else gr.State(None),
+        preview_info=preview_info, preview=preview, preview_exact=preview_exact, preview_raw=preview_raw,
+        saved=saved, delete_saved=delete_saved,
+        dataset=dataset if dataset is not None else gr.State(None),
         examples=gr.State([]),
     )
 
@@ -136,20 +156,9 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
              extra_demo_triggers: list[gr.Button] | None = None) -> None:
     """Wire the events. ``check_with`` are the Train-tab controls named in CHECK_SETTINGS;
     ``extra_demo_triggers`` are other buttons (the guide's) that load the demo dataset too."""
-    outputs = [c.dataset, c.examples, c.status, c.sft_on_chosen, *c.mapping.components, c.report, c.issues,
-               c.pairs, c.histogram, c.preview_index, c.preview_info, c.preview]
-
-    def on_upload(path: str | None, *check: Any, request: gr.Request,
-                  profile: gr.OAuthProfile | None = None) -> list[Any]:
-        """A new file is always detected afresh: the mapping shown belongs to the previous file."""
-        if not path:
-            return [gr.skip()] * len(outputs)
-        ws = workspace_of(request, profile)
-        accept_upload(Path(path), ws)  # size and disk quota, before anything is copied (API clients skip the browser)
-        return analyse_file(store_upload(Path(path), ws.datasets), None, *check)
-
-    def on_demo(*check: Any) -> list[Any]:
-        return analyse_file(DEMO_DATASET, None, *check)
+    c.check_with = list(check_with)
+    outputs = analysis_outputs(c)
+    loads = [*outputs, c.saved]
 
     def on_apply(dataset: dict | None, *values: Any) -> list[Any]:
         if not dataset:
@@ -166,13 +175,6 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
     form_and_check = [*c.mapping.components, *check_with]
     mapping_names, check_names = c.mapping.names, list(CHECK_SETTINGS)
     endpoint(
-        c.upload.upload,
-        named_parameters(friendly_errors("This file cannot be used")(on_upload), ["file", *check_names], request=True),
-        [c.upload, *check_with], outputs, api_name="data_upload", show_progress_on=c.status)
-    endpoint([b.click for b in [c.demo_button, *(extra_demo_triggers or [])]],
-             named_parameters(friendly_errors("The demo dataset could not be loaded")(on_demo), check_names),
-             check_with, outputs, api_name="data_load_demo", show_progress_on=c.status)
-    endpoint(
         c.apply_mapping.click,
         named_parameters(friendly_errors("This column mapping does not work")(on_apply),
                          ["dataset", *mapping_names, *check_names]),
@@ -182,15 +184,145 @@ def register(c: DataTabComponents, check_with: list[gr.components.Component],
                                ["dataset", *check_names])
     endpoint(c.check_again.click, recheck, [c.dataset, *check_with], outputs, api_name="data_check",
              show_progress_on=c.report)
+    register_loading(c, loads, extra_demo_triggers)
     register_sft_on_chosen(c, check_with, outputs)
+    register_saved(c, loads)
     for name, control in zip(CHECK_SETTINGS, check_with, strict=True):
-        if name in AUTO_RECHECK:
-            committed = control.release if isinstance(control, gr.Slider) else control.change
-            committed(recheck, [c.dataset, *check_with], outputs, api_visibility="private", show_progress_on=c.report)
+        if name in AUTO_RECHECK:  # .change: also when a preset sets the value (not only when the visitor drags)
+            control.change(recheck, [c.dataset, *check_with], outputs, api_visibility="private",
+                           show_progress_on=c.report, trigger_mode="always_last")
     endpoint(
         c.preview_index.change,
         named_parameters(friendly_errors("The preview failed")(show_preview), ["examples", "example", *check_names]),
-        [c.examples, c.preview_index, *check_with], [c.preview_info, c.preview], api_name="data_preview")
+        [c.examples, c.preview_index, *check_with], [c.preview_exact, c.preview_info, c.preview],
+        api_name="data_preview")
+    c.preview_raw.change(show_exact, c.preview_raw, [c.preview_exact, c.preview], api_visibility="private",
+                         show_progress="hidden")
+
+
+def register_loading(c: DataTabComponents, loads: list[gr.components.Component],
+                     extra_demo_triggers: list[gr.Button] | None) -> None:
+    """Upload and demo: the status line says at once what is happening, then the analysis fills the tab."""
+    check_with, check_names = c.check_with, list(CHECK_SETTINGS)
+
+    def on_upload(path: str | None, *check: Any, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Any:
+        """A new file is always detected afresh: the mapping shown belongs to the previous file."""
+        if not path:
+            yield [gr.skip()] * len(loads)
+            return
+        yield working(loads, "⏳ Reading your file…")
+        ws = workspace_of(request, profile)
+        accept_upload(Path(path), ws)  # size and disk quota, before anything is copied (API clients skip the browser)
+        yield from analyse_announced(ws, ws.save_dataset(path).path, loads, check)
+
+    def on_demo(*check: Any, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Any:
+        yield working(loads, "⏳ Reading the demo dataset…")
+        ws = workspace_of(request, profile)
+        kept = None if AccessPolicy.from_env().demo else ws.save_dataset(DEMO_DATASET).path
+        yield from analyse_announced(ws, kept or str(DEMO_DATASET), loads, check)
+
+    endpoint(
+        c.upload.upload,
+        named_parameters(friendly_errors("This file cannot be used")(on_upload), ["file", *check_names], request=True),
+        [c.upload, *check_with], loads, api_name="data_upload", show_progress="hidden")
+    endpoint([b.click for b in [c.demo_button, *(extra_demo_triggers or [])]],
+             named_parameters(friendly_errors("The demo dataset could not be loaded")(on_demo), check_names,
+                              request=True),
+             check_with, loads, api_name="data_load_demo", show_progress="hidden")
+
+
+def analysis_outputs(c: DataTabComponents) -> list[gr.components.Component]:
+    """What every analysis fills, in ``analyse_file``'s order."""
+    return [c.dataset, c.examples, c.status, c.sft_on_chosen, *c.mapping.components, c.report, c.issues,
+            c.pairs, c.histogram, c.preview_index, c.preview_exact, c.preview_info, c.preview]
+
+
+def working(loads: list[Any], message: str) -> list[Any]:
+    """Only the status line, at once: what the tab is doing while the rest is computed."""
+    return [gr.skip(), gr.skip(), message, *[gr.skip()] * (len(loads) - 3)]
+
+
+def analyse_announced(ws: Workspace, path: str, loads: list[Any], check: tuple[Any, ...]) -> Any:
+    """Say that the tokenizer is loading (the first time takes a while), then analyse and remember the result."""
+    yield working(loads, "⏳ File read. Counting tokens with the model's tokenizer (loading it the first time can "
+                  "take up to a minute)…")
+    outputs = analyse_file(Path(path), None, *check)
+    remember(ws, outputs[0])
+    yield [*outputs, saved_choices(ws, (outputs[0] or {}).get("dataset_id"))]
+
+
+def register_page_load(demo: gr.Blocks, c: DataTabComponents) -> None:
+    """After a reload, load the visitor's last dataset again (the Train tab reads the shared state)."""
+    loads = [*analysis_outputs(c), c.saved]
+
+    def on_load(*check: Any, request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[Any]:
+        ws = workspace_of(request, profile)
+        last = ws.last_dataset()
+        return load_saved(ws, last.id, loads, check) if last else [*[gr.skip()] * (len(loads) - 1),
+                                                                  saved_choices(ws, None)]
+
+    demo.load(on_load, c.check_with, loads, api_visibility="private", show_progress="hidden")
+
+
+def register_saved(c: DataTabComponents, loads: list[gr.components.Component]) -> None:
+    """Pick an earlier dataset from 'Your datasets' to load it; delete the one picked."""
+
+    def on_pick(dataset_id: str | None, *check: Any, request: gr.Request,
+                profile: gr.OAuthProfile | None = None) -> list[Any]:
+        if not dataset_id:
+            return [gr.skip()] * len(loads)
+        return load_saved(workspace_of(request, profile), dataset_id, loads, check)
+
+    def on_delete(dataset_id: str | None, dataset: dict | None, request: gr.Request,
+                  profile: gr.OAuthProfile | None = None) -> list[Any]:
+        if not dataset_id:
+            raise gr.Error("Pick a dataset in 'Your datasets' first.", title="Nothing to delete")
+        ws = workspace_of(request, profile)
+        AccessPolicy.from_env().require_write("Deleting datasets")
+        ws.delete_dataset(dataset_id)
+        if dataset and dataset.get("dataset_id") == dataset_id:
+            return [saved_choices(ws, None), None, "Dataset deleted. Load another one above."]
+        return [saved_choices(ws, (dataset or {}).get("dataset_id")), gr.skip(), gr.skip()]
+
+    c.saved.input(friendly_errors("This dataset could not be loaded")(on_pick), [c.saved, *c.check_with], loads,
+                  api_visibility="private", show_progress_on=c.status)
+    c.delete_saved.click(friendly_errors("This dataset could not be deleted")(on_delete), [c.saved, c.dataset],
+                         [c.saved, c.dataset, c.status], api_visibility="private")
+
+
+def load_saved(ws: Workspace, dataset_id: str, loads: list[Any], check: tuple[Any, ...]) -> list[Any]:
+    """Analyse one of the visitor's kept datasets with its kept mapping and options."""
+    try:
+        record = ws.dataset(dataset_id)
+        outputs = analyse_file(Path(record.path), stored_mapping({"mapping": record.mapping}), *check,
+                               options=record.options)
+    except Exception as exc:  # a page load must not end in an error toast: say it in the status line
+        return [*working(loads, f"Your dataset could not be loaded again: {friendly_message(exc)}")[:-1],
+                saved_choices(ws, None)]
+    remember(ws, outputs[0])
+    return [*outputs, saved_choices(ws, record.id)]
+
+
+def friendly_message(exc: Exception) -> str:
+    """The first line of an error, without server paths (KeyError quotes its text)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def remember(ws: Workspace, state: dict | None) -> None:
+    """Keep what was read (format, rows, mapping, options) in the dataset's record, and mark it the last used."""
+    if not state or not state.get("dataset_id") or AccessPolicy.from_env().demo:
+        return
+    with contextlib.suppress(KeyError):  # not a kept file (the demo in a read-only Space)
+        ws.update_dataset(state["dataset_id"], format=state["format"], rows=state["n_rows"], kind=state["kind"],
+                          mapping=state.get("mapping"), options=state.get("options") or {})
+
+
+def saved_choices(ws: Workspace, selected: str | None) -> gr.Dropdown:
+    """'Your datasets', most recent first."""
+    records = ws.list_datasets()
+    ids = {r.id for r in records}
+    return gr.Dropdown(choices=[(r.label(), r.id) for r in records], value=selected if selected in ids else None)
 
 
 def register_sft_on_chosen(c: DataTabComponents, check_with: list[gr.components.Component],
@@ -237,17 +369,23 @@ def analyse_sft(path: Path, mapping: data.ColumnMapping | None, kind: str, base_
     dataset = {**dataset_state(path, mapping, kind, prepared.format, report.n_rows, report.n_examples, options),
                "n_train": len(train), "n_val": len(val)}
     lengths = token_lengths(report, tokenizer, usable, train_on)
-    info, segments = preview_outputs(usable, 1, tokenizer, max_length, train_on)
+    chat_lengths = [n for n, ex in zip(lengths, usable, strict=False) if not ex.is_text]
+    dataset["length_line"] = cut_line(chat_lengths, max_length)
+    dataset["language_warning"] = language_warning(usable, base_model)
+    exact, info, segments = preview_outputs(usable, 1, tokenizer, max_length, train_on)
     checked_with = f"Checked with the tokenizer of **{base_model}**, max length {max_length}, training on {train_on}."
+    status = status_text(path.name, prepared, report, len(train), len(val))
+    status += f"\n\n⚠️ **Language:** {dataset['language_warning']}" if dataset["language_warning"] else ""
     return [
-        dataset, usable, status_text(path.name, prepared, report, len(train), len(val)),
+        dataset, usable, status,
         gr.Checkbox(value=bool(options.get("sft_on_chosen")), visible=kind == "pairs"),
         *mapping_updates(prepared.detection.mapping, prepared.format, path),
-        report_text(report, len(train), len(val)) + "\n\n" + checked_with,
+        f"**{dataset['length_line']}**\n\n" * bool(dataset["length_line"])
+        + report_text(report, len(train), len(val)) + "\n\n" + checked_with,
         issues_table(report), gr.Dataframe(value=EMPTY_PAIRS, visible=False),
         histogram_update(token_histogram(lengths, max_length)),
         gr.Slider(minimum=1, maximum=max(2, len(usable)), value=1, step=1),
-        info, segments,
+        exact, info, segments,
     ]
 
 
@@ -259,6 +397,7 @@ def analyse_preferences(path: Path, mapping: data.ColumnMapping | None, base_mod
     report = data.validate_preferences(prepared, tokenizer, max_length)
     usable = data.training_preferences(prepared, report)
     dataset = dataset_state(path, mapping, prepared.kind, prepared.source, report.n_rows, report.n_examples, options)
+    dataset["length_line"] = cut_line(report.token_lengths, max_length)
     checked_with = f"Checked with the tokenizer of **{base_model}**, max length {max_length}."
     shown = f"Preference data: the first {min(len(usable), PAIRS_SHOWN)} usable rows are in the table above."
     return [
@@ -271,7 +410,7 @@ def analyse_preferences(path: Path, mapping: data.ColumnMapping | None, base_mod
                                            column_widths=PAIR_WIDTHS if prepared.kind == "pairs" else FEEDBACK_WIDTHS),
         histogram_update(token_histogram(report.token_lengths, max_length)),
         gr.Slider(minimum=1, maximum=2, value=1, step=1),
-        shown, [],
+        [], shown, [],
     ]
 
 
@@ -280,8 +419,10 @@ def dataset_state(path: Path, mapping: data.ColumnMapping | None, kind: str, fmt
     """What the Train tab reads: the file, the mapping and options to use, and which methods fit the data."""
     used_mapping = mapping.to_dict() if mapping is not None and mapping.explicit() else None
     methods = METHODS_FOR[kind] + (["sft"] if kind == "pairs" and options.get("sft_on_chosen") else [])
+    kept = path.parent.name if re.fullmatch(r"[0-9a-f]{12}", path.parent.name) else None
     return {"path": str(path), "name": path.name, "mapping": used_mapping, "format": fmt, "kind": kind,
-            "methods": methods, "options": options, "n_rows": n_rows, "n_examples": n_examples}
+            "methods": methods, "options": options, "n_rows": n_rows, "n_examples": n_examples,
+            "dataset_id": kept}
 
 
 def stored_mapping(dataset: dict) -> data.ColumnMapping | None:
@@ -289,20 +430,18 @@ def stored_mapping(dataset: dict) -> data.ColumnMapping | None:
     return data.ColumnMapping.from_dict(dataset["mapping"]) if dataset.get("mapping") else None
 
 
+Segments = list[tuple[str, str | None]]
+
+
 def show_preview(examples: list[data.Example], index: float, base_model: str, max_length: float, train_on: str,
-                 *_: Any) -> tuple[str, list[tuple[str, str | None]]]:
-    """Another example of the loaded file, rendered with the current model and max length."""
+                 *_: Any) -> tuple[Segments, str, Segments]:
+    """Another example of the loaded file (exact, info line, readable) with the current model and max length."""
     return preview_outputs(examples, int(index), tokenizer_for(base_model), int(max_length), train_on)
 
 
-def store_upload(path: Path, folder: Path) -> Path:
-    """Copy an upload out of Gradio's temporary cache into the visitor's workspace, where runs find it later."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    target = folder / digest / path.name
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    return target
+def show_exact(exact: bool) -> tuple[gr.HighlightedText, gr.HighlightedText]:
+    """The toggle: the exact text instead of the readable turns."""
+    return gr.HighlightedText(visible=bool(exact)), gr.HighlightedText(visible=not exact)
 
 
 # ----------------------------------------------------------------------------------------- formatting
@@ -431,15 +570,36 @@ def histogram_update(table: pd.DataFrame) -> gr.BarPlot:
 
 
 def preview_outputs(examples: list[data.Example], index: int, tokenizer: Any, max_length: int,
-                    train_on: str) -> tuple[str, list[tuple[str, str | None]]]:
+                    train_on: str) -> tuple[Segments, str, Segments]:
+    """The example exactly as tokenised (learned tokens marked), the info line, and the example as readable turns."""
     if not examples:
-        return "No example to preview.", []
+        return [], "No example to preview.", []
     index = min(max(index, 1), len(examples))
-    preview = data.render_preview(tokenizer, examples[index - 1], max_length, train_on)
-    cut = f" — **cut from {preview.full_length} tokens**" if preview.truncated else ""
+    example = examples[index - 1]
+    preview = data.render_preview(tokenizer, example, max_length, train_on)
+    cut = f" — **cut from {preview.full_length} tokens**: the end is not learned" if preview.truncated else ""
     info = (f"Example {index} of {len(examples)} (row {preview.row} of the file): {preview.n_tokens} tokens, "
             f"{preview.n_trained_tokens} learned{cut}.")
-    return info, [(text, "learned" if trained else None) for text, trained in preview.segments]
+    exact = [(text, "learned" if trained else None) for text, trained in preview.segments]
+    return exact, info, readable_turns(example, train_on)
+
+
+#: How each role is named in the readable preview.
+ROLE_NAMES = {"user": "You", "assistant": "Assistant", "system": "Instructions (system)", "tool": "Tool result"}
+
+
+def readable_turns(example: data.Example, train_on: str) -> list[tuple[str, str | None]]:
+    """The example as a conversation ("You: …", "Assistant: …"); what the model learns is marked."""
+    if example.is_text:
+        return [(example.text or "", "learned")]
+    segments: list[tuple[str, str | None]] = []
+    if example.tools:
+        segments.append((f"Tools offered: {example.tools}\n\n", "learned" if train_on == "all" else None))
+    for m in example.messages:
+        learned = "learned" if train_on == "all" or m.role == "assistant" else None
+        segments.append((f"{ROLE_NAMES.get(m.role, m.role)}: ", None))
+        segments.append((m.content + "\n\n", learned))
+    return segments
 
 
 def mapping_updates(detected: data.ColumnMapping, fmt: str, path: Path) -> list[Any]:

@@ -40,28 +40,53 @@ from rag.pipeline import PipelineSpec
 from rag.retrieve import search
 from rag.stages import FIXED_STAGES, POST_STEPS, STAGE_TITLES
 from services import collections
-from services.index_jobs import index_job, index_jobs, read_result, submit_index_job
+from services.index_jobs import (
+    DEMO_COLLECTION,
+    index_job,
+    index_jobs,
+    read_result,
+    start_demo_collection,
+    submit_index_job,
+)
 from ui.common import (
+    USER_ERRORS,
     SettingsForm,
     build_settings_form,
     check_message,
     endpoint,
     format_duration,
-    friendly_errors,
+    hide_paths,
     limit_label,
     limits_panel,
     literal_markdown,
     progress_line,
     require_write,
     served_folder,
+    user_error,
     visitor_of,
     workspace_of,
+    wrap_calls,
 )
 
 DEFAULT_COLLECTION = "my-documents"
 POST_CONTAINER_ID = "rag-post-steps"
-HIT_HEADERS = ["rank", "source", "page / section", "dense", "BM25", "fused", "text"]
+HIT_HEADERS = ["#", "source", "page / section", "meaning", "keywords", "combined", "text"]
+HIT_WIDTHS = ["6%", "18%", "14%", "9%", "9%", "9%", "35%"]
 SOURCE_HEADERS = ["[n]", "cited", "source", "page / section", "score", "text"]
+SOURCE_WIDTHS = ["6%", "7%", "20%", "14%", "9%", "44%"]
+CHUNK_HEADERS = ["file", "#", "page / section", "chars", "chunk"]
+CHUNK_WIDTHS = ["20%", "6%", "16%", "8%", "50%"]
+FILE_HEADERS = ["file", "chunks"]
+CHUNKS_SHOWN_PER_FILE = 3  # the chunk table after a build: the first chunks of each file
+MAX_CHUNK_ROWS = 300
+TOAST_SECONDS = 12  # error toasts fade; what they said stays in the build log or the status line
+GLOSSARY = (
+    "**Words used below.** *Chunk*: a piece of a document, about a paragraph, that can be found and cited. "
+    "*Embedding / meaning search (dense)*: each chunk becomes a vector, so chunks that say the same thing in other "
+    "words are found. *BM25*: keyword search, chunks that share the question's words. *Hybrid / reciprocal rank "
+    "fusion*: combining keyword and meaning search into one ranking. *HNSW / IVF*: faster, approximate ways to "
+    "search many vectors (a neighbour graph; clusters). *MMR*: variety among the results, so they do not all say "
+    "the same. *Rerank*: a second model re-orders the best chunks.")
 POLL_SECONDS = 0.5  # how often a follower reads the job's event log
 
 #: One selector for every post-retrieval card by its own elem_id (``rag-step-<name>``) inside the Draggable's
@@ -138,6 +163,8 @@ class RagTabComponents:
     ask_button: gr.Button
     answer_text: gr.Markdown
     sources: gr.Dataframe
+    demo_button: gr.Button
+    files_table: gr.Dataframe
     generate_factory: GenerateFactory = field(default=bundled_generate)
     pdf_password: gr.Textbox | None = None  # used for one build or preview, never saved
     confirm_build: gr.Checkbox | None = None  # "go on" for a build estimated to take long
@@ -167,17 +194,22 @@ def collection_choices(request: gr.Request, profile: gr.OAuthProfile | None = No
 
 
 def build(generate_factory: GenerateFactory | None = None) -> RagTabComponents:
-    """The tab top to bottom: collection bar, documents, pipeline cards, pipeline import/export, questions."""
+    """Simple mode on top (collection, drop, Build, Ask); the pipeline cards under a closed "Advanced"."""
     spec = PipelineSpec()
-    return RagTabComponents(**_build_collection_bar(spec), **_build_documents(), **_build_pipeline(spec),
-                            **_build_pipeline_io(spec), **_build_ask(),
-                            generate_factory=generate_factory or bundled_generate)
+    parts = {**_build_collection_bar(spec), **_build_documents(), **_build_ask()}
+    with gr.Accordion("Advanced: the pipeline step by step, removing files", open=False, elem_id="rag-advanced"):
+        gr.Markdown(GLOSSARY, elem_id="rag-glossary")
+        parts.update(_build_manage_files())
+        parts.update(_build_pipeline(spec))
+        parts.update(_build_pipeline_io(spec))
+    return RagTabComponents(**parts, generate_factory=generate_factory or bundled_generate)
 
 
 def _build_collection_bar(spec: PipelineSpec) -> dict[str, Any]:
     """The intro, the per-visitor states, and the collection picker with Open and the status line."""
-    gr.Markdown("Build a searchable collection from your own documents, check what it finds, and get answers "
-                "that cite their sources.")
+    gr.Markdown("Ask questions about your own documents and get answers that cite their sources: **1.** drop "
+                "documents (or use the demo documents), **2.** press **Build index**, **3.** type a question and "
+                "press **Ask**. The pipeline's settings are under *Advanced* at the bottom; the defaults work.")
     parts: dict[str, Any] = {"collection_state": gr.State(None), "job_state": gr.State(None),
                              "spec_state": gr.State(spec.to_dict())}
     with gr.Row(equal_height=True):
@@ -190,29 +222,42 @@ def _build_collection_bar(spec: PipelineSpec) -> dict[str, Any]:
 
 
 def _build_documents() -> dict[str, Any]:
-    """Upload, Preview/Build/Cancel, the build options and log, the indexed files; the chunk preview beside them."""
+    """Drop box and buttons, the build log across the page, then the files and the chunks they were cut into."""
     parts: dict[str, Any] = {}
     with gr.Row(equal_height=False):
-        with gr.Column(scale=1):
-            parts["upload"] = gr.File(file_count="multiple", label="Drop documents here",
-                                      file_types=list(SUPPORTED_EXTENSIONS), elem_id="rag-upload")
-            with gr.Row():
-                parts["preview_button"] = gr.Button("Preview chunks", elem_id="rag-preview")
-                parts["build_button"] = gr.Button("Build index", variant="primary", elem_id="rag-build")
-                parts["cancel_button"] = gr.Button("Cancel", variant="stop", elem_id="rag-cancel", min_width=80)
-            parts["pdf_password"], parts["confirm_build"] = _build_options()
-            parts["build_log"] = gr.Markdown(elem_id="rag-build-log")
-            with gr.Row(equal_height=True):
-                parts["indexed"] = gr.Dropdown(choices=[], multiselect=True, label="Indexed files",
-                                               elem_id="rag-indexed", scale=3)
-                parts["remove_button"] = gr.Button("Remove selected", elem_id="rag-remove", scale=1)
-            parts["reindex_button"] = gr.Button("Re-index with the new settings", visible=False, variant="stop",
-                                                elem_id="rag-reindex")
-        with gr.Column(scale=1):
+        # No file_types: Gradio would reject a whole drop for one unsupported file; each file is refused by
+        # itself instead (rag.ingest says which kinds are read), and the rest are indexed.
+        parts["upload"] = gr.File(file_count="multiple", label="Drop documents here", elem_id="rag-upload",
+                                  scale=3)
+        with gr.Column(scale=1, min_width=200):
+            parts["build_button"] = gr.Button("2. Build index", variant="primary", elem_id="rag-build")
+            parts["demo_button"] = gr.Button("Use the demo documents", elem_id="rag-demo-docs")
+            parts["preview_button"] = gr.Button("Preview chunks", elem_id="rag-preview")
+            parts["cancel_button"] = gr.Button("Cancel", variant="stop", elem_id="rag-cancel", min_width=80)
+    parts["pdf_password"], parts["confirm_build"] = _build_options()
+    parts["build_log"] = gr.Markdown(elem_id="rag-build-log")
+    with gr.Row(equal_height=False):
+        parts["files_table"] = gr.Dataframe(headers=FILE_HEADERS, interactive=False, wrap=True, max_height=360,
+                                            column_widths=["75%", "25%"], label="Files in the collection",
+                                            elem_id="rag-files", scale=1, min_width=220,
+                                            visible="hidden")
+        with gr.Column(scale=3):
             parts["preview_text"] = gr.Markdown(elem_id="rag-preview-text")
-            parts["preview_table"] = gr.Dataframe(headers=["file", "#", "page / section", "chars", "chunk"],
-                                                  interactive=False, wrap=True, max_height=360,
-                                                  elem_id="rag-preview-table")
+            parts["preview_table"] = gr.Dataframe(headers=CHUNK_HEADERS, interactive=False, wrap=True,
+                                                  max_height=360, column_widths=CHUNK_WIDTHS, label="Chunks",
+                                                  elem_id="rag-preview-table", visible="hidden")
+    return parts
+
+
+def _build_manage_files() -> dict[str, Any]:
+    """Remove files from the open collection, and the re-index offer after a chunking change."""
+    parts: dict[str, Any] = {}
+    with gr.Row(equal_height=True):
+        parts["indexed"] = gr.Dropdown(choices=[], multiselect=True, label="Indexed files (pick the ones to remove)",
+                                       elem_id="rag-indexed", scale=3)
+        parts["remove_button"] = gr.Button("Remove selected", elem_id="rag-remove", scale=1)
+    parts["reindex_button"] = gr.Button("Re-index with the new settings", visible=False, variant="stop",
+                                        elem_id="rag-reindex")
     return parts
 
 
@@ -269,30 +314,32 @@ def _build_pipeline_io(spec: PipelineSpec) -> dict[str, Any]:
 
 def _build_ask() -> dict[str, Any]:
     """The question box, Test retrieval and Ask, and what they show: hits, the answer and its sources."""
-    gr.Markdown("### Ask")
+    gr.Markdown("### 3. Ask")
     parts: dict[str, Any] = {"question": gr.Textbox(label="Question", placeholder="What do my documents say about…?",
                                                     elem_id="rag-question")}
     with gr.Row():
-        parts["search_button"] = gr.Button("Test retrieval", elem_id="rag-search")
         parts["ask_button"] = gr.Button("Ask", variant="primary", elem_id="rag-ask")
-    parts["search_log"] = gr.Markdown(elem_id="rag-search-log")
-    parts["hits"] = gr.Dataframe(headers=HIT_HEADERS, interactive=False, wrap=True, max_height=400,
-                                 elem_id="rag-hits")
+        parts["search_button"] = gr.Button("Only show the passages found", elem_id="rag-search")
     parts["answer_text"] = gr.Markdown(elem_id="rag-answer")
     parts["sources"] = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=400,
-                                    elem_id="rag-sources")
+                                    column_widths=SOURCE_WIDTHS, label="Sources given to the model",
+                                    elem_id="rag-sources", visible="hidden")
+    parts["search_log"] = gr.Markdown(elem_id="rag-search-log")
+    parts["hits"] = gr.Dataframe(headers=HIT_HEADERS, interactive=False, wrap=True, max_height=400,
+                                 column_widths=HIT_WIDTHS, label="Passages found (meaning, keyword and combined "
+                                 "scores)", elem_id="rag-hits", visible="hidden")
     return parts
 
 
 def _build_options() -> tuple[gr.Textbox, gr.Checkbox]:
-    """The PDF password box, the "go on with a long build" tick and the server's limits, under the buttons."""
-    with gr.Row(equal_height=True):
+    """The "go on with a long build" tick; the PDF password box and the server's limits in a closed accordion."""
+    confirm_build = gr.Checkbox(False, label="Go on even if the build takes long",
+                                info="Long builds ask first; tick this and press Build index again to start.",
+                                elem_id="rag-confirm-build")
+    with gr.Accordion("PDF password", open=False, elem_id="rag-pdf-options"):
         pdf_password = gr.Textbox("", type="password", label="PDF password (for encrypted PDFs)",
                                   info="Used for this build or preview only; never saved with the collection or "
-                                       "exported.", elem_id="rag-pdf-password", scale=2)
-        confirm_build = gr.Checkbox(False, label="Go on even if the build takes long",
-                                    info="Long builds ask first; tick this and press Build index again to start.",
-                                    elem_id="rag-confirm-build", scale=1)
+                                       "exported.", elem_id="rag-pdf-password")
     limits_panel("rag-limits")
     return pdf_password, confirm_build
 
@@ -318,7 +365,7 @@ def build_question(ws: Workspace, name: str, uploads: list[tuple[str, str]], spe
     return (f"⏳ **This will take about {format_duration(estimate.seconds)} — go on?** {estimate.files} new file(s), "
             f"about {estimate.chunks:,} chunks to embed at {estimate.rate:,.1f} chunks/s on this server; builds "
             f"estimated over {bound:,} s ask first (limit *{limit_label('confirm_build_seconds')}*). Tick **Go on "
-            "even if the build takes long** and press **Build index** again (API: `confirm=True`), or drop fewer "
+            "even if the build takes long** and press **Build index** again, or drop fewer "
             "files.")
 
 
@@ -332,13 +379,26 @@ def _user_facing(exc: Exception) -> Exception:
     return ValueError(str(exc)) if isinstance(exc, IndexError_) else exc
 
 
+def fading_error(exc: Exception, title: str) -> gr.Error:
+    """``ui.common.user_error`` for this tab, fading after :data:`TOAST_SECONDS` when its message is meant for the
+    user (what went wrong is also in the build log or status line); an unexpected error stays until closed."""
+    error = user_error(_user_facing(exc), title)
+    if isinstance(_user_facing(exc), USER_ERRORS):
+        error.duration = TOAST_SECONDS
+    return error
+
+
 def handler_errors(title: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``friendly_errors`` for this tab's handlers: rag's index errors carry messages meant for the user.
+    """Every exception of this tab's handlers as a titled toast (:func:`fading_error`), never a raw trace.
 
     Many handlers are async generators (job followers), so many visitors following builds hold no worker
-    threads while they wait; ``friendly_errors`` wraps those as well.
+    threads while they wait; ``wrap_calls`` wraps those as well. A ``gr.Error`` raised on purpose (the read-only
+    demo's refusal) passes through unchanged.
     """
-    return friendly_errors(title, translate=_user_facing)
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return wrap_calls(fn, on_error=lambda exc: fading_error(exc, title))
+
+    return wrap
 
 
 # ----------------------------------------------------------------------------------------- logic
@@ -433,16 +493,66 @@ def _target(state: dict[str, Any] | None, name: str | None) -> str:
 
 
 def _uploads(files: list[Any] | None) -> list[tuple[str, str]]:
+    """``(file name, path)`` of each dropped file; a name dropped twice counts once (the last copy)."""
     if not files:
         raise ValueError("Drop one or more documents on the upload area first.")
-    out = []
+    by_name: dict[str, str] = {}
     for f in files:
         path = Path(getattr(f, "name", None) or str(f))
-        out.append((path.name, str(path)))
-    return out
+        by_name[path.name] = str(path)  # a later copy replaces an earlier one, in the first one's place
+    return list(by_name.items())
 
 
-def preview_chunks(files: list[Any] | None, spec: PipelineSpec, pdf_password: str = "") -> tuple[str, list[list]]:
+def upload_note(files: list[Any] | None) -> str:
+    """Said as soon as files are dropped: which of them cannot be read (they are left out of the build)."""
+    names = [name for name, _ in _uploads(files)] if files else []
+    odd = [n for n in names if Path(n).suffix.lower() not in SUPPORTED_EXTENSIONS]
+    if not odd:
+        return f"{len(names)} file(s) ready: press **Build index**." if names else ""
+    lines = [f"- ⚠️ {literal_markdown(n)}: this kind of file cannot be read, so it will be left out." for n in odd]
+    ready = len(names) - len(odd)
+    head = f"{ready} file(s) ready: press **Build index**." if ready else "No file here can be read."
+    return "\n".join([head, *lines, f"\nSupported: {' '.join(SUPPORTED_EXTENSIONS)}"])
+
+
+def file_rows(index: RagIndex | None) -> list[list[Any]]:
+    """The collection's files and how many chunks each gave, by name."""
+    if index is None:
+        return []
+    return [[source, record.chunks] for source, record in sorted(index.files.items())]
+
+
+def chunk_rows(index: RagIndex | None) -> tuple[str, list[list[Any]]]:
+    """What the chunk table shows of a collection: the first chunks of each file, with a line saying so."""
+    if index is None or not index.chunks:
+        return "", []
+    rows: list[list[Any]] = []
+    shown: dict[str, int] = {}
+    for chunk in index.chunks:
+        if shown.get(chunk.source, 0) >= CHUNKS_SHOWN_PER_FILE or len(rows) >= MAX_CHUNK_ROWS:
+            continue
+        shown[chunk.source] = shown.get(chunk.source, 0) + 1
+        rows.append([chunk.source, chunk.ordinal + 1, _where(chunk.page, chunk.section), len(chunk.text),
+                     _excerpt(chunk.text, 300)])
+    note = (f"**Chunks** of **{literal_markdown(index.name)}**: {len(index.chunks):,} from {len(index.files)} "
+            f"file(s); the first {CHUNKS_SHOWN_PER_FILE} of each file below.")
+    return note, rows
+
+
+def _collection_views(index: RagIndex | None) -> list[Any]:
+    """Files table, chunk note and chunk table for a collection (after Open, a build, a removal)."""
+    note, rows = chunk_rows(index)
+    files = file_rows(index)
+    return [_table(files), note, _table(rows)]
+
+
+def _table(rows: list[list[Any]]) -> Any:
+    """A table's new rows, shown only when there are some (an empty table with headers says nothing). Hidden, not
+    removed: the page keeps the element, so scripts and tests find it by its elem_id either way."""
+    return gr.Dataframe(value=rows, visible=True if rows else "hidden")
+
+
+def preview_chunks(files: list[Any] | None, spec: PipelineSpec, pdf_password: str = "") -> tuple[str, Any]:
     """Load and split the dropped files with the current cards' settings (nothing is embedded or kept)."""
     load = spec.stages["load"]
     chunks, refused = [], []
@@ -464,7 +574,7 @@ def preview_chunks(files: list[Any] | None, spec: PipelineSpec, pdf_password: st
     lines.extend(refused)
     rows = [[src, c.ordinal + 1, _where(c.page, c.section), len(c.text), _excerpt(c.text, 300)]
             for src, first in p.first_chunks.items() for c in first]
-    return "\n\n".join(lines), rows
+    return "\n\n".join(lines), _table(rows)
 
 
 def _where(page: int | None, section: str | None) -> str:
@@ -534,7 +644,7 @@ class JobView:
             live = done_line(read_result(job))
         elif job.status == "cancelling":
             live += " — cancel requested, stopping at the next batch…"
-        return "\n".join([*self.lines, "", live])
+        return hide_paths("\n".join([*self.lines, "", live]))
 
 
 def _poll(ws: Workspace, job_id: str, offset: int) -> tuple[JobRecord, list[JobEvent], int]:
@@ -560,9 +670,9 @@ async def follow_job(ws: Workspace, job_id: str) -> AsyncIterator[tuple[JobRecor
             shown = text
             yield job, text, finished
         if finished:
-            if job.status == "failed":
-                raise gr.Error(view.failed or job.error or "The index job failed.", duration=None,
-                               title="The index job failed")
+            if job.status == "failed":  # the reason stays in the log above: the toast may fade
+                raise gr.Error(hide_paths(view.failed or job.error or "The index job failed."),
+                               duration=TOAST_SECONDS, title="The index job failed")
             return
         await asyncio.sleep(POLL_SECONDS)
 
@@ -585,11 +695,14 @@ async def submit_and_follow(ws: Workspace, name: str, action: str,
 # ----------------------------------------------------------------------------------------- register
 
 
-def register(c: RagTabComponents) -> None:
-    """Wire every event; the changes stream their index job, the rest answer at once."""
+def register(c: RagTabComponents, demo_triggers: list[Any] | None = None) -> None:
+    """Wire every event; the changes stream their index job, the rest answer at once.
+
+    ``demo_triggers`` are other events (the app guide's button) that start the demo documents too."""
     c.collection.focus(collection_choices, None, c.collection, api_visibility="private", show_progress="hidden")
     _register_open_and_import(c)
     _register_build_and_cancel(c)
+    _register_demo(c, demo_triggers)
     _register_remove_and_reindex(c)
     _register_apply(c)
     _register_questions(c)
@@ -611,11 +724,25 @@ def _register_open_and_import(c: RagTabComponents) -> None:
         index, note = open_or_create(name, spec_dict, ws)
         return [_state(index), f"{_status(index)}\n\n{note}", _files_update(index),
                 gr.Dropdown(choices=ws.index_names(), value=index.name), gr.Button(visible=False),
-                *_spec_views(index.spec), *form_updates(c, index.spec)]
+                *_collection_views(index), *_spec_views(index.spec), *form_updates(c, index.spec)]
 
-    endpoint(c.open_button.click, on_open, [c.collection, c.spec_state],
-             [c.collection_state, c.status, c.indexed, c.collection, c.reindex_button, *spec_outputs, *form],
-             api_name="rag_open").then(
+    open_outputs = [c.collection_state, c.status, c.indexed, c.collection, c.reindex_button, *_views(c),
+                    *spec_outputs, *form]
+    endpoint(c.open_button.click, on_open, [c.collection, c.spec_state], open_outputs, api_name="rag_open").then(
+        None, c.order, c.order, js=_APPLY_ORDER_JS, api_visibility="private")
+
+    @handler_errors("Could not open the collection")
+    def on_pick(name: str, state: dict[str, Any] | None, spec_dict: dict[str, Any], request: gr.Request,
+                profile: gr.OAuthProfile | None = None) -> list[Any]:
+        """Picking an existing collection (or the guide picking one) opens it; a new name waits for Build."""
+        ws = workspace_of(request, profile)
+        name = (name or "").strip()
+        if not name or (state or {}).get("collection") == name or not (ws.index_path(name) / MANIFEST).exists():
+            return [gr.skip()] * len(open_outputs)
+        return on_open(name, spec_dict, request, profile)
+
+    c.collection.change(on_pick, [c.collection, c.collection_state, c.spec_state], open_outputs,
+                        api_visibility="private", show_progress="hidden").then(
         None, c.order, c.order, js=_APPLY_ORDER_JS, api_visibility="private")
 
     @handler_errors("Could not import the pipeline")
@@ -637,7 +764,7 @@ def _register_open_and_import(c: RagTabComponents) -> None:
         None, c.order, c.order, js=_APPLY_ORDER_JS, api_visibility="private")
 
     @handler_errors("Could not preview the chunks")
-    def on_preview(*values: Any) -> tuple[str, list[list]]:
+    def on_preview(*values: Any) -> tuple[str, Any]:
         *values, files, pdf_password = values
         return preview_chunks(files, spec_from_form(c, values), pdf_password or "")
 
@@ -655,22 +782,25 @@ def _register_build_and_cancel(c: RagTabComponents) -> None:
         """Check quota and duration, stage the uploads, queue the job, stream its log until it ends."""
         require_write("Building an index")
         ws, target, uploads = workspace_of(request, profile), _target(state, name), _uploads(files)
+        yield [gr.skip(), gr.skip(), f"Checking {len(uploads)} file(s)…", *[gr.skip()] * 6]
         await anyio.to_thread.run_sync(check_new_collection, ws, target)
         question = await anyio.to_thread.run_sync(build_question, ws, target, uploads, spec_dict, bool(confirm))
         if question:  # a long build asks before it starts; nothing is queued
-            yield [gr.skip(), gr.skip(), question, gr.skip(), gr.skip()]
+            yield [gr.skip(), gr.skip(), question, *[gr.skip()] * 6]
             return
         async for job_id, log, index in submit_and_follow(ws, target, "add", uploads=uploads, visitor=visitor_of(
                 request, profile), spec=PipelineSpec.from_dict(spec_dict), pdf_password=pdf_password or ""):
             if index is None:
-                yield [gr.skip(), job_id, log, gr.skip(), gr.skip()]
-            else:
-                yield [_state(index), None, log, _status(index), _files_update(index)]
+                yield [gr.skip(), job_id, log, *[gr.skip()] * 6]
+            else:  # the drop box is emptied: what it held is in the collection (or refused above)
+                yield [_state(index), None, log, _status(index), _files_update(index), *_collection_views(index),
+                       None]
 
     endpoint(c.build_button.click, on_build,
              [c.upload, c.collection_state, c.collection, c.spec_state, c.pdf_password, c.confirm_build],
-             [c.collection_state, c.job_state, c.build_log, c.status, c.indexed], api_name="rag_build",
-             concurrency_limit=None)
+             [c.collection_state, c.job_state, c.build_log, c.status, c.indexed, *_views(c), c.upload],
+             api_name="rag_build", concurrency_limit=None, show_progress="hidden")
+    c.upload.upload(upload_note, c.upload, c.build_log, api_visibility="private", show_progress="hidden")
 
     @handler_errors("Could not cancel")
     def on_cancel(job_id: str | None, state: dict[str, Any] | None, request: gr.Request,
@@ -678,6 +808,42 @@ def _register_build_and_cancel(c: RagTabComponents) -> None:
         return cancel_job(workspace_of(request, profile), job_id, state)
 
     endpoint(c.cancel_button.click, on_cancel, [c.job_state, c.collection_state], c.build_log, api_name="rag_cancel")
+
+
+def _views(c: RagTabComponents) -> list[Any]:
+    """The components :func:`_collection_views` fills, in its order."""
+    return [c.files_table, c.preview_text, c.preview_table]
+
+
+def _register_demo(c: RagTabComponents, triggers: list[Any] | None = None) -> None:
+    """"Use the demo documents": the collection ``demo-docs`` built from the app's own short documents, as an
+    ordinary index job this page follows (or opened at once when it is already built)."""
+
+    @handler_errors("Could not build the demo collection")
+    async def on_demo(request: gr.Request, profile: gr.OAuthProfile | None = None) -> AsyncIterator[list[Any]]:
+        require_write("Building an index")
+        ws = workspace_of(request, profile)
+        started = await anyio.to_thread.run_sync(start_demo_collection, ws, visitor_of(request, profile))
+        if started == DEMO_COLLECTION:
+            index = await anyio.to_thread.run_sync(_latest, ws, DEMO_COLLECTION)
+            yield [gr.Dropdown(value=DEMO_COLLECTION), _state(index), None,
+                   "The demo documents are already in the collection **demo-docs**: ask a question below.",
+                   _status(index), _files_update(index), *_collection_views(index)]
+            return
+        yield [gr.Dropdown(value=DEMO_COLLECTION), gr.skip(), started, "Building **demo-docs**…",
+               *[gr.skip()] * 5]
+        async for _, log, finished in follow_job(ws, started):
+            index = await anyio.to_thread.run_sync(_latest, ws, DEMO_COLLECTION) if finished else None
+            if index is None:
+                yield [gr.skip(), gr.skip(), started, log, *[gr.skip()] * 5]
+            else:
+                yield [gr.skip(), _state(index), None, log + "\n\nNow ask a question below, e.g. *What does RAG mean?*",
+                       _status(index), _files_update(index), *_collection_views(index)]
+
+    # Private: API callers build with rag_build. The guide's button runs this same handler, so the page follows.
+    outputs = [c.collection, c.collection_state, c.job_state, c.build_log, c.status, c.indexed, *_views(c)]
+    gr.on([c.demo_button.click, *(triggers or [])], on_demo, None, outputs, api_visibility="private",
+          concurrency_limit=None, show_progress="hidden")
 
 
 def _register_remove_and_reindex(c: RagTabComponents) -> None:
@@ -692,13 +858,13 @@ def _register_remove_and_reindex(c: RagTabComponents) -> None:
         async for job_id, log, index in submit_and_follow(ws, target, "remove", sources=selected or [],
                                                           visitor=visitor_of(request, profile)):
             if index is None:
-                yield [gr.skip(), job_id, log, gr.skip(), gr.skip()]
+                yield [gr.skip(), job_id, log, *[gr.skip()] * 5]
             else:
-                yield [_state(index), None, log, _status(index), _files_update(index)]
+                yield [_state(index), None, log, _status(index), _files_update(index), *_collection_views(index)]
 
     endpoint(c.remove_button.click, on_remove, [c.collection_state, c.indexed],
-             [c.collection_state, c.job_state, c.build_log, c.status, c.indexed],
-             api_name="rag_remove", concurrency_limit=None)
+             [c.collection_state, c.job_state, c.build_log, c.status, c.indexed, *_views(c)],
+             api_name="rag_remove", concurrency_limit=None, show_progress="hidden")
 
     @handler_errors("Could not re-index")
     async def on_reindex(state: dict[str, Any] | None, spec_dict: dict[str, Any],
@@ -793,7 +959,7 @@ def _register_questions(c: RagTabComponents) -> None:
     """Search and Ask read the open collection's current version from the shared cache."""
     @handler_errors("Retrieval failed")
     def on_search(state: dict[str, Any] | None, question: str, spec_dict: dict[str, Any],
-                  request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, list[list]]:
+                  request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, Any]:
         index = _require_chunks(read_collection(workspace_of(request, profile), state))
         if not (question or "").strip():
             raise ValueError("Type a question first.")
@@ -801,7 +967,7 @@ def _register_questions(c: RagTabComponents) -> None:
         result = search(index, question, PipelineSpec.from_dict(spec_dict))
         log = (f"{len(result.hits)} chunk(s) from **{index.name}** v{index.version} in "
                f"{result.seconds * 1000:.0f} ms · " + " · ".join(result.log))
-        return log, [_hit_row(h) for h in result.hits]
+        return log, _table([_hit_row(h) for h in result.hits])
 
     inputs = [c.collection_state, c.question, c.spec_state]
     endpoint(c.search_button.click, on_search, inputs, [c.search_log, c.hits], api_name="rag_search")
@@ -821,14 +987,14 @@ def _register_questions(c: RagTabComponents) -> None:
         for event in answer(index, question, c.generate_factory(spec, records.append), spec):
             if isinstance(event, RetrievedEvent):
                 hits = event.hits
-                yield ["*Thinking…*", _source_rows(hits, set()), [_hit_row(h) for h in hits]]
+                yield ["*Thinking…*", _table(_source_rows(hits, set())), _table([_hit_row(h) for h in hits])]
             elif isinstance(event, TokenEvent):
                 text += event.text
                 yield [text, gr.skip(), gr.skip()]
             elif isinstance(event, AnswerEvent):
                 made_by = [r.with_collection(index.name, index.version).line() for r in records]
-                yield [_answer_markdown(event, made_by), _source_rows(hits, {x.number for x in event.citations}),
-                       gr.skip()]
+                cited = {x.number for x in event.citations}
+                yield [_answer_markdown(event, made_by), _table(_source_rows(hits, cited)), gr.skip()]
 
     endpoint(c.ask_button.click, on_ask, inputs, [c.answer_text, c.sources, c.hits], api_name="rag_ask")
 
@@ -836,7 +1002,7 @@ def _register_questions(c: RagTabComponents) -> None:
 def register_page_load(demo: gr.Blocks, c: RagTabComponents) -> None:
     """After a reload (or in a second tab), find the visitor's running index job and follow it again."""
     demo.load(follow_running_job, None, [c.collection, c.collection_state, c.job_state, c.build_log, c.status,
-                                         c.indexed], api_visibility="private", concurrency_limit=None,
+                                         c.indexed, *_views(c)], api_visibility="private", concurrency_limit=None,
               show_progress="hidden")
 
 
@@ -844,9 +1010,10 @@ async def follow_running_job(request: gr.Request, profile: gr.OAuthProfile | Non
                              ) -> AsyncIterator[list[Any]]:
     """Pick the running job (else the oldest waiting one) of this workspace, show its collection, follow it.
 
-    Yields (collection picker, collection state, job id, log, status, indexed files) as the job goes on.
+    Yields (collection picker, collection state, job id, log, status, indexed files, files table, chunk note,
+    chunk table) as the job goes on.
     """
-    skip = [gr.skip()] * 6
+    skip = [gr.skip()] * 9
     try:
         ws = workspace_of(request, profile)
         active = await anyio.to_thread.run_sync(functools.partial(index_jobs, ws, active_only=True))
@@ -863,13 +1030,15 @@ async def follow_running_job(request: gr.Request, profile: gr.OAuthProfile | Non
     yield [gr.Dropdown(value=name), _state(current) if current else gr.skip(), job.id,
            "Following your index job that is still running…",
            f"{_status(current)}\n\nA change to it is running below." if current else gr.skip(),
-           _files_update(current) if current else gr.skip()]
+           _files_update(current) if current else gr.skip(),
+           *(_collection_views(current) if current else [gr.skip()] * 3)]
     async for _, log, finished in follow_job(ws, job.id):
         latest = await anyio.to_thread.run_sync(_latest, ws, name) if finished else None
         if latest is None:
-            yield [gr.skip(), gr.skip(), job.id, log, gr.skip(), gr.skip()]
+            yield [gr.skip(), gr.skip(), job.id, log, *[gr.skip()] * 5]
         else:
-            yield [gr.skip(), _state(latest), None, log, _status(latest), _files_update(latest)]
+            yield [gr.skip(), _state(latest), None, log, _status(latest), _files_update(latest),
+                   *_collection_views(latest)]
 
 
 def _source_rows(hits: list[Hit], cited: set[int]) -> list[list[Any]]:

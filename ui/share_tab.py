@@ -9,14 +9,17 @@ handed to the engine in memory and never logged, stored or echoed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from engine.files import write_archive
 from engine.jobs import JobRecord
 from engine.workspace import Workspace
+from services.public_link import public_link
 from services.publish import (
     build_demo_space,
     build_model_folder,
@@ -30,10 +33,21 @@ from services.publish import (
 from ui.common import endpoint, friendly_errors, require_write, served_folder, workspace_of
 
 NO_COLLECTION = "(no documents)"
+INTRO = ("## Share\nPublish a finished run to the Hugging Face Hub with a model card that records its base model, "
+         "data fingerprint, settings and metrics, and publish a small demo Space that chats with it (optionally "
+         "answering from one of your RAG collections, with sources).")
+STEPS = ("**Publish a demo Space in four clicks:** 1. pick the finished run (and, if you like, a RAG collection); "
+         "2. type a name for the Space, as *your-username/my-demo*; 3. paste a Hugging Face token with write "
+         "access (on huggingface.co: your profile picture → Settings → Access Tokens → Create new token, type "
+         "*Write*); 4. press **Push the demo Space**. Its address appears here when it is published; the Space "
+         "is ready a few minutes later. **Push the model** publishes the run itself the same way.")
+TOKEN_NEEDED = ("Paste a Hugging Face token with write access into the token field first (on huggingface.co: your "
+                "profile picture → Settings → Access Tokens → Create new token, type *Write*).")
 
 
 @dataclass
 class ShareTabComponents:
+    link: gr.Markdown
     run: gr.Dropdown
     collection: gr.Dropdown
     refresh_button: gr.Button
@@ -92,10 +106,10 @@ def optional_repo(repo_id: str | None) -> str | None:
 
 
 def build() -> ShareTabComponents:
-    gr.Markdown("## Share\nPublish a finished run to the Hugging Face Hub with a model card that records its base "
-                "model, data fingerprint, settings and metrics, and build a small demo Space that chats with it "
-                "(optionally answering from one of your RAG collections, with sources). The demo folder runs "
-                "locally too: download it and start `python app.py`.")
+    """The link to this app, the pickers, the repo names and token, the four actions and their results."""
+    gr.Markdown(INTRO)
+    link = gr.Markdown(public_link(os.environ).text, elem_id="share-link")  # the share link, if any, at page load
+    gr.Markdown(STEPS, elem_id="share-steps")
     with gr.Row(equal_height=True):
         run = gr.Dropdown(choices=[], value=None, label="Finished run", allow_custom_value=True, elem_id="share-run",
                           scale=3)
@@ -118,13 +132,13 @@ def build() -> ShareTabComponents:
                                      info="Also publish the adapter folded into the base (loads without PEFT).")
     with gr.Row():
         card_button = gr.Button("Preview the model card", elem_id="share-card")
-        build_button = gr.Button("Build the demo Space (download)", elem_id="share-build-demo")
+        build_button = gr.Button("Download the demo Space (zip)", elem_id="share-build-demo")
         push_model_button = gr.Button("Push the model", variant="primary", elem_id="share-push-model")
         push_demo_button = gr.Button("Push the demo Space", variant="primary", elem_id="share-push-demo")
     status = gr.Markdown("", elem_id="share-status")
     download = gr.File(label="Demo Space folder (zip)", interactive=False, elem_id="share-download")
     card = gr.Markdown("", elem_id="share-card-preview")
-    return ShareTabComponents(run, collection, refresh_button, model_repo, space_repo, space_title, hf_token,
+    return ShareTabComponents(link, run, collection, refresh_button, model_repo, space_repo, space_title, hf_token,
                               private, include_merged, card_button, build_button, push_model_button,
                               push_demo_button, status, download, card)
 
@@ -172,8 +186,9 @@ def build_demo(run_id: str | None, collection: str | None, space_title: str | No
     require_write("Publishing")
     ws = workspace_of(request, profile)
     folder = demo_folder(ws, chosen_run(ws, run_id), collection, space_title, model_repo)
-    return [f"Built the demo Space for run {run_id}. Unzip it and run `python app.py` in the folder "
-            "(http://127.0.0.1:7860), or push it with **Push the demo Space**.", zipped_copy(folder)]
+    return [f"Built the demo Space for run {run_id}: the zip below is a copy to keep, or to upload to a Space by "
+            "hand. To publish it in one click instead, fill in the Space name and your token and press **Push the "
+            "demo Space**.", zipped_copy(folder)]
 
 
 def push_model_repo(run_id: str | None, model_repo: str | None, hf_token: str | None, private: bool,
@@ -181,11 +196,12 @@ def push_model_repo(run_id: str | None, model_repo: str | None, hf_token: str | 
     require_write("Publishing")
     ws = workspace_of(request, profile)
     job = chosen_run(ws, run_id)
-    repo, token = check_repo_id(model_repo), check_token(hf_token)  # before a (possibly slow) merge
+    repo, token = check_repo_id(model_repo), check_token(token_given(hf_token))  # before a (possibly slow) merge
     folder = build_model_folder(job, ws.exports / f"model-{job.id}", include_merged=bool(include_merged),
                                 token=token, repo_id=repo)
     url = push_model(folder, repo, token, private=bool(private))
-    return f"Pushed the {'adapter and merged model' if include_merged else 'adapter'} with its model card to {url}"
+    return (f"Pushed the {'adapter and merged model' if include_merged else 'adapter'} with its model card: "
+            f"**[{url}]({url})**")
 
 
 def push_demo_space(run_id: str | None, collection: str | None, space_title: str | None, space_repo: str | None,
@@ -194,10 +210,19 @@ def push_demo_space(run_id: str | None, collection: str | None, space_title: str
     require_write("Publishing")
     ws = workspace_of(request, profile)
     job = chosen_run(ws, run_id)
-    repo, token = check_repo_id(space_repo), check_token(hf_token)
+    repo, token = check_repo_id(space_repo), check_token(token_given(hf_token))
     folder = demo_folder(ws, job, collection, space_title, model_repo)
     url = push_space(folder, repo, token, private=bool(private))
-    return f"Pushed the demo Space to {url}. It builds on Hugging Face in a few minutes."
+    shared = "private: only you (and your organisation) can open it" if private else "public: anyone can open it"
+    return (f"Published the demo Space: **[{url}]({url})** ({shared}). Hugging Face builds it in a few minutes; "
+            "the page shows *Building* until then.")
+
+
+def token_given(hf_token: str | None) -> str:
+    """The pasted token, or a message that says where to make one (before anything is built or sent)."""
+    if not (hf_token or "").strip():
+        raise ValueError(TOKEN_NEEDED)
+    return str(hf_token)
 
 
 # ----------------------------------------------------------------------------------------- events
@@ -217,6 +242,28 @@ def register(c: ShareTabComponents) -> None:
              api_name="share_push_demo")
 
 
+def link_text(demo: gr.Blocks) -> str:
+    """The link to this app as :func:`services.public_link.public_link` words it, from the environment and the
+    share link Gradio made at launch (the running Blocks' ``share_url``; None without one)."""
+    return public_link(os.environ, getattr(demo, "share_url", None)).text
+
+
 def register_page_load(demo: gr.Blocks, c: ShareTabComponents) -> None:
-    """Fill the run and collection pickers with this visitor's own items when the page loads."""
+    """Fill the run and collection pickers with this visitor's own items, and the app's link, when the page loads."""
     demo.load(refresh, c.run, [c.run, c.collection], api_visibility="private")
+    demo.load(lambda: link_text(demo), None, c.link, api_visibility="private", show_progress="hidden")
+
+
+def register_tab_select(tab: gr.Tab, c: ShareTabComponents, *also: Any) -> None:
+    """Refresh the pickers whenever the visitor opens the Share tab (a run finished since the page loaded).
+    ``also``: more triggers, e.g. the ``gr.Tabs``' ``change`` (a button switching tabs does not fire ``tab.select``)."""
+    gr.on([tab.select, *also], quiet_refresh, c.run, [c.run, c.collection], api_visibility="private",
+          show_progress="hidden")
+
+
+def quiet_refresh(run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[Any]:
+    """:func:`refresh` without a toast when the visitor is not signed in yet."""
+    try:
+        return list(refresh(run_id, request, profile))
+    except gr.Error:
+        return [gr.skip(), gr.skip()]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +23,12 @@ import pandas as pd
 from core.generation import GenerationSettings
 from core.settings import SettingInfo, SettingsError, describe
 from engine import events as ev
-from engine.config import METHOD_LABELS, TrainConfig, load_preset, preset_names
+from engine.config import METHOD_LABELS, TrainConfig, default_preset, load_preset, preset_names
 from engine.hub import require_access
 from engine.jobs import ACTIVE, JobRecord, JobStore
 from engine.limits import Limits, limits
-from engine.models import BUNDLED_ID, MODELS, hub_kwargs, model_info, pick_device
+from engine.models import BUNDLED_ID, MODELS, hub_kwargs, local_config_path, model_info, pick_device
+from engine.time_estimate import TimeEstimate, estimate_time
 from engine.workspace import Workspace
 from ui.common import (
     SettingsForm,
@@ -78,6 +80,7 @@ class TrainTabComponents:
     model_notes: gr.Markdown
     hf_token: gr.Textbox
     memory: gr.Markdown
+    data_fit: gr.Markdown
     run_name: gr.Textbox
     start: gr.Button
     stop: gr.Button
@@ -125,9 +128,12 @@ def store() -> JobStore:
 def build(dataset: gr.State) -> TrainTabComponents:
     gr.Markdown("### 1 · Model and settings\nPick a preset to fill everything in, or change single settings. "
                 "Every setting explains itself; the less common ones are under *Advanced*.")
+    device = pick_device()
     with gr.Row():
-        preset = gr.Dropdown(choices=preset_names(), value=None, label="Preset",
-                             info="Fills in the settings below for a typical situation; you can still change them.",
+        preset = gr.Dropdown(choices=preset_names(device), value=default_preset(device), label="Preset",
+                             info="Fills in the settings below for a typical situation; you can still change them. "
+                                  "Preselected for this computer"
+                                  f" ({'a GPU' if device == 'cuda' else 'no GPU: a first taste in about 2 minutes'}).",
                              elem_id="train-preset")
         hf_token = gr.Textbox("", label="Hugging Face token (only for gated models)", type="password",
                               info="Needed for gated models such as Llama. Used only to download the model; "
@@ -136,6 +142,7 @@ def build(dataset: gr.State) -> TrainTabComponents:
                                custom={"base_model": _model_picker, "from_run": _from_run_picker})
     model_notes = gr.Markdown(model_notes_text(form_default("base_model")), elem_id="train-model-notes")
     memory = gr.Markdown(elem_id="train-memory")
+    data_fit = gr.Markdown(elem_id="train-data-fit")  # the Data tab's "n of N examples will be cut" line
     gr.Markdown("### 2 · Train")
     run_name, start, stop, resume, limits_note = _build_start_row()
     with gr.Row():
@@ -151,34 +158,38 @@ def build(dataset: gr.State) -> TrainTabComponents:
     log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True, elem_id="train-log")
     gr.Markdown("### 3 · Your runs")
     runs_table = gr.Dataframe(pd.DataFrame(columns=RUN_HEADERS), interactive=False, elem_id="train-runs")
-    gr.Markdown("### 4 · Try it and take it home (finished runs)")
-    with gr.Row():
-        with gr.Column(scale=2):
-            try_prompt = gr.Textbox("", label="Ask your fine-tuned model", lines=2, elem_id="train-try-prompt")
-            try_button = gr.Button("Ask", elem_id="train-try")
-            try_answer = gr.Textbox(label="Answer (from the selected run's adapter)", lines=6, interactive=False,
-                                    elem_id="train-try-answer")
-            with gr.Accordion("Answer settings", open=False):
-                generation = build_settings_form(GenerationSettings, advanced_label="More answer settings",
-                                                 prefix="generation")
-        with gr.Column(scale=1):
-            download_adapter = gr.Button("Download adapter (.zip)", elem_id="train-download-adapter")
-            download_merged = gr.Button("Download merged model (.zip)", elem_id="train-download-merged")
-            gr.Markdown("The adapter is small and needs the base model; the merged model loads anywhere but takes "
-                        "a minute to build.")
-            download_file = gr.File(label="Your download", interactive=False, elem_id="train-download-file")
     timer = gr.Timer(1.0, active=False)
     return TrainTabComponents(
-        preset=preset, form=form, model_notes=model_notes, hf_token=hf_token, memory=memory, run_name=run_name,
-        start=start, stop=stop, resume=resume, limits_note=limits_note, run_picker=run_picker,
+        preset=preset, form=form, model_notes=model_notes, hf_token=hf_token, memory=memory, data_fit=data_fit,
+        run_name=run_name, start=start, stop=stop, resume=resume, limits_note=limits_note, run_picker=run_picker,
         refresh_runs=refresh_runs, status=status, token_panel=token_panel, token_again=token_again,
         provide_token=provide_token, progress=progress, loss_plot=loss_plot, reward_plot=reward_plot, log=log,
-        runs_table=runs_table,
-        try_prompt=try_prompt,
-        try_button=try_button, try_answer=try_answer, generation=generation, download_adapter=download_adapter,
-        download_merged=download_merged, download_file=download_file, timer=timer, plotted=gr.State(None),
-        dataset=dataset,
+        runs_table=runs_table, **_build_try_and_download(), timer=timer, plotted=gr.State(None), dataset=dataset,
     )
+
+
+def _build_try_and_download() -> dict[str, Any]:
+    """Section 4: ask the selected finished run, and download its adapter or merged model."""
+    gr.Markdown("### 4 · Try it and take it home (finished runs)")
+    parts: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=2):
+            parts["try_prompt"] = gr.Textbox("", label="Ask your fine-tuned model", lines=2,
+                                             elem_id="train-try-prompt")
+            parts["try_button"] = gr.Button("Ask", elem_id="train-try")
+            parts["try_answer"] = gr.Textbox(label="Answer (from the selected run's adapter)", lines=6,
+                                             interactive=False, elem_id="train-try-answer")
+            with gr.Accordion("Answer settings", open=False):
+                parts["generation"] = build_settings_form(GenerationSettings, advanced_label="More answer settings",
+                                                          prefix="generation")
+        with gr.Column(scale=1):
+            parts["download_adapter"] = gr.Button("Download adapter (.zip)", elem_id="train-download-adapter")
+            parts["download_merged"] = gr.Button("Download merged model (.zip)", elem_id="train-download-merged")
+            gr.Markdown("The adapter is small and needs the base model; the merged model loads anywhere but takes "
+                        "a minute to build.")
+            parts["download_file"] = gr.File(label="Your download", interactive=False,
+                                             elem_id="train-download-file")
+    return parts
 
 
 def _build_plots() -> tuple[gr.LinePlot, gr.LinePlot]:
@@ -259,6 +270,10 @@ def register(c: TrainTabComponents) -> None:
 def _register_form(c: TrainTabComponents) -> None:
     """Presets fill the form; any change re-estimates memory (and a new model shows its notes)."""
     form = c.form.components
+    # The Data tab re-checks the data whenever max length (or the model) changes here, presets included, and
+    # says in the shared dataset how many examples would be cut: shown beside the settings that decide it.
+    c.dataset.change(lambda d: (d or {}).get("length_line", ""), c.dataset, c.data_fit, api_visibility="private",
+                     show_progress="hidden")
     endpoint(c.preset.change,
              friendly_errors("This preset could not be loaded")(lambda name: apply_preset(c.form, name)),
              c.preset, form, api_name="train_apply_preset")
@@ -322,12 +337,18 @@ def _register_try_and_download(c: TrainTabComponents) -> None:
 
 
 def register_page_load(demo: gr.Blocks, c: TrainTabComponents) -> None:
-    """On every page load: re-find this visitor's running (or latest) run and replay its curve."""
-    demo.load(restore_view, [c.run_picker], [c.run_picker, c.status, c.progress, c.loss_plot, c.log, c.runs_table,
-                                             c.timer, c.plotted, c.token_panel, c.reward_plot],
-              api_visibility="private")
-    from_run = c.form.controls["from_run"]
-    demo.load(from_run_for_request, from_run, from_run, api_visibility="private")
+    """On every page load: re-find this visitor's running (or latest) run and replay its curve; then fill the
+    form with that run's settings, or with the preset chosen for this device when there is no run."""
+    shown = demo.load(restore_view, [c.run_picker], [c.run_picker, c.status, c.progress, c.loss_plot, c.log,
+                                                     c.runs_table, c.timer, c.plotted, c.token_panel, c.reward_plot],
+                      api_visibility="private")
+
+    def fill_form(run_id: str | None, preset: str | None, request: gr.Request,
+                  profile: gr.OAuthProfile | None = None) -> list[Any]:
+        return page_form_for_request(c.form, run_id, preset, request, profile)
+
+    shown.then(fill_form, [c.run_picker, c.preset], [c.preset, *c.form.components], api_visibility="private",
+               show_progress="hidden")
     demo.load(lambda *v: memory_text(c.form, v), c.form.components, c.memory, api_visibility="private")
 
 
@@ -338,6 +359,27 @@ def apply_preset(form: SettingsForm, name: str | None) -> list[Any]:
     if not name:
         return [gr.skip()] * len(form.names)
     return form.updates_for(load_preset(name))
+
+
+def page_form(form: SettingsForm, job: JobRecord | None, preset: str | None) -> list[Any]:
+    """What the form shows when the page loads: the settings of the run on screen (its saved config, and the
+    preset box emptied, since no preset describes it), else the preselected preset's values. The preset box
+    comes first, then one value per setting."""
+    if job is not None:
+        return [None, *form.updates_for(job.config)]
+    return [gr.skip(), *apply_preset(form, preset)]
+
+
+def page_form_for_request(form: SettingsForm, run_id: str | None, preset: str | None, request: gr.Request,
+                          profile: gr.OAuthProfile | None = None) -> list[Any]:
+    """:func:`page_form` for the visitor's run shown; 'Start from run' gets the visitor's finished runs as its
+    choices here too (one handler, so no second page-load event can reset the value it shows)."""
+    ws = workspace_of(request, profile)
+    job = next((j for j in ws.runs() if j.id == run_id), None) if run_id else None
+    updates = page_form(form, job, preset)
+    shown_from = job.config.from_run if job is not None else (load_preset(preset).from_run if preset else "")
+    updates[1 + form.names.index("from_run")] = from_run_choices(ws, shown_from)
+    return updates
 
 
 def start_run(form: SettingsForm, values: tuple[Any, ...], dataset: dict | None, run_name: str, token: str,
@@ -610,7 +652,9 @@ def status_text(job: JobRecord, events: list[ev.JobEvent], queue_position: int |
         where = f"position **{queue_position}** in the queue" if queue_position else "in the queue"
         return f"{head}\n\nWaiting: another run is using the device; this run is {where} and starts by itself."
     if job.status == "running":
-        return f"{head}\n\nTraining. You can close this page: the run continues and shows up again when you return."
+        doing = "Training" if any(isinstance(e, ev.Step) for e in events) else (
+            "Getting ready: the bar below names each phase (loading the model, preparing your data)")
+        return f"{head}\n\n{doing}. You can close this page: the run continues and shows up again when you return."
     if job.status == "cancelling":
         return f"{head}\n\nStopping after the current step and saving a checkpoint…"
     if job.status == "done":
@@ -652,8 +696,8 @@ def reference_preview(config: TrainConfig) -> str:
     return "Reference: the base model (the new adapter starts at zero)."
 
 
-def progress_html(job: JobRecord | None, events: list[ev.JobEvent] | None) -> str:
-    """A progress bar with step/total, ETA and speed, built from the last Step event."""
+def progress_html(job: JobRecord | None, events: list[ev.JobEvent] | None, now: float | None = None) -> str:
+    """A progress bar with the phase in words ("Loading the model…") or step/total, a smooth ETA and speed."""
     if job is None:
         return "<div class='ts-progress'><div class='ts-progress-text'>No run selected.</div></div>"
     step_event = next((e for e in reversed(events or []) if isinstance(e, ev.Step)), None)
@@ -662,13 +706,14 @@ def progress_html(job: JobRecord | None, events: list[ev.JobEvent] | None) -> st
     if job.status == "done":
         done_steps = total = max(total, done_steps, 1)
     fraction = min(1.0, done_steps / total) if total else 0.0
-    parts = [f"Step {done_steps} / {total or '?'}"]
     phase = current_phase(job, events or [])
+    parts = [] if phase is not None and not step_event else [f"Step {done_steps} / {total or '?'}"]
     if phase is not None:
-        parts.insert(0, progress_line(phase))
+        parts.insert(0, phase_text(phase))
     if step_event and job.status in ACTIVE:
-        if step_event.eta_seconds is not None:
-            parts.append(f"ETA {format_duration(step_event.eta_seconds)}")
+        eta = eta_left(step_event, time.time() if now is None else now)
+        if eta is not None:
+            parts.append(f"about {format_duration(eta)} left" if eta >= 1 else "almost done")
         if step_event.tokens_per_second:
             parts.append(f"{step_event.tokens_per_second:,.0f} tokens/s")
     if job.duration_seconds is not None:
@@ -677,6 +722,32 @@ def progress_html(job: JobRecord | None, events: list[ev.JobEvent] | None) -> st
     return (f"<div class='ts-progress' data-status='{job.status}' data-step='{done_steps}' data-total='{total}'>"
             f"<progress max='100' value='{fraction * 100:.0f}' style='width:100%'></progress>"
             f"<div class='ts-progress-text'>{text}</div></div>")
+
+
+def eta_left(step: ev.Step, now: float) -> float | None:
+    """Seconds left, counting down with the clock between steps: the ETA the last Step event gave, less the time
+    since it was written (never below 0). None before the run knows its speed."""
+    if step.eta_seconds is None:
+        return None
+    return max(0.0, step.eta_seconds - max(0.0, now - step.time))
+
+
+#: The training phases in words, as the progress bar shows them ("Loading the model…").
+PHASE_TEXT = {"starting": "Starting…", "convert": "Preparing the bundled model (first time only, about half a minute)…",
+              "load": "Loading the model…", "tokenize": "Preparing your data…", "evaluate": "Evaluating…",
+              "save": "Saving the adapter…"}
+
+
+def phase_text(event: ev.Progress) -> str:
+    """One training phase in plain words, with its count where there is one: "Preparing your data (120/689)…"."""
+    if event.phase == "download" or event.phase not in PHASE_TEXT:
+        return progress_line(event)  # bytes, rate and time left, as every tab shows a download
+    if event.phase == "save" and event.message == "checkpoint":
+        return "Saving a checkpoint…"
+    text = PHASE_TEXT[event.phase]
+    if event.total and event.phase in ("tokenize", "evaluate"):
+        text = f"{text[:-1]} ({event.done:,.0f}/{event.total:,.0f})…"
+    return text
 
 
 def current_phase(job: JobRecord, events: list[ev.JobEvent]) -> ev.Progress | None:
@@ -765,10 +836,12 @@ def memory_text(form: SettingsForm, values: tuple[Any, ...]) -> str:
         est = estimate_memory(config)
     except Exception as exc:  # an estimate must never block the form
         return f"Memory estimate unavailable for these settings ({exc})."
+    timing = time_text(estimate_time(config, est.device, converted=local_config_path(BUNDLED_ID) is not None))
     capacity = f"{est.capacity_gb:.1f} GB" if est.capacity_gb is not None else "unknown"
     verdict = {True: "✅ **fits on this device**", False: "❌ **does not fit on this device**",
                None: "❔ device memory unknown"}[est.fits]
-    text = (f"**Memory estimate ({est.device}):** about **{est.total_gb:.1f} GB** of {capacity} — {verdict}  \n"
+    text = (f"{timing}\n\n**Memory estimate ({est.device}):** about **{est.total_gb:.1f} GB** of {capacity} — "
+            f"{verdict}  \n"
             f"weights {est.weights_gb:.2f} · adapter {est.adapter_gb:.2f} · optimizer {est.optimizer_gb:.2f} · "
             f"activations {est.activations_gb:.2f} · overhead {est.overhead_gb:.2f} GB")
     if est.weights_gb + est.loading_gb > est.training_gb:
@@ -778,6 +851,31 @@ def memory_text(form: SettingsForm, values: tuple[Any, ...]) -> str:
     if est.advice:
         text += "\n\n**To make it fit:**" + "".join(f"\n- {tip}" for tip in est.advice)
     return text
+
+
+def _seconds(value: float) -> str:
+    return f"~{value:.0f} s" if value < 90 else f"~{format_duration(value)}"
+
+
+def time_text(est: TimeEstimate) -> str:
+    """The time estimate in words: "About 2 min on this computer: loading ~15 s, 12 steps × ~6 s…"."""
+    if est.step_s is None:
+        return ("**Time:** depends on the GPU — with the bundled model a run takes seconds; a 1.5B model "
+                "about a second per step on a T4. The bar below shows the real ETA once training starts.")
+    parts = [f"loading {_seconds(est.load_s or 0)}"]
+    if est.first_time_s:
+        parts.insert(0, f"preparing the bundled model the first time {_seconds(est.first_time_s)}")
+    steps = f"{est.steps} steps × {_seconds(est.step_s)}" if est.steps else f"each step {_seconds(est.step_s)}"
+    parts.append(steps)
+    if est.eval_s:
+        parts.append(f"checking on held-out rows {_seconds(est.eval_s)}")
+    parts.append(f"saving {_seconds(est.save_s)}")
+    detail = ", ".join(parts)
+    if est.total_s is None:
+        return (f"**Time on this computer:** {detail}; the number of steps depends on your data (set "
+                "*Max steps* for a fixed length).")
+    minutes = max(1, round(est.total_s / 60))
+    return f"**About {minutes} min on this computer:** {detail} (longer while other work keeps it busy)."
 
 
 def _fmt_loss(loss: float | None) -> str:

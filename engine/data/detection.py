@@ -258,6 +258,7 @@ def _label_column(rows: list[dict[str, Any]], columns: Counter[str],
     if col and all(_as_bool(r.get(col)) is not None for r in rows if col in r):
         return col, [
             f"The '{col}' column marks each answer as good (true) or bad (false), as in KTO feedback data. "
-            "Rows labelled false are examples of bad answers and are left out unless keep_negative_feedback is on."
+            "Rows labelled false are examples of bad answers and are left out unless 'Keep negative feedback' is "
+            "ticked."
         ]
     return None, []

@@ -519,7 +519,7 @@ def _no_rows(name: str, n_rows: int, issues: list[Issue], n_negative: int) -> Da
             f"None of the {n_rows} rows is usable ({n_negative} labelled as bad answers).",
             where=name,
             code="no_valid_rows",
-            fix="Turn on keep_negative_feedback or add good examples.",
+            fix="Add rows labelled as good answers, or tick 'Keep negative feedback' in the Data tab's options.",
         )
     kind, count = Counter(i.kind for i in errors).most_common(1)[0]
     first = next(i for i in errors if i.kind == kind)
