@@ -573,6 +573,9 @@ def _job(run_id: str) -> JobRecord:
 
 def _token_from_env() -> str:
     """CLI tokens come from the environment only: a flag would end up in shell history and process lists."""
+    if not (os.environ.get("HF_TOKEN") or "").strip():
+        raise PublishError("A Hugging Face access token with write scope is needed to push: create one at "
+                           "huggingface.co/settings/tokens and set it in the HF_TOKEN environment variable.")
     return check_token(os.environ.get("HF_TOKEN"))
 
 

@@ -24,6 +24,20 @@ def pytest_configure(config: pytest.Config) -> None:
                                 "beside the repo). Check out or link ../shared there, as CI has it.")
 
 
+#: The longest test files (measured with ``--durations``), collected first: the suite runs in two processes, one
+#: file per process at a time, and a long file started last would leave one process idle while it ends.
+LONG_FILES = ("test_engine_training.py", "test_rag_browser.py", "test_experiment_browser.py", "test_ui_e2e.py",
+              "test_demo_readonly.py", "test_preference_training.py", "test_preference_browser.py",
+              "test_publish.py", "test_compare_model.py", "test_space_hub.py", "test_job_tokens.py", "test_load.py",
+              "test_compare_browser.py", "test_lab_browser.py", "test_rag_shared_collection.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long files first (stable: the order inside a file, and of the other files, is kept)."""
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own data directory, so runs, indexes and jobs never leak between tests."""

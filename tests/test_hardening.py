@@ -28,7 +28,7 @@ import pytest
 
 from engine.files import FORMULA_STARTS, csv_cell
 from tests.conftest import FT_DATA, TESTDATA
-from tests.ui_harness import REPO, running_app
+from tests.ui_harness import REPO, running_app, table_value
 
 DOCS = TESTDATA / "docs" / "unstructured"
 INJECTION = "![x](http://evil.example/p.png) and [click](javascript:alert(1)) and <img src=x onerror=alert(1)>"
@@ -245,6 +245,7 @@ def test_a_pdf_password_opens_the_file_once_and_is_stored_nowhere(app: dict, tmp
         "named_endpoints"]["/rag_preview"]["parameters"]}  # its stage settings are unnamed (param_N)
     text, table = client.predict(**{names["Drop documents here"]: [handle_file(str(locked))],
                                     names["PDF password (for encrypted PDFs)"]: secret}, api_name="/rag_preview")
+    table = table_value(table)  # shown once it has rows: an update with the table inside
     assert "password-protected" not in text and [row[0] for row in table["data"]] == ["locked-memo.pdf"]
     built = _reply(client, files=[handle_file(str(locked))], name="locked", pdf_password=secret, confirm=True,
                    api_name="/rag_build")

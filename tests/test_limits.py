@@ -216,7 +216,10 @@ def test_a_row_over_the_row_limit_is_listed_as_a_problem(tight_app, tmp_path: Pa
 
     path = _alpaca_with(tmp_path, {"instruction": "Too long", "input": "", "output": "word " * 2000})
     out = _client(tight_app[0]).predict(file=handle_file(str(path)), max_length=256, api_name="/data_upload")
-    issues = next(o for o in out if isinstance(o, dict) and "headers" in o and "What is wrong" in o["headers"])
+    from tests.ui_harness import table_value
+
+    tables = [table_value(o) for o in out]
+    issues = next(o for o in tables if isinstance(o, dict) and "headers" in o and "What is wrong" in o["headers"])
     messages = [row[2] for row in issues["data"] if row[0].startswith("row 21")]
     assert messages and "Longest row (characters)) is 5,000" in messages[0]
 

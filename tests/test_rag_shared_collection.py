@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.jobs import JobStore
-from tests.ui_harness import REPO, running_app
+from tests.ui_harness import REPO, running_app, table_value
 
 DOCS = REPO.parent / "shared" / "testdata" / "docs" / "unstructured"
 APP = REPO / "tests" / "apps" / "rag_only.py"
@@ -30,6 +30,7 @@ VISITORS = {
 
 def _hit_sources(hits: object) -> list[str]:
     """Source column of the hits table as gradio_client returns it (a dict with "data" rows, or rows)."""
+    hits = table_value(hits)  # shown once it has rows: an update with the table inside
     rows = hits["data"] if isinstance(hits, dict) else hits
     return [row[1] for row in rows]
 

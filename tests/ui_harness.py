@@ -31,6 +31,14 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
 
 
+def table_value(value: Any) -> Any:
+    """A Dataframe output as gradio_client returns it: the table itself, or inside an update that also shows or
+    hides it (``{"__type__": "update", "visible": ..., "value": {...}}``: tables appear when they have rows)."""
+    if isinstance(value, dict) and value.get("__type__") == "update":
+        return value.get("value")
+    return value
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

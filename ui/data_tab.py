@@ -126,7 +126,8 @@ def build(dataset: gr.State | None = None) -> DataTabComponents:
     histogram = gr.BarPlot(None, x="tokens", y="examples", color="fits", title="Tokens per example",
                            x_title="tokens", y_title="examples", elem_id="data-histogram")
     issues = gr.Dataframe(EMPTY_ISSUES, label="Problems found (row numbers count from 1)", interactive=False,
-                          wrap=True, column_widths=["10%", "8%", "47%", "35%"], elem_id="data-issues")
+                          wrap=True, column_widths=["10%", "8%", "47%", "35%"], elem_id="data-issues",
+                          visible=False)  # shown when there is a problem to list
     pairs = gr.Dataframe(EMPTY_PAIRS, label=f"Preference data: the first {PAIRS_SHOWN} usable rows as the model "
                          "sees them (prompt end, answers start)", interactive=False, wrap=True, visible=False,
                          column_widths=PAIR_WIDTHS, elem_id="data-pairs")
@@ -535,9 +536,11 @@ def report_text(report: data.ValidationReport, n_train: int, n_val: int) -> str:
     return "\n\n".join(lines)
 
 
-def issues_table(report: data.ValidationReport | data.PreferenceReport) -> pd.DataFrame:
+def issues_table(report: data.ValidationReport | data.PreferenceReport) -> Any:
+    """The problems, row by row; the table is hidden when there are none (an empty table reads as broken)."""
     rows = [[issue.where, issue.severity, issue.message, issue.fix] for issue in report.issues[:MAX_ISSUES_SHOWN]]
-    return pd.DataFrame(rows, columns=ISSUE_HEADERS) if rows else EMPTY_ISSUES
+    return gr.Dataframe(value=pd.DataFrame(rows, columns=ISSUE_HEADERS) if rows else EMPTY_ISSUES,
+                        visible=bool(rows))
 
 
 def token_lengths(report: data.ValidationReport, tokenizer: Any, examples: list[data.Example],

@@ -312,6 +312,14 @@ def _build_pipeline_io(spec: PipelineSpec) -> dict[str, Any]:
     return parts
 
 
+def _answering_model_note() -> str:
+    """The tab answers with the bundled model: say honestly what so small a model can do (one rule, one text)."""
+    from engine.models import BUNDLED_ID
+    from services.model_notes import small_model_note
+
+    return small_model_note(BUNDLED_ID)
+
+
 def _build_ask() -> dict[str, Any]:
     """The question box, Test retrieval and Ask, and what they show: hits, the answer and its sources."""
     gr.Markdown("### 3. Ask")
@@ -320,6 +328,7 @@ def _build_ask() -> dict[str, Any]:
     with gr.Row():
         parts["ask_button"] = gr.Button("Ask", variant="primary", elem_id="rag-ask")
         parts["search_button"] = gr.Button("Only show the passages found", elem_id="rag-search")
+    gr.Markdown(_answering_model_note(), elem_id="rag-model-note")  # what the bundled 135M model can and cannot do
     parts["answer_text"] = gr.Markdown(elem_id="rag-answer")
     parts["sources"] = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=400,
                                     column_widths=SOURCE_WIDTHS, label="Sources given to the model",
