@@ -155,15 +155,9 @@ def render(result: dict[str, Any]) -> str:
 
 
 def write(result: dict[str, Any]) -> None:
-    text = RESULTS.read_text(encoding="utf-8")
-    block = render(result)
-    if SECTION in text:
-        start = text.index(SECTION)
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + block + (text[end + 1:] if end != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text, encoding="utf-8")
+    from bench.results import replace_section
+
+    replace_section(SECTION, render(result), RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

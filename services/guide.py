@@ -84,9 +84,8 @@ def latest_train_run(ws: Workspace) -> JobRecord | None:
 
 
 def saved_datasets(ws: Workspace) -> bool:
-    """Whether the visitor has a dataset in their workspace (uploads and the demo are kept there)."""
-    folder = ws.root / "datasets"
-    return folder.is_dir() and any(not p.name.startswith("votes-") for p in folder.iterdir())
+    """Whether the visitor keeps a dataset ("Your datasets": uploads and the demo are kept there)."""
+    return ws.last_dataset() is not None
 
 
 GUIDE_FILE = "guide.json"

@@ -24,9 +24,9 @@ def test_an_empty_workspace_starts_at_the_data_step_with_nothing_ticked(tmp_path
 def test_a_loaded_dataset_then_a_queued_run_move_the_guide_on_to_the_documents(tmp_path: Path) -> None:
     ws = Workspace("alice", root=tmp_path)
     assert progress_of(ws, loaded=True).current() == step_index("train")  # held by the page, not yet saved
-    (ws.datasets / "faq.json").write_bytes(DEMO.read_bytes())  # saved in the workspace: survives a reload
+    ws.save_dataset(DEMO)  # saved in the workspace: survives a reload
     assert progress_of(ws).current() == step_index("train")
-    job = ws.store().submit(TrainConfig(), ws.datasets / "faq.json", owner="alice", start=False)
+    job = ws.store().submit(TrainConfig(), ws.last_dataset().path, owner="alice", start=False)
     progress = progress_of(ws)
     assert progress.state("train") == "working" and progress.current() == step_index("docs")
     assert "⏳ Train" in progress.checklist() and "✓ Data" in progress.checklist()
