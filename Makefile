@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install browser bench
+.PHONY: run test lint install browser bench ocr
 
 run: install
 	$(PY) app.py
@@ -19,7 +19,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench train
 	HF_HUB_OFFLINE=1 $(PY) -m bench rag
 
-install: $(STAMP)
+install: $(STAMP) ocr
 
 $(STAMP): requirements.txt requirements-bundled.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,3 +30,8 @@ $(STAMP): requirements.txt requirements-bundled.txt
 # Debian's Chromium drives the browser tests (playwright's own browser download is never used).
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# OCR of scanned pages and images (rag/ocr.py): Debian's Tesseract 5 with its English model (Apache-2.0).
+# Without it the app still runs; scanned pages are then reported as unreadable.
+ocr:
+	@command -v tesseract >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr; }

@@ -1,6 +1,7 @@
 """Command line: ``python -m rag eval|index|query`` — JSON on stdout, progress on stderr.
 
-    python -m rag eval --corpus CORPUS.jsonl --questions QUESTIONS.jsonl [--pipeline SPEC.json]
+    python -m rag eval --corpus CORPUS.jsonl --questions QUESTIONS.jsonl [--pipeline SPEC.json] [--ablation]
+    python -m rag eval --devset long-docs|squad-small [--ablation]
     python -m rag index --docs DIR --out INDEX_DIR [--pipeline SPEC.json]
     python -m rag query --index INDEX_DIR --question TEXT [--top-k N]
 
@@ -13,13 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from core.settings import SettingsError
 from engine.hub import HubError
+from rag.ablation import format_table, run_ablation
+from rag.devset import DEVSETS, DevSetError, load_devset
 from rag.embedders import EmbedderUnavailableError, UnknownEmbedderError
-from rag.evaluate import EvalDataError, evaluate
+from rag.evaluate import EvalDataError, evaluate_documents, load_corpus, load_questions
 from rag.events import EmbedProgress, FileLoaded, FileRefused, FileRemoved, FileUnchanged, IndexUpdated
 from rag.index import EmbedderMismatchError, IndexError_, RagIndex
 from rag.ingest import iter_files
@@ -48,8 +52,36 @@ def _spec(path: str | None) -> PipelineSpec:
     return PipelineSpec.load(path) if path else PipelineSpec()
 
 
+def _eval_data(args: argparse.Namespace) -> tuple[list[Any], dict[str, str], list[dict[str, Any]]]:
+    """Documents, titles and questions: a named development set, or --corpus and --questions."""
+    if args.devset:
+        devset = load_devset(args.devset, Path(args.testdata) if args.testdata else None)
+        return devset.documents, devset.titles, devset.questions
+    if not (args.corpus and args.questions):
+        raise EvalDataError("Name a development set with --devset, or give both --corpus and --questions.")
+    docs, titles = load_corpus(args.corpus)
+    questions = load_questions(args.questions)
+    if not questions:
+        raise EvalDataError(f"{args.questions} has no answerable questions with a gold_doc_id.")
+    return docs, titles, questions
+
+
+def cmd_ablation(args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant of ``python -m rag eval --ablation``: the table on stderr, the rows as JSON on stdout."""
+    docs, titles, questions = _eval_data(args)
+    _log(f"ablation: {len(docs)} documents, {len(questions)} questions")
+    with tempfile.TemporaryDirectory(prefix="rag-ablation-") as tmp:
+        rows = run_ablation(docs, titles, questions, Path(tmp), _spec(args.pipeline), on_line=_log)
+    _log(format_table(rows))
+    return {"documents": len(docs), "questions": len(questions), "variants": rows}
+
+
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
-    report = evaluate(args.corpus, args.questions, _spec(args.pipeline), on_event=_progress if args.verbose else None)
+    if args.ablation:
+        return cmd_ablation(args)
+    docs, titles, questions = _eval_data(args)
+    report = evaluate_documents(docs, titles, questions, _spec(args.pipeline),
+                                on_event=_progress if args.verbose else None)
     out = report.to_dict()
     if not args.full:
         out.pop("pipeline")
@@ -117,8 +149,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rag", description="Tune Studio RAG: evaluate, index, query.")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("eval", help="retrieval quality on a corpus with gold documents")
-    e.add_argument("--corpus", required=True, help="JSONL of {doc_id, title, text}")
-    e.add_argument("--questions", required=True, help="JSONL of {qid, question, answers[], gold_doc_id}")
+    e.add_argument("--corpus", help="JSONL of {doc_id, title, text}")
+    e.add_argument("--questions", help="JSONL of {qid, question, answers[], gold_doc_id}")
+    e.add_argument("--devset", choices=DEVSETS, help="a development set read from the shared test data instead "
+                   "(long-docs: whole articles and long files; squad-small: the SQuAD-small paragraphs)")
+    e.add_argument("--testdata", help="the shared test data folder (default: ../shared/testdata beside the repo)")
+    e.add_argument("--ablation", action="store_true", help="each stage on/off, retrieval modes and the naive "
+                   "recipe: one row each, with latency per stage")
     e.add_argument("--pipeline", help="pipeline spec JSON (default: the app's default pipeline)")
     e.add_argument("--full", action="store_true", help="include the pipeline spec in the output")
     e.add_argument("--verbose", action="store_true", help="progress on stderr")
@@ -148,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (EvalDataError, PipelineSpecError, SettingsError, IndexError_, FileNotFoundError, HubError,
+    except (EvalDataError, DevSetError, PipelineSpecError, SettingsError, IndexError_, FileNotFoundError, HubError,
             EmbedderUnavailableError, UnknownEmbedderError) as exc:
         _log(f"error: {exc}")
         return 2
@@ -156,5 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _fit_threads() -> None:
+    """Compute with the cores other programs leave free (``engine.cpu``), as the app's workers do: embedding a
+    collection with 2 threads while another program holds one of 2 cores is many times slower than with 1."""
+    from engine.cpu import fit_threads_to_free_cores
+
+    line = fit_threads_to_free_cores()
+    if line:
+        _log(line)
+
+
 if __name__ == "__main__":
+    _fit_threads()
     sys.exit(main())

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from rag.events import AnswerEvent, AnswerStreamEvent, PromptEvent, RetrievedEvent, TokenEvent
 from rag.hits import Citation, Hit
 from rag.pipeline import PipelineSpec
+from rag.quotes import best_quote, sentences
 from rag.retrieve import search
 
 if TYPE_CHECKING:
@@ -80,6 +81,17 @@ def parse_citations(text: str, hits: list[Hit]) -> tuple[list[Citation], list[in
     return citations, invalid
 
 
+def citing_text(answer: str, number: int) -> str:
+    """The answer sentences that cite ``[number]`` (``[1, 3]`` and ``[2-4]`` count), or the whole answer."""
+    citing = [s for s in sentences(answer) if number in cited_numbers(s)]
+    return " ".join(citing) or answer
+
+
+def citation_quotes(answer: str, citations: list[Citation]) -> dict[int, str]:
+    """Each citation's number → the sentence of its chunk that best supports the answer sentence citing it."""
+    return {c.number: best_quote(c.hit.chunk.text, citing_text(answer, c.number)) for c in citations}
+
+
 _HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
 _ANSWER_LABEL = re.compile(r"^\s*(?:\*\*)?answer(?:\*\*)?\s*:(?:\*\*)?\s*", re.IGNORECASE)
 
@@ -100,7 +112,7 @@ def answer(index: RagIndex, question: str, generate: Generate,
     """Retrieve, prompt, stream the generated answer, then resolve its citations.
 
     Yields ``RetrievedEvent`` → ``PromptEvent`` → ``TokenEvent``* → ``AnswerEvent`` (whose text is the
-    :func:`tidy_reply` of the tokens).
+    :func:`tidy_reply` of the tokens, with each citation's quoted span: :func:`citation_quotes`).
     """
     spec = spec or index.spec
     result = search(index, question, spec)
@@ -113,4 +125,4 @@ def answer(index: RagIndex, question: str, generate: Generate,
         yield TokenEvent(piece)
     text = tidy_reply("".join(pieces))
     citations, invalid = parse_citations(text, result.hits)
-    yield AnswerEvent(text, citations, invalid)
+    yield AnswerEvent(text, citations, invalid, quotes=citation_quotes(text, citations))

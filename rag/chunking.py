@@ -11,13 +11,13 @@ import hashlib
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from langchain_text_splitters import MarkdownHeaderTextSplitter, RecursiveCharacterTextSplitter, TextSplitter
 
 from rag.ingest import LoadedDocument, Section
-from rag.stages import SplitSettings
+from rag.stages import ParentChildSettings, SplitSettings
 
 _SENTENCE_SEPARATORS = [r"\n\n", r"(?<=[.!?。！？])\s+", r"\n", r"(?<=[;:])\s+", " ", ""]
 _MARKDOWN_HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
@@ -25,7 +25,11 @@ _MARKDOWN_HEADERS = [("#", "h1"), ("##", "h2"), ("###", "h3"), ("####", "h4")]
 
 @dataclass(frozen=True)
 class Chunk:
-    """One retrievable unit of text with everything a citation needs."""
+    """One retrievable unit of text with everything a citation needs.
+
+    With parent-child retrieval the index holds small chunks (children) whose ``parent`` is the ordinal of
+    the larger chunk they were cut from (same source, page and section); that parent is what the model reads.
+    """
 
     text: str
     source: str
@@ -34,6 +38,8 @@ class Chunk:
     section: str | None = None
     title: str | None = None
     prepend_title: bool = True
+    parent: int | None = None
+    ocr_confidence: float | None = None  # mean OCR confidence (0-1) of the page it came from; None: a text layer
 
     @property
     def embed_text(self) -> str:
@@ -58,8 +64,13 @@ class Chunk:
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "source": self.source, "ordinal": self.ordinal, "page": self.page,
-                "section": self.section, "title": self.title, "prepend_title": self.prepend_title}
+        out = {"text": self.text, "source": self.source, "ordinal": self.ordinal, "page": self.page,
+               "section": self.section, "title": self.title, "prepend_title": self.prepend_title}
+        if self.parent is not None:  # only children carry it: collections without parent-child stay as they were
+            out["parent"] = self.parent
+        if self.ocr_confidence is not None:  # likewise only chunks read by OCR
+            out["ocr_confidence"] = self.ocr_confidence
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Chunk:
@@ -76,11 +87,15 @@ def make_splitter(settings: SplitSettings, tokenizer: Any | None = None) -> Text
             tokenizer, chunk_size=size, chunk_overlap=overlap
         )
     if settings.method == "sentence":
-        return RecursiveCharacterTextSplitter(
-            separators=_SENTENCE_SEPARATORS, is_separator_regex=True, keep_separator=False,
-            chunk_size=size, chunk_overlap=overlap,
-        )
+        return _sentence_splitter(size, overlap)
     return RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=overlap)
+
+
+def _sentence_splitter(size: int, overlap: int) -> TextSplitter:
+    """Whole sentences first. The separators stay in the pieces (stripped at their ends later): dropped, LangChain
+    would join merged pieces with the regex itself, writing a literal ``\\n`` into the text."""
+    return RecursiveCharacterTextSplitter(separators=_SENTENCE_SEPARATORS, is_separator_regex=True,
+                                          keep_separator=True, chunk_size=size, chunk_overlap=overlap)
 
 
 def _markdown_sections(section: Section) -> list[Section]:
@@ -90,14 +105,42 @@ def _markdown_sections(section: Section) -> list[Section]:
     out = []
     for part in parts:
         path = " > ".join(part.metadata[k] for _, k in _MARKDOWN_HEADERS if k in part.metadata)
-        out.append(Section(part.page_content, section.source, section.page, path or section.section))
+        out.append(Section(part.page_content, section.source, section.page, path or section.section,
+                           ocr_confidence=section.ocr_confidence))
     return out or [section]
 
 
 def split_document(
-    doc: LoadedDocument, settings: SplitSettings, *, tokenizer: Any | None = None, title: str | None = None
+    doc: LoadedDocument, settings: SplitSettings, *, tokenizer: Any | None = None, title: str | None = None,
+    children: ParentChildSettings | None = None,
 ) -> list[Chunk]:
-    """All chunks of one document, numbered in reading order."""
+    """All chunks of one document, numbered in reading order; with ``children``, the small pieces that are
+    searched (each naming its parent, see :func:`split_parent_child`)."""
+    if children is not None:
+        return split_parent_child(doc, settings, children, tokenizer=tokenizer, title=title)[0]
+    return _split_chunks(doc, settings, tokenizer, title)
+
+
+def split_parent_child(
+    doc: LoadedDocument, settings: SplitSettings, children: ParentChildSettings, *, tokenizer: Any | None = None,
+    title: str | None = None,
+) -> tuple[list[Chunk], list[Chunk]]:
+    """(children, parents) of one document: the parents are the chunks ``settings`` cuts, each child a piece of
+    one parent (sentence boundaries first, ``children.child_size`` characters at most) that knows its parent's
+    ordinal. A parent no longer than a child is its own only child."""
+    parents = _split_chunks(doc, settings, tokenizer, title)
+    splitter = _sentence_splitter(children.child_size, children.child_overlap)
+    out: list[Chunk] = []
+    for parent in parents:
+        pieces = [parent.text] if len(parent.text) <= children.child_size else splitter.split_text(parent.text)
+        for text in pieces:
+            if text.strip():
+                out.append(replace(parent, text=text.strip(), ordinal=len(out), parent=parent.ordinal))
+    return out, parents
+
+
+def _split_chunks(doc: LoadedDocument, settings: SplitSettings, tokenizer: Any | None,
+                  title: str | None) -> list[Chunk]:
     splitter = make_splitter(settings, tokenizer)
     title = title or doc.title or _title_from_source(doc.source)
     chunks: list[Chunk] = []
@@ -107,7 +150,7 @@ def split_document(
             for text in splitter.split_text(piece.text):
                 if text.strip():
                     chunks.append(Chunk(text.strip(), doc.source, len(chunks), piece.page, piece.section, title,
-                                        settings.prepend_title))
+                                        settings.prepend_title, ocr_confidence=piece.ocr_confidence))
     return chunks
 
 

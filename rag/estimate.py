@@ -22,12 +22,13 @@ import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rag.chunking import split_document
-from rag.events import ReadingFile
-from rag.ingest import LoadedDocument, Refusal, RefusalReason, file_sha256, load_file
+from rag.events import PageRead, ReadingFile
+from rag.ingest import LoadedDocument, Refusal, RefusalReason, file_sha256, load_file, read_with_pages
 from rag.pipeline import PipelineSpec
 
 if TYPE_CHECKING:
@@ -65,8 +66,9 @@ def _over(limits: LimitChecker, name: str, value: float, what: str, fix: str) ->
 
 
 def read_files(items: Sequence[tuple[str, str | Path]], limits: LimitChecker, *, pdf_password: str = "",
-               max_mb: float = 0) -> Iterator[ReadingFile | LoadedDocument | Refusal]:
-    """Read ``(name, path)`` uploads one by one (a :class:`ReadingFile` before each), within the limits.
+               max_mb: float = 0, load: Any = None) -> Iterator[ReadingFile | PageRead | LoadedDocument | Refusal]:
+    """Read ``(name, path)`` uploads one by one (a :class:`ReadingFile` before each, a :class:`PageRead` after
+    each page of a PDF or image as it is read), within the limits; ``load`` is the Load stage's settings (OCR).
 
     A file over the upload size is refused before it is read; a document with more text than
     ``max_document_chars`` is refused after. ``pdf_password`` opens encrypted PDFs of this batch only.
@@ -82,7 +84,11 @@ def read_files(items: Sequence[tuple[str, str | Path]], limits: LimitChecker, *,
         if refusal:
             yield Refusal(name, RefusalReason.TOO_LARGE, refusal)
             continue
-        doc = load_file(path, name=name, pdf_password=pdf_password, max_mb=max_mb)
+        doc: Any = None
+        for doc in read_with_pages(load_file, partial(PageRead, name), path, name=name, pdf_password=pdf_password,
+                                   max_mb=max_mb, load=load):
+            if isinstance(doc, PageRead):
+                yield doc
         if isinstance(doc, LoadedDocument):
             refusal = _over(limits, "max_document_chars", doc.n_chars, f"The text of '{name}' in characters",
                             "Split it into smaller files, or upload only the part you need.")
@@ -96,7 +102,7 @@ def count_chunks(doc: LoadedDocument, spec: PipelineSpec) -> int:
     if split.method == "token":
         step = max(1, split.chunk_size - split.chunk_overlap) * CHARS_PER_TOKEN
         return sum(max(1, math.ceil(len(s.text) / step)) for s in doc.sections if s.text.strip())
-    return len(split_document(doc, split))
+    return len(split_document(doc, split, children=spec.child_split()))
 
 
 def _is_new(doc: LoadedDocument | Refusal, index: RagIndex | None) -> bool:

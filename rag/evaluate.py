@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.events import IndexUpdated
+from rag.events import EmbedProgress, Writing
 from rag.gold import Gold, hit_rank, retrieval_metrics
 from rag.index import RagIndex
 from rag.ingest import LoadedDocument, Section, file_sha256
@@ -94,16 +94,29 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
 
 
 def build_index(docs: list[LoadedDocument], titles: dict[str, str], spec: PipelineSpec, path: Path,
-                on_event: Callable[[Any], None] | None = None) -> tuple[RagIndex, float]:
+                on_event: Callable[[Any], None] | None = None,
+                phases: dict[str, float] | None = None) -> tuple[RagIndex, float]:
+    """Index ``docs`` under ``spec`` at ``path``; returns the index and the seconds it took (model loading excluded).
+
+    ``phases``, when given, receives where that time went: ``split`` (until the first embedding step),
+    ``embed`` (until the index is written) and ``write`` (FAISS, BM25 and saving).
+    """
     index = RagIndex.create(path, spec)
     index.embedder  # noqa: B018 - load the model outside the timed section
     start = time.perf_counter()
+    marks: dict[str, float] = {}
     for event in index.add_documents(docs, titles):
         if on_event:
             on_event(event)
-        if isinstance(event, IndexUpdated):
-            pass
-    return index, time.perf_counter() - start
+        if isinstance(event, EmbedProgress):
+            marks.setdefault("embed", time.perf_counter())
+        elif isinstance(event, Writing):
+            marks.setdefault("write", time.perf_counter())
+    end = time.perf_counter()
+    if phases is not None:
+        embed_at, write_at = marks.get("embed", end), marks.get("write", end)
+        phases.update({"split": embed_at - start, "embed": write_at - embed_at, "write": end - write_at})
+    return index, end - start
 
 
 def gold_of(question: dict[str, Any]) -> Gold:
@@ -139,11 +152,17 @@ def score(index: RagIndex, questions: list[dict[str, Any]], spec: PipelineSpec) 
 def evaluate(corpus: str | Path, questions: str | Path, spec: PipelineSpec | None = None,
              on_event: Callable[[Any], None] | None = None) -> EvalReport:
     """Index the corpus in a temporary folder under ``spec`` and score retrieval on the questions."""
-    spec = spec or PipelineSpec()
     docs, titles = load_corpus(corpus)
     qs = load_questions(questions)
     if not qs:
         raise EvalDataError(f"{questions} has no answerable questions with a gold_doc_id.")
+    return evaluate_documents(docs, titles, qs, spec, on_event)
+
+
+def evaluate_documents(docs: list[LoadedDocument], titles: dict[str, str], qs: list[dict[str, Any]],
+                       spec: PipelineSpec | None = None, on_event: Callable[[Any], None] | None = None) -> EvalReport:
+    """:func:`evaluate` on loaded documents (a development set's) and question rows."""
+    spec = spec or PipelineSpec()
     with tempfile.TemporaryDirectory(prefix="rag-eval-") as tmp:
         index, seconds = build_index(docs, titles, spec, Path(tmp) / "index", on_event)
         metrics = score(index, qs, spec)

@@ -26,12 +26,25 @@ class ReadingFile:
 
 
 @dataclass(frozen=True)
+class PageRead:
+    """Page ``page`` of ``pages`` of a PDF or image was read: from its text layer, or by OCR with its mean line
+    confidence (0-1; None where OCR found no line). A scanned page takes seconds, so a long scan shows progress."""
+
+    source: str
+    page: int
+    pages: int
+    method: str  # "text" or "ocr"
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
 class FileLoaded:
     source: str
     sections: int
     chars: int
     encoding: str | None = None
     pages: int | None = None  # pages read, for paged formats (PDF); None where a file has no pages
+    notes: tuple[str, ...] = ()  # e.g. pages OCR could not read or a limit skipped (the rest of the file is kept)
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,7 @@ class IndexUpdated:
     version: int = 0  # the collection's version after this run (unchanged when nothing changed)
 
 
-IndexEvent = (ReadingFile | FileLoaded | FileRefused | FileUnchanged | FileRemoved | Splitting | Chunked
+IndexEvent = (ReadingFile | PageRead | FileLoaded | FileRefused | FileUnchanged | FileRemoved | Splitting | Chunked
               | EmbedProgress | Writing | IndexUpdated)
 
 
@@ -126,6 +139,7 @@ class AnswerEvent:
     text: str
     citations: list[Citation]
     invalid_citations: list[int] = field(default_factory=list)
+    quotes: dict[int, str] = field(default_factory=dict)  # citation number → the span of its chunk quoted
 
 
 AnswerStreamEvent = RetrievedEvent | PromptEvent | TokenEvent | AnswerEvent

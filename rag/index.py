@@ -7,7 +7,8 @@ On disk (one folder per collection, under ``subdir("indexes")`` in the app)::
     handbook/v000007/          one complete, never-modified version:
         manifest.json            embedder name/dimension/revision, pipeline spec, files with content hashes, version
         documents.jsonl          extracted text sections per file (re-chunking never needs the originals)
-        chunks.jsonl             chunks in vector order
+        chunks.jsonl             chunks in vector order (with parent-child: the small pieces that are searched)
+        parents.jsonl            with parent-child: the chunks those pieces were cut from, which the model reads
         embeddings.npy           float32 (chunks × dimension), L2-normalised
         vectors.faiss            the FAISS index over those vectors
 
@@ -44,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.chunking import Chunk, preview, split_document
+from rag.chunking import Chunk, preview, split_document, split_parent_child
 from rag.embedders import REGISTRY, Embedder, get_embedder
 from rag.events import (
     Chunked,
@@ -67,6 +68,7 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2
 KEEP_VERSIONS = 3  # the current version and two older ones, for readers still opening them
 DATA_FILES = ("documents.jsonl", "chunks.jsonl", "embeddings.npy", "vectors.faiss")
+PARENTS_FILE = "parents.jsonl"  # absent in versions written before parent-child: read as no parents
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 _OPEN_ATTEMPTS = 5
 
@@ -349,6 +351,7 @@ class RagIndex:
         self.files = files
         self.documents = documents
         self.chunks = chunks
+        self.parents: list[Chunk] = []  # parent-child: what the chunks (children) were cut from, in reading order
         self.vectors = vectors
         self.created = created or time.time()
         self.version = version
@@ -356,6 +359,7 @@ class RagIndex:
         self._embedder: Embedder | None = None
         self._faiss: Any = None
         self._bm25: Bm25 | None = None
+        self._parents_by_id: dict[tuple[str, int], Chunk] | None = None
         self._reuse: dict[str, np.ndarray] = {}  # vectors carried over during reindex()
         self._reindexing = False
         self._holds_lock = False  # True inside edit(): saves need not (and must not) take the lock again
@@ -421,6 +425,8 @@ class RagIndex:
         docs = {row["source"]: [Section.from_dict(s) for s in row["sections"]]
                 for row in _read_jsonl(folder / "documents.jsonl")}
         chunks = [Chunk.from_dict(row) for row in _read_jsonl(folder / "chunks.jsonl")]
+        parents = ([Chunk.from_dict(row) for row in _read_jsonl(folder / PARENTS_FILE)]
+                   if (folder / PARENTS_FILE).exists() else [])
         vectors = (np.load(folder / "embeddings.npy") if chunks
                    else np.zeros((0, emb["dimension"]), dtype=np.float32))
         if len(vectors) != len(chunks) or (chunks and vectors.shape[1] != emb["dimension"]):
@@ -428,6 +434,7 @@ class RagIndex:
                                     "rebuild the index.")
         index = cls(path, spec, emb["name"], files, docs, chunks, vectors.astype(np.float32), manifest.get("created"),
                     version=int(manifest.get("version", 0)), read_only=read_only)
+        index.parents = parents
         index._faiss = index._read_faiss(folder)
         return index
 
@@ -520,6 +527,7 @@ class RagIndex:
         _write_file(folder / "documents.jsonl", _jsonl(
             {"source": s, "sections": [sec.to_dict() for sec in secs]} for s, secs in self.documents.items()))
         _write_file(folder / "chunks.jsonl", _jsonl(c.to_dict() for c in self.chunks))
+        _write_file(folder / PARENTS_FILE, _jsonl(p.to_dict() for p in self.parents))
         with (folder / "embeddings.npy").open("wb") as handle:
             np.save(handle, self.vectors)
             handle.flush()
@@ -570,6 +578,15 @@ class RagIndex:
     def _invalidate(self) -> None:
         self._faiss = None
         self._bm25 = None
+        self._parents_by_id = None
+
+    def parent_of(self, chunk: Chunk) -> Chunk | None:
+        """The parent a child chunk was cut from (parent-child retrieval); None for an ordinary chunk."""
+        if chunk.parent is None:
+            return None
+        if self._parents_by_id is None:
+            self._parents_by_id = {(p.source, p.ordinal): p for p in self.parents}
+        return self._parents_by_id.get((chunk.source, chunk.parent))
 
     def dense_search(self, query_vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not self.chunks:
@@ -623,15 +640,26 @@ class RagIndex:
 
         Unchanged files are skipped, changed files replace their old chunks, unusable files are
         refused with a message; the rest of the batch is indexed either way. A :class:`ReadingFile`
-        event comes before each file is read, so a long read shows which file it is on.
+        event comes before each file is read, and a :class:`PageRead` after each page of a PDF or image
+        (text layer or OCR), so a long read shows where it is.
         """
+        from functools import partial
+
+        from rag.events import PageRead
+        from rag.ingest import read_with_pages
+
         self._check_writable()
         load = self.spec.stages["load"]
         items = [item if isinstance(item, tuple) else (Path(item).name, item) for item in paths]
         loaded: list[LoadedDocument | Refusal] = []
         for number, (name, path) in enumerate(items, start=1):
             yield ReadingFile(str(name), number, len(items))
-            loaded.append(load_file(path, name=str(name), pdf_password=pdf_password, max_mb=load.max_file_mb))
+            for item in read_with_pages(load_file, partial(PageRead, str(name)), path, name=str(name),
+                                        pdf_password=pdf_password, max_mb=load.max_file_mb, load=load):
+                if isinstance(item, PageRead):
+                    yield item
+                else:
+                    loaded.append(item)
         yield from self.add_documents(loaded)
 
     def add_documents(self, items: Iterable[LoadedDocument | Refusal],
@@ -682,7 +710,7 @@ class RagIndex:
                 carried.update(self._vector_cache(item.source))
                 yield FileRemoved(item.source, self._drop_source(item.source), replaced=True)
             pages = max((s.page for s in item.sections if s.page is not None), default=None)
-            yield FileLoaded(item.source, len(item.sections), item.n_chars, item.encoding, pages)
+            yield FileLoaded(item.source, len(item.sections), item.n_chars, item.encoding, pages, tuple(item.notes))
             new_docs[item.source] = item
         return new_docs, refused, carried
 
@@ -693,7 +721,7 @@ class RagIndex:
         for number, doc in enumerate(new_docs.values(), start=1):
             yield Splitting(doc.source, number, len(new_docs))
             title = titles.get(doc.source) or doc.title
-            chunks = split_document(doc, self.spec.split, tokenizer=self._tokenizer_if_needed(), title=title)
+            chunks = self._split_one(doc, title)
             self.documents[doc.source] = doc.sections
             self.files[doc.source] = FileRecord(doc.source, doc.sha256, len(chunks), title)
             new_chunks.extend(chunks)
@@ -729,7 +757,7 @@ class RagIndex:
         cache = self._vector_cache() if keep_vectors else {}
         self.spec, self.embedder_name = spec, spec.embed.model
         self._embedder = None
-        self.files, self.documents, self.chunks = {}, {}, []
+        self.files, self.documents, self.chunks, self.parents = {}, {}, [], []
         self.vectors = np.zeros((0, REGISTRY[spec.embed.model].dimension), dtype=np.float32)
         self._reuse, self._reindexing = cache, True
         try:
@@ -738,6 +766,16 @@ class RagIndex:
             self._reuse, self._reindexing = {}, False
 
     # ------------------------------------------------------------------ internals
+    def _split_one(self, doc: LoadedDocument, title: str | None) -> list[Chunk]:
+        """The chunks to embed for one document; with parent-child, its parents are kept beside them."""
+        children = self.spec.child_split()
+        if children is None:
+            return split_document(doc, self.spec.split, tokenizer=self._tokenizer_if_needed(), title=title)
+        chunks, parents = split_parent_child(doc, self.spec.split, children, tokenizer=self._tokenizer_if_needed(),
+                                             title=title)
+        self.parents.extend(parents)
+        return chunks
+
     def _tokenizer_if_needed(self) -> Any | None:
         return self.embedder.tokenizer if self.spec.split.method == "token" else None
 
@@ -749,6 +787,7 @@ class RagIndex:
         keep = [i for i, c in enumerate(self.chunks) if c.source != source]
         dropped = len(self.chunks) - len(keep)
         self.chunks = [self.chunks[i] for i in keep]
+        self.parents = [p for p in self.parents if p.source != source]
         self.vectors = self.vectors[keep] if keep else self.vectors[:0]
         self.files.pop(source, None)
         self.documents.pop(source, None)

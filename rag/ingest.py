@@ -7,7 +7,8 @@ file, and how to fix it, so one bad file never stops the rest of a batch.
 
 Libraries: pypdf (BSD) for PDF — no AGPL PDF library; python-docx, python-pptx, openpyxl for
 Office files; BeautifulSoup for HTML/EPUB; striprtf for RTF; core.text (charset-normalizer) for encodings;
-the standard library's ``email`` for .eml and python-oxmsg (MIT) for Outlook .msg.
+the standard library's ``email`` for .eml and python-oxmsg (MIT) for Outlook .msg; scanned PDF pages and images
+(PNG, JPEG, TIFF) through :mod:`rag.ocr` (Tesseract, Apache-2.0; pypdfium2 renders the pages).
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 from xml.etree import ElementTree
 
 from core.text import bom_encoding, decode_bytes
 
+if TYPE_CHECKING:
+    from rag.stages import LoadSettings
+
 logging.getLogger("pypdf").setLevel(logging.ERROR)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class RefusalReason(StrEnum):
@@ -50,13 +58,18 @@ class Section:
     source: str
     page: int | None = None
     section: str | None = None
+    ocr_confidence: float | None = None  # mean line confidence (0-1) where OCR read the page; None: its own text
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "source": self.source, "page": self.page, "section": self.section}
+        data = {"text": self.text, "source": self.source, "page": self.page, "section": self.section}
+        if self.ocr_confidence is not None:
+            data["ocr_confidence"] = self.ocr_confidence
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Section:
-        return cls(text=data["text"], source=data["source"], page=data.get("page"), section=data.get("section"))
+        return cls(text=data["text"], source=data["source"], page=data.get("page"), section=data.get("section"),
+                   ocr_confidence=data.get("ocr_confidence"))
 
 
 @dataclass(frozen=True)
@@ -149,7 +162,115 @@ def _load_html(data: bytes, source: str) -> tuple[list[Section], str]:
     return sections, enc
 
 
-def _load_pdf(data: bytes, source: str, password: str = "") -> tuple[list[Section], str | None]:
+# ---------------------------------------------------------------- scanned pages and images (OCR)
+# Per page: the text layer when it has text, OCR (rag.ocr) when not. A page OCR cannot read is named in the
+# document's notes and the rest of the file kept; only a file where no page yields text is refused.
+
+PageCallback = Callable[[int, int, str, float | None], None]
+"""Called after each page: (page number, pages in the file, "text" or "ocr", OCR confidence or None)."""
+
+_MIN_LAYER_CHARS = 16  # letters and digits a text layer needs to count (scans often carry a few stray glyphs)
+_WHERE = "the Load files card (RAG tab, Advanced pipeline)"
+
+
+def _label(name: str) -> str:
+    from core.settings import describe
+    from rag.stages import LoadSettings
+
+    return next(info.label for info in describe(LoadSettings) if info.name == name)
+
+
+def _page_list(numbers: list[int]) -> str:
+    """[2, 3, 4, 7] -> 'pages 2-4, 7'."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+    return ("pages " if len(numbers) > 1 else "page ") + text
+
+
+@dataclass
+class _Reading:
+    """One file's OCR budget and report: its settings, the page callback, and what was skipped or failed."""
+
+    source: str
+    load: LoadSettings = None  # type: ignore[assignment]  # None: LoadSettings' defaults
+    on_page: PageCallback | None = None
+    notes: list[str] = field(default_factory=list)
+    ocr_done: int = 0
+    over_limit: list[int] = field(default_factory=list)
+    not_tried: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.load is None:
+            from rag.stages import LoadSettings
+
+            self.load = LoadSettings()
+
+    @property
+    def max_pixels(self) -> float:
+        return self.load.ocr_max_megapixels * 1e6
+
+    def report(self, number: int, pages: int, method: str, confidence: float | None = None) -> None:
+        if self.on_page is not None:
+            self.on_page(number, pages, method, confidence)
+
+    def ocr(self, number: int, pages: int, image: Callable[[], object], *, label: str = "page") -> Section | None:
+        """OCR one page (``image`` renders it) within the limits; None, with the reason noted, when it gives no text."""
+        from rag import ocr
+
+        if not self.load.ocr:
+            self.not_tried.append(number)
+            return None
+        if self.ocr_done >= self.load.ocr_max_pages:
+            self.over_limit.append(number)
+            return None
+        self.ocr_done += 1
+        try:
+            result = ocr.read_image(image(), self.max_pixels)
+        except Exception as exc:  # a broken image, a failed or missing engine: this page only
+            self.failures.append(str(exc) if isinstance(exc, ocr.OcrError) else type(exc).__name__)
+            self.notes.append(f"{label} {number} could not be read: {self.failures[-1]}.")
+            return None
+        self.report(number, pages, "ocr", result.confidence)
+        if not result.text.strip():
+            self.failures.append("OCR found no text on it")
+            self.notes.append(f"{label} {number} could not be read: OCR found no text on it (a blank or "
+                              "picture-only page?).")
+            return None
+        return Section(_clean(result.text), self.source, page=number, ocr_confidence=result.confidence)
+
+    def finish(self, what: str = "scanned") -> None:
+        """Notes for the pages skipped by the settings, saying which setting reads them."""
+        if self.over_limit:
+            self.notes.append(
+                f"{_page_list(self.over_limit)} ({len(self.over_limit)} {what} page(s)) not read: OCR reads at most "
+                f"{self.load.ocr_max_pages} page(s) per file. To read them, raise '{_label('ocr_max_pages')}' in "
+                f"{_WHERE} and build again.")
+        if self.not_tried:
+            self.notes.append(f"{_page_list(self.not_tried)} ({what}) skipped: '{_label('ocr')}' is off in {_WHERE}.")
+
+    def refuse(self, pages: int, *, image: bool = False) -> _Refuse:
+        """The refusal of a file where no page gave text."""
+        turn_on = f"Turn on '{_label('ocr')}' (text recognition, OCR) in {_WHERE}"
+        if not self.load.ocr and image:
+            return _Refuse(RefusalReason.NO_TEXT_LAYER, f"'{self.source}' is an image: its text can only be read "
+                           f"by text recognition (OCR), which is off. {turn_on} and build again.")
+        if not self.load.ocr:
+            return _Refuse(RefusalReason.NO_TEXT_LAYER, f"'{self.source}' has {pages} page(s) but no text layer: "
+                           f"it is a scanned or image-only PDF. {turn_on}, or make it searchable in a PDF or "
+                           "scanner program ('Recognize text') and upload the result.")
+        why = f" ({self.failures[0]})" if self.failures and "no text" not in self.failures[0] else ""
+        where = "in this image" if image else f"on its {pages} page(s), which have no text layer"
+        return _Refuse(RefusalReason.NO_TEXT_LAYER, f"'{self.source}': OCR (text recognition) found no text {where}"
+                       f"{why}. If it does show text, upload a sharper scan (300 dots per inch, upright pages).")
+
+
+def _open_pdf(data: bytes, source: str, password: str) -> list:
     from pypdf import PdfReader
     from pypdf.errors import FileNotDecryptedError, PdfReadError
 
@@ -161,7 +282,7 @@ def _load_pdf(data: bytes, source: str, password: str = "") -> tuple[list[Sectio
                 f"'{source}' is password-protected. Type its password in the 'PDF password' box, or save an "
                 "unlocked copy (open it, then print it to PDF) and upload that.",
             )
-        pages = list(reader.pages)
+        return list(reader.pages)
     except _Refuse:
         raise
     except FileNotDecryptedError:
@@ -172,22 +293,66 @@ def _load_pdf(data: bytes, source: str, password: str = "") -> tuple[list[Sectio
             f"'{source}' is not a readable PDF ({type(exc).__name__}: {exc}). Re-export it from the program "
             "that made it, then upload it again.",
         ) from None
+
+
+def _layer_text(page: object) -> str:
+    try:
+        return _clean(page.extract_text() or "")
+    except Exception:
+        return ""
+
+
+def _load_pdf(data: bytes, source: str, password: str = "",
+              reading: _Reading | None = None) -> tuple[list[Section], str | None]:
+    from rag.ocr import render_pdf_page
+
+    pages = _open_pdf(data, source, password)
+    reading = reading or _Reading(source)
     sections = []
     for number, page in enumerate(pages, start=1):
-        try:
-            text = page.extract_text() or ""
-        except Exception:
-            continue
-        text = _clean(text)
-        if text:
+        text = _layer_text(page)
+        if sum(c.isalnum() for c in text) >= _MIN_LAYER_CHARS:
             sections.append(Section(text, source, page=number))
+            reading.report(number, len(pages), "text")
+            continue
+        scanned = reading.ocr(number, len(pages), lambda i=number - 1: render_pdf_page(
+            data, i, reading.max_pixels, password))
+        if scanned is None and text:
+            sections.append(Section(text, source, page=number))  # the few characters of its layer beat nothing
+        elif scanned is not None:
+            sections.append(scanned)
+    reading.finish()
     if not sections:
-        raise _Refuse(
-            RefusalReason.NO_TEXT_LAYER,
-            f"'{source}' has {len(pages)} page(s) but no text layer: it is a scanned or image-only PDF. "
-            "Make it searchable with text recognition (OCR: in most PDF and scanner programs, 'Recognize text' "
-            "or 'Make searchable') and upload the result.",
-        )
+        raise reading.refuse(len(pages))
+    return sections, None
+
+
+def _load_image(data: bytes, source: str, reading: _Reading | None = None) -> tuple[list[Section], str | None]:
+    """An image read by OCR; each frame of a multi-page TIFF is a page."""
+    from rag.ocr import frame_count, image_frames
+
+    reading = reading or _Reading(source)
+    pages = frame_count(data)
+    if not reading.load.ocr:
+        raise reading.refuse(pages, image=True)
+    sections = []
+    for number, frame in enumerate(image_frames(data), start=1):
+        width, height = frame.size
+        if width * height > reading.max_pixels:
+            reading.notes.append(
+                f"page {number} skipped: it is {width}x{height} pixels ({width * height / 1e6:.0f} million), above "
+                f"'{_label('ocr_max_megapixels')}' ({reading.load.ocr_max_megapixels:g}) in {_WHERE}. Raise it, or "
+                "upload a smaller image.")
+            continue
+        frame.load()
+        section = reading.ocr(number, pages, lambda f=frame: f.copy())
+        if section is not None:
+            sections.append(section)
+    reading.finish("image")
+    if not sections:
+        if reading.notes and not reading.failures:
+            raise _Refuse(RefusalReason.TOO_LARGE, f"'{source}' was not read: {reading.notes[0]}")
+        raise reading.refuse(pages, image=True)
     return sections, None
 
 
@@ -421,7 +586,14 @@ LOADERS: dict[str, Loader] = {
     ".epub": _load_epub,
     ".eml": _load_eml,
     ".msg": _load_msg,
+    ".png": _load_image,
+    ".jpg": _load_image,
+    ".jpeg": _load_image,
+    ".tif": _load_image,
+    ".tiff": _load_image,
 }
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(sorted(LOADERS))
 
@@ -432,9 +604,15 @@ def file_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_bytes(data: bytes, source: str, *, pdf_password: str = "", max_mb: float = 0) -> LoadedDocument | Refusal:
-    """Load one file's bytes; never raises for bad input — returns a :class:`Refusal` instead."""
+def load_bytes(data: bytes, source: str, *, pdf_password: str = "", max_mb: float = 0, load: LoadSettings | None = None,
+               on_page: PageCallback | None = None) -> LoadedDocument | Refusal:
+    """Load one file's bytes; never raises for bad input — returns a :class:`Refusal` instead.
+
+    ``load`` (``rag.stages.LoadSettings``, its defaults when None) bounds OCR; ``on_page`` hears each page of a
+    PDF or image as it is read. Pages OCR could not read, or that the limits skipped, are in the notes.
+    """
     suffix = Path(source).suffix.lower()
+    reading = _Reading(source, load, on_page)
     try:
         if suffix not in LOADERS:
             hint = (
@@ -454,7 +632,9 @@ def load_bytes(data: bytes, source: str, *, pdf_password: str = "", max_mb: floa
             raise _Refuse(RefusalReason.EMPTY, f"'{source}' is empty or contains only whitespace. Nothing to "
                           "index; check you picked the right file.")
         if suffix == ".pdf":
-            sections, enc = _load_pdf(data, source, pdf_password)
+            sections, enc = _load_pdf(data, source, pdf_password, reading)
+        elif suffix in IMAGE_EXTENSIONS:
+            sections, enc = _load_image(data, source, reading)
         else:
             sections, enc = LOADERS[suffix](data, source)
     except _Refuse as refusal:
@@ -479,11 +659,13 @@ def load_bytes(data: bytes, source: str, *, pdf_password: str = "", max_mb: floa
             RefusalReason.EMPTY,
             f"'{source}' contains no readable text (only whitespace, images or empty pages). Nothing to index.",
         )
-    return LoadedDocument(source=source, sha256=file_sha256(data), sections=sections, encoding=enc)
+    return LoadedDocument(source=source, sha256=file_sha256(data), sections=sections, encoding=enc,
+                          notes=list(reading.notes))
 
 
 def load_file(
-    path: str | Path, *, pdf_password: str = "", max_mb: float = 0, name: str | None = None
+    path: str | Path, *, pdf_password: str = "", max_mb: float = 0, name: str | None = None,
+    load: LoadSettings | None = None, on_page: PageCallback | None = None,
 ) -> LoadedDocument | Refusal:
     """Load a file from disk; the source name defaults to the file name (what citations show)."""
     path = Path(path)
@@ -492,7 +674,29 @@ def load_file(
         data = path.read_bytes()
     except OSError as exc:
         return Refusal(source, RefusalReason.BROKEN, f"'{source}' could not be opened: {exc.strerror or exc}.")
-    return load_bytes(data, source, pdf_password=pdf_password, max_mb=max_mb)
+    return load_bytes(data, source, pdf_password=pdf_password, max_mb=max_mb, load=load, on_page=on_page)
+
+
+def read_with_pages(read: Callable[..., _R], page_event: Callable[[int, int, str, float | None], _T], *args: Any,
+                    **kwargs: Any) -> Iterator[_T | _R]:
+    """``read(*args, on_page=..., **kwargs)`` (say :func:`load_file`) in a helper thread, yielding
+    ``page_event(page, pages, method, confidence)`` for each page as it is read, then what ``read`` returned.
+
+    Why a thread: the loaders are plain functions, and a build's log should show "page 3/40 (OCR)" while
+    the file is read (an OCR page takes seconds), not after. Stopping early waits for the file being read.
+    """
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    pages: queue.SimpleQueue = queue.SimpleQueue()
+    with ThreadPoolExecutor(1, thread_name_prefix="load") as pool:
+        future = pool.submit(read, *args, on_page=lambda *page: pages.put(page_event(*page)), **kwargs)
+        while not (future.done() and pages.empty()):
+            try:
+                yield pages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        yield future.result()
 
 
 def unlock_pdf(data: bytes, password: str) -> bytes | None:

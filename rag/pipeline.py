@@ -45,8 +45,8 @@ class PostStep:
 
 
 def _default_post_steps() -> tuple[PostStep, ...]:
-    enabled = {"threshold": False, "dedupe": True, "mmr": False, "rerank": False}
-    order = ("threshold", "dedupe", "mmr", "rerank")
+    enabled = {"threshold": False, "dedupe": True, "mmr": False, "rerank": False, "parent_child": False}
+    order = ("threshold", "dedupe", "mmr", "rerank", "parent_child")
     return tuple(PostStep(name, enabled[name], POST_STEPS[name]()) for name in order)
 
 
@@ -102,12 +102,13 @@ class PipelineSpec:
                                                         s.settings) for s in self.post))
 
     def with_order(self, order: list[str]) -> PipelineSpec:
-        """Reorder the post-retrieval steps; ``order`` must name each of them exactly once."""
+        """Reorder the post-retrieval steps; ``order`` names each of them at most once, and the ones it leaves out
+        follow in their present order (so an order written before a step existed still applies)."""
         names = [s.name for s in self.post]
-        if sorted(order) != sorted(names):
+        if len(set(order)) != len(order) or not set(order) <= set(names):
             raise PipelineSpecError(f"The new order {order} must list each post-retrieval step once: {names}.")
         by_name = {s.name: s for s in self.post}
-        return PipelineSpec(self.stages, tuple(by_name[n] for n in order))
+        return PipelineSpec(self.stages, tuple(by_name[n] for n in [*order, *(n for n in names if n not in order)]))
 
     def moved(self, step: str, offset: int) -> PipelineSpec:
         """Move one post-retrieval step up (negative) or down (positive)."""
@@ -129,8 +130,20 @@ class PipelineSpec:
 
     # ---- what a change means for an existing index
     def index_fingerprint(self) -> dict[str, Any]:
-        """The parts that decide the stored chunks and vectors; a change means re-indexing."""
-        return {"split": self.stages["split"].to_dict(), "embed": {"model": self.stages["embed"].model}}
+        """The parts that decide the stored chunks and vectors; a change means re-indexing.
+
+        Parent-child counts only when enabled, so specs without it keep the fingerprint they always had.
+        """
+        out = {"split": self.stages["split"].to_dict(), "embed": {"model": self.stages["embed"].model}}
+        children = self.child_split()
+        if children is not None:
+            out["parent_child"] = children.to_dict()
+        return out
+
+    def child_split(self) -> Any:
+        """The parent-child step's settings when it is enabled (the index then holds small pieces of each
+        chunk, and the chunks become their parents), else None."""
+        return next((s.settings for s in self.post if s.name == "parent_child" and s.enabled), None)
 
     # ---- serialisation
     def to_dict(self) -> dict[str, Any]:

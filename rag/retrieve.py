@@ -2,12 +2,13 @@
 
 Every hit carries its dense, BM25 and fused scores (and ranks) so hit testing can show *why* a chunk
 came up. Post-retrieval steps (threshold, dedupe, MMR, rerank) run in the order of the pipeline
-spec, each only if enabled, and each leaves a line in ``RetrievalResult.log``.
+spec, each only if enabled, and each leaves a line in ``RetrievalResult.log``. With parent-child retrieval the
+index holds small pieces (children) and the ``parent_child`` step turns them into their parents, the passages the
+model reads: where it stands in the order decides which steps see pieces and which see parents.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from rag.hits import Hit
 from rag.pipeline import PipelineSpec
-from rag.stages import DedupeSettings, MMRSettings, RerankSettings, ThresholdSettings
+from rag.stages import DedupeSettings, MMRSettings, ParentChildSettings, RerankSettings, ThresholdSettings
 
 if TYPE_CHECKING:
     from rag.index import RagIndex
@@ -54,6 +55,11 @@ def search(index: RagIndex, query: str, spec: PipelineSpec | None = None, top_k:
         before = len(hits)
         hits = POST_STEPS[step.name](hits, step.settings, index=index, query=query, qvec=qvec, top_k=top_k)
         log.append(f"{step.name}: {before} → {len(hits)}")
+    if index.parents and not any(s.name == "parent_child" for s in steps):
+        # An index built with parent-child always hands the model parents, whatever spec the caller passed.
+        before = len(hits)
+        hits = _parent_child(hits, None, index=index)
+        log.append(f"parent_child: {before} → {len(hits)}")
     final = [replace(h, rank=r) for r, h in enumerate(hits[:top_k], start=1)]
     return RetrievalResult(query, final, candidates, log, time.perf_counter() - start)
 
@@ -97,10 +103,19 @@ def _threshold(hits: list[Hit], settings: ThresholdSettings, **_: Any) -> list[H
 
 
 def _dedupe(hits: list[Hit], settings: DedupeSettings, *, index: RagIndex, **_: Any) -> list[Hit]:
-    """Keep the best ``max_per_source`` chunks of each document and drop near-identical chunks."""
+    """Keep the best ``max_per_source`` chunks of each document and drop near-identical chunks.
+
+    With parent-child, pieces of a parent already kept pass uncounted: they become that one parent later, so the
+    limit counts parents (the passages the model reads), wherever the parent-child step stands.
+    """
     kept: list[Hit] = []
     per_source: dict[str, int] = {}
+    parents: set[tuple[str, int | None]] = set()
     for hit in hits:
+        parent = (hit.matched.source, hit.matched.parent)
+        if hit.matched.parent is not None and parent in parents:
+            kept.append(hit)
+            continue
         if settings.max_per_source and per_source.get(hit.chunk.source, 0) >= settings.max_per_source:
             continue
         if settings.near_duplicate < 1.0 and kept:
@@ -108,6 +123,7 @@ def _dedupe(hits: list[Hit], settings: DedupeSettings, *, index: RagIndex, **_: 
             if float(sims.max()) >= settings.near_duplicate:
                 continue
         kept.append(hit)
+        parents.add(parent)
         per_source[hit.chunk.source] = per_source.get(hit.chunk.source, 0) + 1
     return kept
 
@@ -127,29 +143,38 @@ def _mmr(hits: list[Hit], settings: MMRSettings, *, index: RagIndex, qvec: np.nd
     return [hits[i] for i in chosen] + [h for i, h in enumerate(hits) if i not in picked]
 
 
-_RERANKERS: dict[str, Any] = {}
-_RERANK_LOCK = threading.Lock()
+def _parent_child(hits: list[Hit], settings: ParentChildSettings | None, *, index: RagIndex, **_: Any) -> list[Hit]:
+    """Each matched piece becomes its parent; several pieces of one parent give one hit, at the place (and with
+    the scores) of the best of them, which stays as the hit's ``child``. Hits of ordinary chunks pass as they are
+    (``settings`` only shaped the pieces at indexing time)."""
+    out: list[Hit] = []
+    seen: set[tuple[str, int]] = set()
+    for hit in hits:
+        parent = index.parent_of(hit.matched)
+        if parent is None:
+            out.append(hit)
+            continue
+        key = (parent.source, parent.ordinal)
+        if key not in seen:
+            seen.add(key)
+            out.append(replace(hit, chunk=parent, child=hit.matched))
+    return out
 
 
 def _rerank(hits: list[Hit], settings: RerankSettings, *, query: str, **_: Any) -> list[Hit]:
-    """Re-score the first ``top_n`` candidates with a cross-encoder (downloaded from the Hub on first use, through
-    the same downloader as embedders)."""
+    """Re-score the first ``top_n`` candidates with a cross-encoder (``rag.rerankers``: a Hub model, downloaded
+    once through the app's downloader) and order them by its score."""
     if not hits:
         return hits
-    with _RERANK_LOCK:
-        if settings.model not in _RERANKERS:
-            from sentence_transformers import CrossEncoder
+    from rag.rerankers import get_reranker, rerank_scores
 
-            from rag.embedders import hub_folder
-
-            _RERANKERS[settings.model] = CrossEncoder(str(hub_folder(settings.model)), local_files_only=True)
-    model = _RERANKERS[settings.model]
     head, tail = hits[: settings.top_n], hits[settings.top_n:]
-    scores = model.predict([(query, h.chunk.text) for h in head], show_progress_bar=False)
+    scores = rerank_scores(get_reranker(settings.model), query, [h.chunk.text for h in head])
     rescored = [replace(h, rerank_score=float(s), score=float(s)) for h, s in zip(head, scores, strict=True)]
-    rescored.sort(key=lambda h: -h.score)
+    rescored.sort(key=lambda h: (-h.score, h.position))
     return rescored + tail
 
 
 PostStepFn = Callable[..., list[Hit]]
-POST_STEPS: dict[str, PostStepFn] = {"threshold": _threshold, "dedupe": _dedupe, "mmr": _mmr, "rerank": _rerank}
+POST_STEPS: dict[str, PostStepFn] = {"threshold": _threshold, "dedupe": _dedupe, "mmr": _mmr, "rerank": _rerank,
+                                     "parent_child": _parent_child}

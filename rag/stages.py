@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from core.generation import GenerationSettings
 from core.settings import Settings, SettingsError, setting
+from rag.rerankers import DEFAULT_RERANKER, RERANKER_CHOICES
 
 # Measured for the bundled 135M model on two disjoint sets of 40 SQuAD-small questions (bench/RESULTS.md, "Small-model
 # RAG prompt"): the instruction after the question, one sentence, and the citation asked for as an example ending
@@ -26,6 +27,17 @@ class LoadSettings(Settings):
     # exported pipeline (see ``rag.pipeline.RETIRED_PARAMS``).
     max_file_mb: float = setting(100.0, "Files larger than this are refused rather than read.", minimum=1,
                                  maximum=2000, advanced=True)
+    # OCR: about 2 CPU seconds per page with one thread (bench/RESULTS.md, "OCR (issue #13)").
+    ocr: bool = setting(True, "Read scanned pages (PDF pages without a text layer) and images (PNG, JPEG, TIFF) "
+                        "with text recognition (OCR). Off: such pages are skipped and image files are left out.",
+                        label="Read scans with OCR")
+    ocr_max_pages: int = setting(50, "At most this many pages of one file are read with OCR (a few seconds "
+                                 "each); later scanned pages are skipped and listed in the build's log.",
+                                 label="OCR: most pages per file", minimum=1, maximum=5000, advanced=True)
+    ocr_max_megapixels: float = setting(40.0, "Images (and TIFF frames) larger than this many million pixels are "
+                                        "skipped rather than read; scanned PDF pages are rendered smaller than "
+                                        "this.", label="OCR: largest image (megapixels)", minimum=1,
+                                        maximum=500, advanced=True)
 
 
 SPLIT_METHODS = ("recursive", "token", "markdown", "sentence")
@@ -110,12 +122,31 @@ class DedupeSettings(Settings):
                                     minimum=0.5, maximum=1.0, step=0.01)
 
 
+class ParentChildSettings(Settings):
+    # 250, chosen between 200 / 250 / 400 on the long-document sanity set and SQuAD-small (bench/RESULTS.md,
+    # "Parent-child retrieval (issue #13)").
+    child_size: int = setting(250, "Length of the small pieces that are searched (characters). Each chunk of the "
+                              "split stage is cut into pieces this long; a question is matched against the pieces, "
+                              "and the model reads the whole chunk around the best ones (its parent). Keep it well "
+                              "below the split stage's chunk size, which becomes the parent's size (1500-2000 "
+                              "holds a whole section). Changing it re-indexes the collection.",
+                              minimum=50, maximum=2000, step=25)
+    child_overlap: int = setting(25, "Characters repeated between neighbouring pieces of one parent.",
+                                 minimum=0, maximum=500, step=5, advanced=True)
+
+    def validate(self) -> None:
+        if self.child_overlap >= self.child_size:
+            raise SettingsError("child_overlap", f"{self.child_overlap} must be smaller than child_size "
+                                f"({self.child_size}); try {self.child_size // 10}.")
+
+
 class RerankSettings(Settings):
-    model: str = setting("cross-encoder/ms-marco-MiniLM-L-6-v2", "A second model (cross-encoder) that reads the "
-                         "question and each chunk together and re-orders them (downloads from the Hub; slower, often "
-                         "more precise).",
-                         choices=("cross-encoder/ms-marco-MiniLM-L-6-v2", "BAAI/bge-reranker-base"))
-    top_n: int = setting(20, "How many fused candidates the reranker re-scores.", minimum=1, maximum=200)
+    model: str = setting(DEFAULT_RERANKER, "A second model (cross-encoder) that reads the question and each chunk "
+                         "together and re-orders them; slower than the search, often more precise. It downloads "
+                         "from the Hugging Face Hub on first use (with progress), so it needs the Hub: no reranker "
+                         "works offline yet.", choices=RERANKER_CHOICES)
+    top_n: int = setting(20, "How many of the best candidates the reranker reads and re-orders (more: better "
+                         "chance to find the right chunk, but slower).", minimum=1, maximum=200)
 
 
 class PromptSettings(Settings):
@@ -146,6 +177,7 @@ POST_STEPS: dict[str, type[Settings]] = {
     "mmr": MMRSettings,
     "dedupe": DedupeSettings,
     "rerank": RerankSettings,
+    "parent_child": ParentChildSettings,
 }
 """Optional, reorderable steps applied to the ranked candidates."""
 
@@ -159,6 +191,7 @@ STAGE_TITLES: dict[str, str] = {
     "mmr": "Variety among results (MMR)",
     "dedupe": "Limit per document, drop duplicates",
     "rerank": "Re-order with a second model (rerank)",
+    "parent_child": "Search small pieces, read their section (parent-child)",
     "prompt": "Prompt",
     "generate": "Generate",
 }

@@ -46,6 +46,7 @@ from rag.events import (
     FileRemoved,
     FileUnchanged,
     IndexUpdated,
+    PageRead,
     ReadingFile,
     Splitting,
     Writing,
@@ -58,6 +59,7 @@ KIND = "index"
 ACTIONS = ("add", "remove", "reindex", "apply")
 VERBS = {"add": "Build", "remove": "Remove files from", "reindex": "Re-index", "apply": "Apply pipeline to"}
 MAX_WAITING_JOBS = 4  # index jobs one workspace may have waiting or running at once
+REFIT_THREADS_S = 30.0  # how often a build re-checks the free cores while embedding
 RESULT_FILE = "result.json"
 STAGING_GRACE_S = 3600
 """A staging folder younger than this is never swept: another request of the same workspace may have staged it
@@ -266,6 +268,9 @@ class _Reporter:
     embed_start: tuple[float, float] | None = None  # (time, chunks done) at the first embedding event
     final: IndexUpdated | None = None
     notes: list[str] = field(default_factory=list)
+    refit_threads: bool = False  # in a worker process: re-check free cores while embedding (engine.cpu)
+    last_fit: float = field(default_factory=time.monotonic)
+    reading: ReadingFile | None = None  # the file being read, for the page lines of a long (OCR) read
 
     def progress(self, phase: str, **values: Any) -> None:
         self.log.append(Progress(self.job_id, phase=phase, **values))
@@ -280,11 +285,21 @@ class _Reporter:
             handle(self, event)
 
     def _reading(self, event: ReadingFile) -> None:  # "Reading report.pdf: 3 of 7 files" while it reads the 3rd
+        self.reading = event
         self.progress("read", done=event.number, total=event.total, unit="files", item=event.source)
+
+    def _page(self, event: PageRead) -> None:  # "Reading scan.pdf: 1 of 2 files (page 3 of 40) — OCR, 93%"
+        file = self.reading
+        how = "" if event.method != "ocr" else "OCR" + (
+            f", confidence {event.confidence:.0%}" if event.confidence is not None else "")
+        self.progress("read", done=file.number if file else 0, total=file.total if file else None, unit="files",
+                      item=event.source, page=event.page, pages=event.pages, message=how)
 
     def _loaded(self, event: FileLoaded) -> None:
         self.note(f"{event.source}: {event.sections} section(s), {event.chars:,} characters"
                   + (f", {event.pages} page(s)" if event.pages else ""))
+        for note in event.notes:  # pages OCR could not read or a limit skipped: the rest of the file is kept
+            self.note(f"{event.source}: {note[:1].upper()}{note[1:]}", "warning")
 
     def _refused(self, event: FileRefused) -> None:
         self.note(event.message, "warning")
@@ -317,11 +332,31 @@ class _Reporter:
         eta = (event.total - event.done) / rate if rate else (0.0 if event.done >= event.total else None)
         self.progress("embed", done=event.done, total=event.total, unit="chunks", rate=rate, eta_seconds=eta,
                       message=f"{event.reused:,} reused" if event.reused else "")
+        if self.refit_threads and now - self.last_fit >= REFIT_THREADS_S:
+            self._refit(now)
+
+    def _refit(self, now: float) -> None:
+        """Drop to the cores still free when another program started after this build did.
+
+        The worker fits torch's threads once at its start (``engine.__main__``); a long build can outlive that
+        moment, and 2 threads sharing a busy core embed many times slower than 1 (bench/RESULTS.md, issue #13).
+        Half a second of sampling every ``REFIT_THREADS_S`` costs about 1%.
+        """
+        from engine.cpu import fit_threads_to_free_cores
+
+        self.last_fit = now
+        try:
+            line = fit_threads_to_free_cores()
+        except Exception:  # never a reason for a build to fail: it keeps its threads
+            return
+        if line:
+            self.note(line)
 
 
 # Which _Reporter method turns each indexing event into the job's log; events not listed are not shown.
 _REPORTER_HANDLERS: dict[type, Callable[[_Reporter, Any], None]] = {
-    ReadingFile: _Reporter._reading, FileLoaded: _Reporter._loaded, FileRefused: _Reporter._refused,
+    ReadingFile: _Reporter._reading, PageRead: _Reporter._page, FileLoaded: _Reporter._loaded,
+    FileRefused: _Reporter._refused,
     FileUnchanged: _Reporter._unchanged, FileRemoved: _Reporter._removed, Splitting: _Reporter._splitting,
     Chunked: _Reporter._chunked, EmbedProgress: _Reporter._embedded, Writing: _Reporter._writing,
     IndexUpdated: _Reporter._updated,
@@ -361,8 +396,9 @@ def _read(index: RagIndex, payload: dict[str, Any]) -> Generator[Any, None, list
     """Read the staged files within the server's limits (a document over ``max_document_chars`` is refused
     by itself, the rest of the batch is kept); yields the reading events, returns the documents."""
     documents = []
-    for item in read_files(_staged_files(payload), limits(), max_mb=index.spec.stages["load"].max_file_mb):
-        if isinstance(item, ReadingFile):
+    load = index.spec.stages["load"]
+    for item in read_files(_staged_files(payload), limits(), max_mb=load.max_file_mb, load=load):
+        if isinstance(item, (ReadingFile, PageRead)):
             yield item
         else:
             documents.append(item)
@@ -477,7 +513,7 @@ def run_index_job(job_id: str, store: JobStore | None = None) -> int:
     store = store or JobStore()
     job = store.load(job_id)
     log = EventLog(job.events_path)
-    reporter = _Reporter(job.id, log)
+    reporter = _Reporter(job.id, log, refit_threads=True)
     t0, exit_code, keep_staging = time.time(), 0, False
     try:
         with StopSignal() as stop:

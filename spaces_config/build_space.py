@@ -13,6 +13,7 @@ OUT_DIR then holds everything a Gradio Space needs and nothing else:
   ``--no-deps`` per line, so ``app.py`` installs it at start-up, once, onto the persistent volume when there is one;
 - ``app.py``: that small start-up step (plus the defaults chosen here, e.g. ``--demo``), then the project's own
   app, copied unchanged as ``tune_studio_app.py``;
+- ``packages.txt``: the Debian packages the Space installs (Tesseract, which reads scanned pages: rag/ocr.py);
 - ``engine/``, ``rag/``, ``ui/``: the code, without tests, caches or ``__pycache__``.
 
 Push it with ``huggingface-cli upload USER/SPACE OUT_DIR . --repo-type space`` (or ``git push`` to the Space).
@@ -28,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("core", "engine", "services", "rag", "ui")
+#: Debian packages a Space installs from ``packages.txt`` (the Makefile's ``ocr`` target installs the same here).
+APT_PACKAGES = ("tesseract-ocr",)
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".ruff_cache", "tests",
                                  "test_*.py", "*.egg-info", ".DS_Store")
 #: Installed locally for tests and linting only; a Space never needs them.
@@ -271,6 +274,7 @@ def build_space(out: str | Path, *, demo: bool = False, users_secret: bool = Fal
     (out / "app.py").write_text(launcher(demo=demo), encoding="utf-8")
     (out / "requirements.txt").write_text(space_requirements(requirements, bundled), encoding="utf-8")
     (out / "requirements-bundled.txt").write_text(no_deps_requirements(bundled), encoding="utf-8")
+    (out / "packages.txt").write_text("\n".join(APT_PACKAGES) + "\n", encoding="utf-8")
     readme = (repo / "README.md").read_text(encoding="utf-8")
     oauth = not users_secret and not demo
     (out / "README.md").write_text(

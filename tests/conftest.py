@@ -26,9 +26,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 #: The longest test files (measured with ``--durations``), collected first: the suite runs in two processes, one
 #: file per process at a time, and a long file started last would leave one process idle while it ends.
-LONG_FILES = ("test_engine_training.py", "test_rag_browser.py", "test_experiment_browser.py", "test_ui_e2e.py",
-              "test_demo_readonly.py", "test_preference_training.py", "test_preference_browser.py",
-              "test_publish.py", "test_compare_model.py", "test_space_hub.py", "test_job_tokens.py", "test_load.py",
+LONG_FILES = ("test_engine_training.py", "test_rag_browser.py", "test_ui_e2e.py", "test_experiment_browser.py",
+              "test_preference_training.py", "test_preference_browser.py", "test_publish.py", "test_compare_model.py",
+              "test_space_hub.py", "test_job_tokens.py", "test_load.py", "test_demo_readonly.py",
               "test_compare_browser.py", "test_lab_browser.py", "test_rag_shared_collection.py")
 
 

@@ -50,8 +50,10 @@ def test_a_build_runs_in_a_worker_with_progress_and_refusals(ws):
     assert isinstance(events[-1], Done)
     phases = [e.phase for e in events if isinstance(e, Progress)]
     assert {"read", "split", "embed", "index"} <= set(phases) and phases.index("read") < phases.index("embed")
-    reads = [e for e in events if isinstance(e, Progress) and e.phase == "read"]
+    reads = [e for e in events if isinstance(e, Progress) and e.phase == "read" and e.page is None]
     assert [e.item for e in reads] == [n for n, _ in uploads] and reads[0].total == 3
+    pages = [e for e in events if isinstance(e, Progress) and e.phase == "read" and e.page is not None]
+    assert [(e.item, e.page, e.pages, e.done) for e in pages] == [("fake-memo.pdf", 1, 1, 1)]  # its one page, text
     embeds = [e for e in events if isinstance(e, Progress) and e.phase == "embed"]
     assert embeds[-1].done == embeds[-1].total > 0 and embeds[-1].unit == "chunks"
     warnings = [e.message for e in events if isinstance(e, Log) and e.level == "warning"]

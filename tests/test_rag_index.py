@@ -12,7 +12,7 @@ import pytest
 
 from core.paths import subdir
 from rag.embedders import BUNDLED, get_embedder
-from rag.events import EmbedProgress, FileRefused, FileRemoved, FileUnchanged, IndexUpdated
+from rag.events import EmbedProgress, FileRefused, FileRemoved, FileUnchanged, IndexUpdated, PageRead
 from rag.index import EmbedderMismatchError, IndexNotFoundError, RagIndex
 from rag.pipeline import PipelineSpec
 from rag.retrieve import search
@@ -220,11 +220,13 @@ def test_mmr_puts_a_diverse_hit_before_a_near_duplicate_and_keeps_the_rest_in_or
 
 def test_unusable_files_do_not_stop_the_batch(embedder, tmp_path):
     index = RagIndex.create(tmp_path / "idx", small_spec())
-    names = ["empty.txt", "loremipsum-flat.pdf", "password.pdf", "fake-text-utf-32.txt"]
+    names = ["empty.txt", "password.pdf", "loremipsum-flat.pdf", "fake-text-utf-32.txt"]
     events, done = run(index.add_files([DOCS / n for n in names]))
-    assert sorted(r.source for r in done.refused) == sorted(names[:3])
+    assert sorted(r.source for r in done.refused) == sorted(names[:2])
     assert [e.reason for e in events if isinstance(e, FileRefused)]
-    assert set(index.files) == {"fake-text-utf-32.txt"}
+    assert set(index.files) == {"loremipsum-flat.pdf", "fake-text-utf-32.txt"}  # the scan is read by OCR
+    assert [(e.source, e.page, e.pages, e.method) for e in events if isinstance(e, PageRead)] == [
+        ("loremipsum-flat.pdf", 1, 1, "ocr")]
 
 
 def test_same_file_twice_in_one_batch_is_indexed_once(docs, embedder, tmp_path):

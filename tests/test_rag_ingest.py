@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from rag.ingest import LoadedDocument, Refusal, RefusalReason, iter_files, load_bytes, load_file
+from rag.stages import LoadSettings
 
 TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 DOCS = TESTDATA / "docs" / "unstructured"
@@ -24,7 +25,9 @@ EXPECTED_REFUSALS = {
 
 @pytest.fixture(scope="module")
 def loaded() -> dict[str, LoadedDocument | Refusal]:
-    return {path.name: load_file(path) for path in iter_files(DOCS)}
+    # OCR off: the scans are refused, naming the setting that reads them (tests/test_rag_ocr.py reads them).
+    off = LoadSettings(ocr=False)
+    return {path.name: load_file(path, load=off) for path in iter_files(DOCS)}
 
 
 def test_every_file_is_loaded_or_refused_with_a_message(loaded):

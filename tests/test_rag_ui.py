@@ -26,7 +26,10 @@ def test_forms_cover_every_setting_and_round_trip_a_spec():
             .with_params("retrieve", mode="dense", top_k=8).with_params("mmr", lambda_mult=0.4))
     values = rag_tab.form_updates(c, spec)
     assert len(values) == len(c.form_components())
-    assert rag_tab.spec_from_form(c, tuple(values)) == spec
+    # The page puts the steps in use first (above the palette's divider): the order among unused steps is not kept.
+    used_first = [s.name for s in spec.post if s.enabled] + [s.name for s in spec.post if not s.enabled]
+    assert values[0] == "mmr,dedupe,unused,rerank,threshold,parent_child"
+    assert rag_tab.spec_from_form(c, tuple(values)) == spec.with_order(used_first)
 
 
 def test_every_event_has_a_stable_rag_api_name():
@@ -40,8 +43,10 @@ def test_every_event_has_a_stable_rag_api_name():
 
 def test_post_step_cards_are_draggable_in_spec_order():
     c = _tab()
-    assert list(c.enabled) == ["threshold", "dedupe", "mmr", "rerank"]  # the default spec's post-retrieval order
+    # The steps in use first, then the palette (below its divider) in the default spec's order.
+    assert list(c.enabled) == ["dedupe", "threshold", "mmr", "rerank", "parent_child"]
     assert set(c.enabled) == set(POST_STEPS)
+    assert c.order.value == "dedupe,unused,threshold,mmr,rerank,parent_child"
 
 
 def test_job_view_renders_progress_refusals_and_the_final_counts(tmp_path):

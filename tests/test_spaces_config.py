@@ -50,7 +50,9 @@ def test_front_matter_pins_the_tested_gradio_and_names_the_app(space: Path) -> N
 def test_only_the_app_is_copied(space: Path) -> None:
     assert {p.name for p in space.iterdir()} == {"app.py", "tune_studio_app.py", "core", "engine", "services", "rag",
                                                  "ui", "README.md",
-                                                 "requirements.txt", "requirements-bundled.txt", ".gitignore"}
+                                                 "requirements.txt", "requirements-bundled.txt", "packages.txt",
+                                                 ".gitignore"}
+    assert "tesseract-ocr" in (space / "packages.txt").read_text().split()  # scanned pages are read on the Space
     names = {p.name for p in space.rglob("*")}
     assert not names & {"__pycache__", ".venv", "tests", ".pytest_cache", ".git"}
     assert not list(space.rglob("*.pyc")) and not list(space.rglob("test_*.py"))

@@ -102,7 +102,10 @@ PORT_ATTEMPTS = 3
 
 def _port_taken(log_path: Path) -> bool:
     text = log_path.read_text(errors="replace").lower()
-    return "address already in use" in text or "cannot find empty port" in text
+    # Gradio's own start-up check of its URL can time out on a loaded machine ("When localhost is not
+    # accessible..."): another start on another port is the cure there too.
+    return ("address already in use" in text or "cannot find empty port" in text
+            or "localhost is not accessible" in text)
 
 
 def _wait_for(url: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:

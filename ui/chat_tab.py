@@ -50,6 +50,7 @@ from ui.common import (
     named_parameters,
     workspace_of,
 )
+from ui.rag_citations import quote_for
 
 BASE = "base"
 NO_COLLECTION = None
@@ -220,8 +221,10 @@ def sources_message(answer: ArmAnswer) -> str:
         mark = " ✓ cited" if n in cited else ""
         excerpt = " ".join(r["text"].split())
         excerpt = excerpt[:160] + ("…" if len(excerpt) > 160 else "")
+        # a cited passage: "[1] ✓ cited handbook.pdf, p. 3 — “the span that backs the answer”"
+        quote = f" — “{quote_for(answer.text, n, r['text'])}”" if n in cited else ""
         # Document text is shown as text: an excerpt holding ![x](http://…) or <img> must not render.
-        lines.append(f"**[{n}]**{mark} {literal_markdown(r['location'])} · score {r['score']:.3f}  \n"
+        lines.append(f"**[{n}]**{mark} {literal_markdown(r['location'] + quote)} · score {r['score']:.3f}  \n"
                      f"<small>{literal_markdown(excerpt)}</small>")
     return "\n\n".join(lines) or "No passage was retrieved."
 
@@ -229,7 +232,8 @@ def sources_message(answer: ArmAnswer) -> str:
 def source_rows(answer: ArmAnswer) -> list[list[Any]]:
     """The passages an answer read, cited ones marked ✓; scores to three decimals so the column stays narrow."""
     cited = set(answer.cited)
-    return [[f"[{n}]{' ✓' if n in cited else ''}", r["location"], _score(r["score"]), r["text"][:600]]
+    return [[f"[{n}]{' ✓' if n in cited else ''}", r["location"], _score(r["score"]),
+             (f"“{quote_for(answer.text, n, r['text'])}” — " if n in cited else "") + r["text"][:600]]
             for n, r in enumerate(answer.retrieved, start=1)]
 
 

@@ -69,6 +69,7 @@ from ui.common import (
     visitor_of,
     workspace_of,
 )
+from ui.rag_citations import quote_for
 
 NO_RUN = "(none)"
 #: The per-answer table: the scores by their plain names (``services.compare.METRICS``).
@@ -380,7 +381,8 @@ def pane_stats(a: ArmAnswer) -> str:
 def chunk_rows(a: ArmAnswer) -> list[list[Any]]:
     """The passages an answer read, cited ones marked ✓; the score (three decimals) beside its source."""
     cited = set(a.cited)
-    return [[f"[{n}]{' ✓' if n in cited else ''}", f"{r['location']} ({_score(r['score'])})", r["text"][:400]]
+    return [[f"[{n}]{' ✓' if n in cited else ''}", f"{r['location']} ({_score(r['score'])})",
+             (f"“{quote_for(a.text, n, r['text'])}” — " if n in cited else "") + r["text"][:400]]
             for n, r in enumerate(a.retrieved, start=1)]
 
 

@@ -29,6 +29,7 @@ from engine.limits import limits
 from engine.quotas import check_room, check_upload
 from engine.workspace import Workspace
 from rag.answer import Generate, answer
+from rag.checks import problems_by_stage
 from rag.chunking import preview, split_document
 from rag.embedders import REGISTRY
 from rag.estimate import plan_build
@@ -67,6 +68,7 @@ from ui.common import (
     workspace_of,
     wrap_calls,
 )
+from ui.rag_citations import PAGE_HINT, cited_list, page_html, page_refs
 
 DEFAULT_COLLECTION = "my-documents"
 POST_CONTAINER_ID = "rag-post-steps"
@@ -74,8 +76,8 @@ HIT_HEADERS = ["#", "source", "page / section", "meaning", "keywords", "combined
 HIT_WIDTHS = ["6%", "18%", "14%", "9%", "9%", "9%", "35%"]
 SOURCE_HEADERS = ["[n]", "cited", "source", "page / section", "score", "text"]
 SOURCE_WIDTHS = ["6%", "7%", "20%", "14%", "9%", "44%"]
-CHUNK_HEADERS = ["file", "#", "page / section", "chars", "chunk"]
-CHUNK_WIDTHS = ["20%", "6%", "16%", "8%", "50%"]
+CHUNK_HEADERS = ["file", "#", "page / section", "chars", "chunk", "OCR confidence"]
+CHUNK_WIDTHS = ["18%", "6%", "14%", "7%", "47%", "8%"]
 FILE_HEADERS = ["file", "chunks"]
 CHUNKS_SHOWN_PER_FILE = 3  # the chunk table after a build: the first chunks of each file
 MAX_CHUNK_ROWS = 300
@@ -91,7 +93,12 @@ POLL_SECONDS = 0.5  # how often a follower reads the job's event log
 
 #: One selector for every post-retrieval card by its own elem_id (``rag-step-<name>``) inside the Draggable's
 #: own elem_id; ``querySelectorAll`` returns the matches in document order, which is the order on screen.
-_STEP_CARDS = ", ".join(f"#{POST_CONTAINER_ID} #rag-step-{name}" for name in POST_STEPS)
+#: The card that splits the steps in use (above it) from the palette of steps not used (below it): dragging a step
+#: across it is the one way to add or remove a step; its name stands in the order string where it sits.
+PALETTE_DIVIDER = "unused"
+#: Every card that shows the pipeline's self-check, in the order of ``RagTabComponents.spec_outputs()``.
+CHECKED_STAGES = (*FIXED_STAGES, *POST_STEPS)
+_STEP_CARDS = ", ".join(f"#{POST_CONTAINER_ID} #rag-step-{name}" for name in [*POST_STEPS, PALETTE_DIVIDER])
 
 # gr.Draggable (Gradio 6.31) has no value and no event: it moves the cards' DOM nodes and nothing tells the
 # server. So the order is read from, and written to, the document, relying only on our own elem_ids (never
@@ -152,6 +159,7 @@ class RagTabComponents:
     forms: dict[str, SettingsForm]
     enabled: dict[str, gr.Checkbox]
     order: gr.Textbox
+    checks: dict[str, gr.Markdown]  # per card: what in the pipeline works against this stage (rag.checks)
     apply_button: gr.Button
     spec_code: gr.Code
     export_button: gr.DownloadButton
@@ -168,6 +176,13 @@ class RagTabComponents:
     generate_factory: GenerateFactory = field(default=bundled_generate)
     pdf_password: gr.Textbox | None = None  # used for one build or preview, never saved
     confirm_build: gr.Checkbox | None = None  # "go on" for a build estimated to take long
+    source_refs: gr.State | None = None  # per row of `sources`: file, page, section and quote (ui.rag_citations)
+    hit_refs: gr.State | None = None  # the same for the rows of `hits`
+    page_view: gr.HTML | None = None  # the page of the passage whose row was selected
+
+    def spec_outputs(self) -> list[Any]:
+        """What shows an applied, opened or imported spec: its state, JSON, export file and each card's checks."""
+        return [self.spec_state, self.spec_code, self.export_button, *(self.checks[s] for s in CHECKED_STAGES)]
 
     def form_components(self) -> list[Any]:
         """Every control that defines the spec, in a fixed order: order box, enabled boxes, stage forms."""
@@ -265,37 +280,68 @@ def _build_pipeline(spec: PipelineSpec) -> dict[str, Any]:
     """The stage cards: the fixed stages in a row, then the draggable post-retrieval steps beside prompt/generate."""
     forms: dict[str, SettingsForm] = {}
     enabled: dict[str, gr.Checkbox] = {}
-    gr.Markdown("### Pipeline\nEach card is a stage. Drag the post-retrieval steps (⋮⋮ handle) into the order you "
-                "want, tick the ones to use, then **Apply pipeline**.")
+    checks: dict[str, gr.Markdown] = {}
+    gr.Markdown("### Pipeline\nEach card is a stage. Steps run after the search from the top down; the ones below "
+                "the line are the palette, not used. Drag a step (⋮⋮ handle) onto the line to move it in or out, "
+                "or onto another step to swap the two; then **Apply pipeline**. A ⚠️ on a card says what in the "
+                "pipeline works against it.")
     with gr.Row(equal_height=False):
         for name in ("load", "split", "embed", "index", "retrieve"):
             with gr.Column(min_width=220), gr.Group(elem_id=f"rag-card-{name}"):
                 gr.Markdown(f"**{STAGE_TITLES[name]}**")
                 forms[name] = _stage_card(name)
+                checks[name] = _check_box(name, spec)
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            order = _build_post_steps(spec, forms, enabled)
+            order = _build_post_steps(spec, forms, enabled, checks)
         with gr.Column(scale=3):
             for name in ("prompt", "generate"):
                 with gr.Group(elem_id=f"rag-card-{name}"):
                     gr.Markdown(f"**{STAGE_TITLES[name]}**")
                     forms[name] = _stage_card(name)
-    return {"forms": forms, "enabled": enabled, "order": order}
+                    checks[name] = _check_box(name, spec)
+    return {"forms": forms, "enabled": enabled, "order": order, "checks": checks}
+
+
+def _check_box(stage: str, spec: PipelineSpec) -> gr.Markdown:
+    """Where the pipeline's self-check speaks about this card (empty when all is well)."""
+    return gr.Markdown(check_text(stage, problems_by_stage(spec)), elem_id=f"rag-check-{stage}")
+
+
+def check_text(stage: str, problems: dict[str, list[str]]) -> str:
+    return "\n\n".join(f"⚠️ {message}" for message in problems.get(stage, []))
+
+
+def order_string(spec: PipelineSpec) -> str:
+    """The cards' order as the page holds it: the steps in use, the palette's divider, then the unused steps."""
+    used = [s.name for s in spec.post if s.enabled]
+    return ",".join([*used, PALETTE_DIVIDER, *(s.name for s in spec.post if not s.enabled)])
 
 
 def _build_post_steps(spec: PipelineSpec, forms: dict[str, SettingsForm], enabled: dict[str, gr.Checkbox],
-                      ) -> gr.Textbox:
+                      checks: dict[str, gr.Markdown]) -> gr.Textbox:
     """One card per post-retrieval step in a gr.Draggable, each with our own ``rag-step-<name>`` elem_id (the
-    order scripts above read them), and the box holding the order the server last saw."""
-    gr.Markdown("**Post-retrieval steps** (top runs first)")
+    order scripts above read them): the steps in use, the divider card, then the palette of unused steps.
+
+    Where a card sits is the one way to say whether it runs and when; the (hidden) checkboxes only carry that
+    to the server and to API callers, and the (hidden) order box holds the order the server last saw."""
+    gr.Markdown("**After the search** (top runs first)")
+    steps = {s.name: s for s in spec.post}
     with gr.Draggable(elem_id=POST_CONTAINER_ID):
-        for step in spec.post:
-            with gr.Group(elem_id=f"rag-step-{step.name}", elem_classes=["rag-step"]):
-                enabled[step.name] = gr.Checkbox(value=step.enabled, label=STAGE_TITLES[step.name],
-                                                 elem_id=f"rag-enable-{step.name}")
-                forms[step.name] = _stage_card(step.name)
-    return gr.Textbox(value=",".join(s.name for s in spec.post), label="Order", interactive=False,
-                      elem_id="rag-order")
+        for name in order_string(spec).split(","):
+            if name == PALETTE_DIVIDER:
+                with gr.Group(elem_id=f"rag-step-{PALETTE_DIVIDER}", elem_classes=["rag-step", "rag-divider"]):
+                    gr.Markdown("**▲ In the pipeline · Palette: not used ▼** — drop a step on this line to move it "
+                                "across (in or out); drop it on another step to swap the two.")
+                continue
+            with gr.Group(elem_id=f"rag-step-{name}", elem_classes=["rag-step"]):
+                gr.Markdown(f"**{STAGE_TITLES[name]}**")
+                enabled[name] = gr.Checkbox(value=steps[name].enabled, label="used", visible=False,
+                                            elem_id=f"rag-enable-{name}")
+                forms[name] = _stage_card(name)
+                checks[name] = _check_box(name, spec)
+    return gr.Textbox(value=order_string(spec), label="Order", interactive=False, elem_id="rag-order",
+                      visible="hidden")
 
 
 def _build_pipeline_io(spec: PipelineSpec) -> dict[str, Any]:
@@ -333,6 +379,8 @@ def _build_ask() -> dict[str, Any]:
     parts["sources"] = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=400,
                                     column_widths=SOURCE_WIDTHS, label="Sources given to the model",
                                     elem_id="rag-sources", visible="hidden")
+    parts["page_view"] = gr.HTML(f"<p><small>{PAGE_HINT}</small></p>", elem_id="rag-page-view")
+    parts["source_refs"], parts["hit_refs"] = gr.State([]), gr.State([])
     parts["search_log"] = gr.Markdown(elem_id="rag-search-log")
     parts["hits"] = gr.Dataframe(headers=HIT_HEADERS, interactive=False, wrap=True, max_height=400,
                                  column_widths=HIT_WIDTHS, label="Passages found (meaning, keyword and combined "
@@ -425,6 +473,10 @@ def spec_from_form(c: RagTabComponents, values: tuple[Any, ...]) -> PipelineSpec
     values = list(values)
     order = [n.strip() for n in str(values.pop(0) or "").split(",") if n.strip()]
     flags = {name: bool(values.pop(0)) for name in c.enabled}
+    if PALETTE_DIVIDER in order:  # the page's order: the steps above the divider run, the palette's do not
+        used = set(order[: order.index(PALETTE_DIVIDER)])
+        order = [n for n in order if n != PALETTE_DIVIDER]
+        flags = {name: name in used for name in flags}
     params: dict[str, dict[str, Any]] = {}
     for name, form in c.forms.items():
         n = len(form.components)
@@ -440,7 +492,7 @@ def spec_from_form(c: RagTabComponents, values: tuple[Any, ...]) -> PipelineSpec
 
 def form_updates(c: RagTabComponents, spec: PipelineSpec) -> list[Any]:
     """New values for every control in ``form_components()`` order."""
-    out: list[Any] = [",".join(s.name for s in spec.post)]
+    out: list[Any] = [order_string(spec)]
     out.extend(next(s.enabled for s in spec.post if s.name == name) for name in c.enabled)
     for name, form in c.forms.items():
         out.extend(form.updates_for(spec[name]))
@@ -542,7 +594,7 @@ def chunk_rows(index: RagIndex | None) -> tuple[str, list[list[Any]]]:
             continue
         shown[chunk.source] = shown.get(chunk.source, 0) + 1
         rows.append([chunk.source, chunk.ordinal + 1, _where(chunk.page, chunk.section), len(chunk.text),
-                     _excerpt(chunk.text, 300)])
+                     _excerpt(chunk.text, 300), ocr_label(chunk, index.documents.get(chunk.source))])
     note = (f"**Chunks** of **{literal_markdown(index.name)}**: {len(index.chunks):,} from {len(index.files)} "
             f"file(s); the first {CHUNKS_SHOWN_PER_FILE} of each file below.")
     return note, rows
@@ -564,16 +616,18 @@ def _table(rows: list[list[Any]]) -> Any:
 def preview_chunks(files: list[Any] | None, spec: PipelineSpec, pdf_password: str = "") -> tuple[str, Any]:
     """Load and split the dropped files with the current cards' settings (nothing is embedded or kept)."""
     load = spec.stages["load"]
-    chunks, refused = [], []
+    chunks, refused, sections = [], [], {}
     tokenizer = None
     if spec.split.method == "token":
         from rag.embedders import get_embedder
 
         tokenizer = get_embedder(spec.embed.model).tokenizer
     for name, path in _uploads(files):
-        doc = load_file(path, name=name, pdf_password=pdf_password, max_mb=load.max_file_mb)
+        doc = load_file(path, name=name, pdf_password=pdf_password, max_mb=load.max_file_mb, load=load)
         if isinstance(doc, LoadedDocument):
-            chunks.extend(split_document(doc, spec.split, tokenizer=tokenizer))
+            chunks.extend(split_document(doc, spec.split, tokenizer=tokenizer, children=spec.child_split()))
+            sections[doc.source] = doc.sections
+            refused.extend(f"- ⚠️ {literal_markdown(doc.source)}: {literal_markdown(note)}" for note in doc.notes)
         else:
             refused.append(f"- ⚠️ {doc.message}")
     p = preview(chunks, first_n=3)
@@ -581,8 +635,8 @@ def preview_chunks(files: list[Any] | None, spec: PipelineSpec, pdf_password: st
     if p.histogram:
         lines.append("Lengths: " + ", ".join(f"{label}: {n}" for label, n in p.histogram if n))
     lines.extend(refused)
-    rows = [[src, c.ordinal + 1, _where(c.page, c.section), len(c.text), _excerpt(c.text, 300)]
-            for src, first in p.first_chunks.items() for c in first]
+    rows = [[src, c.ordinal + 1, _where(c.page, c.section), len(c.text), _excerpt(c.text, 300),
+             ocr_label(c, sections.get(src))] for src, first in p.first_chunks.items() for c in first]
     return "\n\n".join(lines), _table(rows)
 
 
@@ -600,7 +654,7 @@ def _hit_row(hit: Hit) -> list[Any]:
         return "—" if x is None else f"{x:.{digits}f}"
 
     return [hit.rank, hit.chunk.source, _where(hit.chunk.page, hit.chunk.section), fmt(hit.dense_score),
-            fmt(hit.bm25_score, 2), fmt(hit.fused_score, 4), _excerpt(hit.chunk.text)]
+            fmt(hit.bm25_score, 2), fmt(hit.fused_score, 4), _excerpt(hit.matched.text)]
 
 
 def _require_chunks(index: RagIndex) -> RagIndex:
@@ -718,13 +772,16 @@ def register(c: RagTabComponents, demo_triggers: list[Any] | None = None) -> Non
 
 
 def _spec_views(spec: PipelineSpec) -> list[Any]:
-    return [spec.to_dict(), spec.to_json(), _spec_file(spec)]
+    """Values for ``RagTabComponents.spec_outputs()``: state, JSON, export file, and each card's checks."""
+    problems = problems_by_stage(spec)
+    return [spec.to_dict(), spec.to_json(), _spec_file(spec),
+            *(check_text(stage, problems) for stage in CHECKED_STAGES)]
 
 
 def _register_open_and_import(c: RagTabComponents) -> None:
     """Open (or create) a collection, import a spec, preview chunks: none of these writes an index job."""
     form = c.form_components()
-    spec_outputs = [c.spec_state, c.spec_code, c.export_button]
+    spec_outputs = c.spec_outputs()
 
     @handler_errors("Could not open the collection")
     def on_open(name: str, spec_dict: dict[str, Any], request: gr.Request,
@@ -914,7 +971,7 @@ def cancel_job(ws: Workspace, job_id: str | None, state: dict[str, Any] | None) 
 def _register_apply(c: RagTabComponents) -> None:
     """Apply: checked against the collection's saved pipeline first; a spec that can be saved goes as a job."""
     form = c.form_components()
-    spec_outputs = [c.spec_state, c.spec_code, c.export_button]
+    spec_outputs = c.spec_outputs()
 
     @handler_errors("Could not apply the pipeline")
     async def on_apply(request: gr.Request, profile: gr.OAuthProfile | None, *values: Any,
@@ -948,7 +1005,7 @@ def _register_apply(c: RagTabComponents) -> None:
     endpoint(c.apply_button.click, on_apply, [*form, c.collection_state],
              [c.collection_state, c.job_state, c.status, c.reindex_button, *spec_outputs],
              api_name="rag_apply_pipeline", js=_READ_ORDER_JS, concurrency_limit=None).then(
-        lambda spec: ",".join(s["stage"] for s in spec["stages"] if s["stage"] in POST_STEPS), c.spec_state, c.order,
+        lambda spec: order_string(PipelineSpec.from_dict(spec)), c.spec_state, c.order,
         api_visibility="private")
 
 
@@ -968,7 +1025,7 @@ def _register_questions(c: RagTabComponents) -> None:
     """Search and Ask read the open collection's current version from the shared cache."""
     @handler_errors("Retrieval failed")
     def on_search(state: dict[str, Any] | None, question: str, spec_dict: dict[str, Any],
-                  request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, Any]:
+                  request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, Any, Any]:
         index = _require_chunks(read_collection(workspace_of(request, profile), state))
         if not (question or "").strip():
             raise ValueError("Type a question first.")
@@ -976,11 +1033,11 @@ def _register_questions(c: RagTabComponents) -> None:
         result = search(index, question, PipelineSpec.from_dict(spec_dict))
         log = (f"{len(result.hits)} chunk(s) from **{index.name}** v{index.version} in "
                f"{result.seconds * 1000:.0f} ms · " + " · ".join(result.log))
-        return log, _table([_hit_row(h) for h in result.hits])
+        return log, _table([_hit_row(h) for h in result.hits]), page_refs(result.hits, question=question)
 
     inputs = [c.collection_state, c.question, c.spec_state]
-    endpoint(c.search_button.click, on_search, inputs, [c.search_log, c.hits], api_name="rag_search")
-    c.question.submit(on_search, inputs, [c.search_log, c.hits], api_visibility="private")
+    endpoint(c.search_button.click, on_search, inputs, [c.search_log, c.hits, c.hit_refs], api_name="rag_search")
+    c.question.submit(on_search, inputs, [c.search_log, c.hits, c.hit_refs], api_visibility="private")
 
     @handler_errors("Could not answer")
     def on_ask(state: dict[str, Any] | None, question: str, spec_dict: dict[str, Any],
@@ -996,16 +1053,38 @@ def _register_questions(c: RagTabComponents) -> None:
         for event in answer(index, question, c.generate_factory(spec, records.append), spec):
             if isinstance(event, RetrievedEvent):
                 hits = event.hits
-                yield ["*Thinking…*", _table(_source_rows(hits, set())), _table([_hit_row(h) for h in hits])]
+                refs = page_refs(hits, question=question)
+                yield ["*Thinking…*", _table(_source_rows(hits, set())), _table([_hit_row(h) for h in hits]), refs,
+                       refs]
             elif isinstance(event, TokenEvent):
                 text += event.text
-                yield [text, gr.skip(), gr.skip()]
+                yield [text, *[gr.skip()] * 4]
             elif isinstance(event, AnswerEvent):
                 made_by = [r.with_collection(index.name, index.version).line() for r in records]
                 cited = {x.number for x in event.citations}
-                yield [_answer_markdown(event, made_by), _table(_source_rows(hits, cited)), gr.skip()]
+                yield [_answer_markdown(event, made_by), _table(_source_rows(hits, cited)), gr.skip(),
+                       page_refs(hits, event.quotes, question), gr.skip()]
 
-    endpoint(c.ask_button.click, on_ask, inputs, [c.answer_text, c.sources, c.hits], api_name="rag_ask")
+    endpoint(c.ask_button.click, on_ask, inputs, [c.answer_text, c.sources, c.hits, c.source_refs, c.hit_refs],
+             api_name="rag_ask")
+    _register_page_view(c)
+
+
+def _register_page_view(c: RagTabComponents) -> None:
+    """Selecting a row of the sources (or of the passages found) shows that passage's page, its quote marked."""
+    @handler_errors("Could not show the page")
+    def on_show_page(state: dict[str, Any] | None, refs: list[dict[str, Any]] | None, evt: gr.SelectData,
+                     request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else None
+        if row is None or not refs or not 0 <= row < len(refs):
+            raise ValueError("Select a row of the sources to see its page.")
+        index = read_collection(workspace_of(request, profile), state)
+        return page_html(index.name, index.documents.get(refs[row].get("source", "")), refs[row])
+
+    # Private: a row selection carries Gradio's event data, which an API call cannot send (Gradio fails before the
+    # handler runs); API callers read the passages' file, page and text from rag_ask / rag_search instead.
+    c.sources.select(on_show_page, [c.collection_state, c.source_refs], c.page_view, api_visibility="private")
+    c.hits.select(on_show_page, [c.collection_state, c.hit_refs], c.page_view, api_visibility="private")
 
 
 def register_page_load(demo: gr.Blocks, c: RagTabComponents) -> None:
@@ -1052,14 +1131,22 @@ async def follow_running_job(request: gr.Request, profile: gr.OAuthProfile | Non
 
 def _source_rows(hits: list[Hit], cited: set[int]) -> list[list[Any]]:
     return [[f"[{n}]", "✓" if n in cited else "", h.chunk.source, _where(h.chunk.page, h.chunk.section),
-             f"{h.score:.4f}", _excerpt(h.chunk.text, 400)] for n, h in enumerate(hits, start=1)]
+             f"{h.score:.4f}", _excerpt(h.matched.text, 400)] for n, h in enumerate(hits, start=1)]
+
+
+def ocr_label(chunk: Any, sections: list[Any] | None = None) -> str:
+    """"OCR 0.93" for a chunk whose text was read by OCR (its own confidence, else its page's), else ""."""
+    confidence = getattr(chunk, "ocr_confidence", None)
+    if confidence is None:
+        same = [s for s in sections or [] if (s.page, s.section) == (chunk.page, chunk.section)]
+        confidence = next((c for s in same if (c := getattr(s, "ocr_confidence", None)) is not None), None)
+    return "" if confidence is None else f"OCR {confidence:.2f}"
 
 
 def _answer_markdown(event: AnswerEvent, made_by: list[str] | None = None) -> str:
     text = event.text or "*(the model returned no text)*"
     if event.citations:
-        refs = "; ".join(f"[{c.number}] {literal_markdown(c.hit.chunk.location)}" for c in event.citations)
-        text += f"\n\n**Sources cited:** {refs}"
+        text += f"\n\n{cited_list(event)}"
     else:
         text += "\n\n*The answer cites no passage; the passages the model was given are listed below.*"
     if event.invalid_citations:
