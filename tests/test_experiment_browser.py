@@ -54,10 +54,18 @@ def _wait_text(page: Any, elem_id: str, needles: tuple[str, ...], timeout_s: flo
 
 def _type_cell(page: Any, row: int, col: int, text: str) -> None:
     """Edit one cell of the review table as a person does: double-click, type, Enter."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     cell = page.locator(f"{TABLE} [data-testid=cell-{row}-{col}]")
-    cell.dblclick()
     editor = cell.locator("textarea, input").first
-    editor.wait_for()
+    for attempt in range(3):  # under load the table can re-render between the Enter of the last cell and this click
+        cell.dblclick()
+        try:
+            editor.wait_for(timeout=20_000)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
     editor.fill(text)
     editor.press("Enter")
     page.wait_for_function(f"document.querySelector('{TABLE} [data-testid=cell-{row}-{col}]').innerText"

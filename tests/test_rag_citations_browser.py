@@ -55,3 +55,16 @@ def test_selecting_a_source_row_shows_its_page_with_the_quote_marked(tmp_path: P
         assert "Dense Passage Retrieval for Open-Domain" not in view.inner_text()  # page 1's title
         screenshot(page, "rag-citations-page-view")
         assert not page.errors, page.errors
+
+        # The same page for a script: the file, page and quote as rag_ask lists a passage.
+        from gradio_client import Client
+        from gradio_client.exceptions import AppError
+
+        client = Client(url, verbose=False)
+        html = client.predict(collection="paper", source=PAPER.name, page=2, section="",
+                              quote=view.locator("mark").inner_text(), api_name="/rag_show_page")
+        assert "<h4>multi-column-2p.pdf, p. 2</h4>" in html and "<mark>" in html
+        assert "Dense Passage Retrieval for Open-Domain" not in html
+        with pytest.raises(AppError, match="no-such") as refused:
+            client.predict(collection="no-such", source=PAPER.name, page=2, api_name="/rag_show_page")
+        assert str(home) not in str(refused.value)  # a missing collection is named, never its folder

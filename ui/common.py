@@ -628,6 +628,7 @@ ENDPOINT_ACCESS: dict[str, tuple[str, str]] = {
     "rag_import_pipeline": (READ_ONLY, ""),
     "rag_search": (READ_ONLY, ""),
     "rag_ask": (READ_ONLY, ""),
+    "rag_show_page": (READ_ONLY, ""),
     # Compare
     "compare_refresh": (READ_ONLY, ""),
     "compare_ask": (READ_ONLY, ""),

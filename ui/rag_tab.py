@@ -52,6 +52,7 @@ from services.index_jobs import (
 from ui.common import (
     USER_ERRORS,
     SettingsForm,
+    api_endpoint,
     build_settings_form,
     check_message,
     endpoint,
@@ -1082,9 +1083,23 @@ def _register_page_view(c: RagTabComponents) -> None:
         return page_html(index.name, index.documents.get(refs[row].get("source", "")), refs[row])
 
     # Private: a row selection carries Gradio's event data, which an API call cannot send (Gradio fails before the
-    # handler runs); API callers read the passages' file, page and text from rag_ask / rag_search instead.
+    # handler runs); API callers name the passage's file, page and quote to rag_show_page instead.
     c.sources.select(on_show_page, [c.collection_state, c.source_refs], c.page_view, api_visibility="private")
     c.hits.select(on_show_page, [c.collection_state, c.hit_refs], c.page_view, api_visibility="private")
+    api_endpoint(handler_errors("Could not show the page")(show_page), api_name="rag_show_page")
+
+
+def show_page(collection: str, source: str, page: int | None = None, section: str = "", quote: str = "",
+              request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
+    """One page of a file in the visitor's collection as HTML, ``quote`` marked: what selecting a source row shows,
+    for scripts (the file, page and section as rag_ask / rag_search list a passage)."""
+    from rag.chunking import Chunk
+
+    index = read_collection(workspace_of(request, profile), {"collection": (collection or "").strip()})
+    page = int(page) if page not in (None, "") else None
+    where = Chunk("", source, 0, page=page, section=section or None).location
+    ref = {"source": source, "page": page, "section": section or None, "location": where, "quote": quote}
+    return page_html(index.name, index.documents.get(source), ref)
 
 
 def register_page_load(demo: gr.Blocks, c: RagTabComponents) -> None:
