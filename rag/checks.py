@@ -76,8 +76,7 @@ def _chunks_longer_than_embedder(spec: PipelineSpec) -> PipelineProblem | None:
 
 
 def _has_children(spec: PipelineSpec) -> bool:
-    child_split = getattr(spec, "child_split", None)
-    return bool(child_split and child_split() is not None)
+    return spec.child_split() is not None
 
 
 def _children_not_smaller(spec: PipelineSpec) -> PipelineProblem | None:

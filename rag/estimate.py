@@ -22,14 +22,14 @@ import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rag.chunking import split_document
 from rag.events import PageRead, ReadingFile
-from rag.ingest import LoadedDocument, Refusal, RefusalReason, file_sha256, load_file, read_with_pages
+from rag.ingest import LoadedDocument, Refusal, RefusalReason, file_sha256
 from rag.pipeline import PipelineSpec
+from rag.reading import load_file_with_pages
 
 if TYPE_CHECKING:
     from rag.index import RagIndex
@@ -85,8 +85,7 @@ def read_files(items: Sequence[tuple[str, str | Path]], limits: LimitChecker, *,
             yield Refusal(name, RefusalReason.TOO_LARGE, refusal)
             continue
         doc: Any = None
-        for doc in read_with_pages(load_file, partial(PageRead, name), path, name=name, pdf_password=pdf_password,
-                                   max_mb=max_mb, load=load):
+        for doc in load_file_with_pages(path, name=name, pdf_password=pdf_password, max_mb=max_mb, load=load):
             if isinstance(doc, PageRead):
                 yield doc
         if isinstance(doc, LoadedDocument):

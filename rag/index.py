@@ -60,7 +60,7 @@ from rag.events import (
     Splitting,
     Writing,
 )
-from rag.ingest import LoadedDocument, Refusal, Section, load_file
+from rag.ingest import LoadedDocument, Refusal, Section
 from rag.pipeline import PipelineSpec
 from rag.stages import IndexSettings
 
@@ -643,10 +643,8 @@ class RagIndex:
         event comes before each file is read, and a :class:`PageRead` after each page of a PDF or image
         (text layer or OCR), so a long read shows where it is.
         """
-        from functools import partial
-
         from rag.events import PageRead
-        from rag.ingest import read_with_pages
+        from rag.reading import load_file_with_pages
 
         self._check_writable()
         load = self.spec.stages["load"]
@@ -654,8 +652,8 @@ class RagIndex:
         loaded: list[LoadedDocument | Refusal] = []
         for number, (name, path) in enumerate(items, start=1):
             yield ReadingFile(str(name), number, len(items))
-            for item in read_with_pages(load_file, partial(PageRead, str(name)), path, name=str(name),
-                                        pdf_password=pdf_password, max_mb=load.max_file_mb, load=load):
+            for item in load_file_with_pages(path, name=str(name), pdf_password=pdf_password,
+                                             max_mb=load.max_file_mb, load=load):
                 if isinstance(item, PageRead):
                     yield item
                 else:

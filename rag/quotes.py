@@ -12,6 +12,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rag.gold import content_words
+
 if TYPE_CHECKING:
     from rag.ingest import Section
 
@@ -19,12 +21,7 @@ MAX_QUOTE_CHARS = 300
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n\s*\n|(?<=:)[ \t]*\n\s*")  # a colon ends a line: a salutation
 _ABBREVIATION = re.compile(r"(?:\b(?:vs|e\.g|i\.e|al|etc|cf|fig|figs|eq|no|dr|mr|mrs|ms|st|approx|resp)|\b[A-Z])\.$",
                            re.IGNORECASE)
-_WORD = re.compile(r"\w+", re.UNICODE)
 _CITE_MARK = re.compile(r"\[[\d\s,;\-–and]+\]")
-_STOP_WORDS = ("a an and are as at be been but by can could did do does for from had has have he her his how i if in "
-               "into is it its may more most no not of on or our she so such than that the their them then there "
-               "these they this to was we were what when where which who why will with would you your")
-_STOP = frozenset(_STOP_WORDS.split())
 
 
 def sentences(text: str) -> list[str]:
@@ -41,10 +38,9 @@ def sentences(text: str) -> list[str]:
     return out
 
 
-def content_words(text: str) -> set[str]:
-    """Lower-cased words of ``text`` that carry meaning (short function words and citation numbers left out)."""
-    words = (w.lower() for w in _WORD.findall(_CITE_MARK.sub(" ", text or "")))
-    return {w for w in words if w not in _STOP and (len(w) > 1 or w.isdigit())}
+def _meaningful_words(text: str) -> set[str]:
+    """``rag.gold``'s content words of ``text``, citation marks ("[1]") left out."""
+    return set(content_words(_CITE_MARK.sub(" ", text or "")))
 
 
 def best_quote(passage: str, claim: str, max_chars: int = MAX_QUOTE_CHARS) -> str:
@@ -53,8 +49,8 @@ def best_quote(passage: str, claim: str, max_chars: int = MAX_QUOTE_CHARS) -> st
     found = sentences(passage)
     if not found:
         return ""
-    wanted = content_words(claim)
-    best = max(found, key=lambda s: (len(content_words(s) & wanted), -found.index(s)))
+    wanted = _meaningful_words(claim)
+    best = max(found, key=lambda s: (len(_meaningful_words(s) & wanted), -found.index(s)))
     if len(best) <= max_chars:
         return best
     return best[:max_chars].rsplit(" ", 1)[0] + " …"
@@ -71,7 +67,8 @@ def page_sections(sections: Sequence[Section], page: int | None, section: str | 
 
 
 def find_span(text: str, quote: str) -> tuple[int, int] | None:
-    """Where ``quote`` stands in ``text`` (any run of whitespace matching any other), or None.
+    """Where ``quote`` stands in ``text`` (any run of whitespace matching any other), or None: unlike
+    ``rag.gold.find_phrase`` the span keeps the quote's punctuation, so the page marks the whole sentence.
 
     A quote cut with " …" is looked up without its ellipsis."""
     words = quote.removesuffix(" …").split()
