@@ -1,7 +1,7 @@
 """Benchmarks: ``python -m bench rag`` (retrieval quality and speed), ``train``, ``dpo`` (preference tuning against
 plain TRL), ``load``, ``serving``, ``memory`` (the memory estimate against measured peaks), ``experiment``
-(generated questions against human ones, and the judge's agreement with gold answers) or ``newcomer`` (the
-guide's whole path in a browser, timed).
+(generated questions against human ones, and the judge's agreement with gold answers), ``newcomer`` (the
+guide's whole path in a browser, timed) or ``gpu`` (QLoRA throughput on CUDA against plain TRL).
 
 Each subcommand's module is imported only when chosen, so one benchmark's heavy dependencies never
 slow the other down.
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("benchmark", choices=("rag", "train", "dpo", "load", "serving", "memory", "experiment",
-                                                     "newcomer"))
+                                                     "newcomer", "gpu"))
     args, rest = parser.parse_known_args(argv[:1])
     rest += argv[1:]
     if args.benchmark == "serving":
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import experiment
 
         return experiment.main(rest)
+    if args.benchmark == "gpu":
+        from bench import gpu
+
+        return gpu.main(rest)
     if args.benchmark == "dpo":
         from bench import dpo
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m engine {train,generate,inspect,runs,cancel,resume,compare,lab,worker}``.
+"""Command line: ``python -m engine {train,generate,inspect,runs,cancel,resume,compare,lab,worker,rank}``.
 
 Training options are generated from :class:`TrainConfig`, so every setting the UI shows is also
 a flag here (``--lora-r``, ``--max-length``...) with the same help text and bounds.
@@ -80,6 +80,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add_lab_parser(sub)
     worker = sub.add_parser("worker", help=argparse.SUPPRESS)
     worker.add_argument("job_id")
+    rank = sub.add_parser("rank", help=argparse.SUPPRESS)  # one process of a multi-process run (accelerate)
+    rank.add_argument("job_id")
     return parser
 
 
@@ -427,8 +429,16 @@ def cmd_cancel_or_resume(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train, "generate": cmd_generate, "inspect": cmd_inspect, "runs": cmd_runs, "compare": cmd_compare,
     "experiment": cmd_experiment, "lab": run_lab, "cancel": cmd_cancel_or_resume, "resume": cmd_cancel_or_resume,
-    "worker": lambda args: cmd_worker(args.job_id),
+    "worker": lambda args: cmd_worker(args.job_id), "rank": lambda args: cmd_rank(args.job_id),
 }
+
+
+def cmd_rank(job_id: str) -> int:
+    """``python -m engine rank JOB_ID``: one process of a multi-process run, started by ``accelerate launch``
+    from the job's worker (``engine.distributed``), never by hand."""
+    from engine.train import run_rank
+
+    return run_rank(job_id)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,8 @@ PREFERENCE_METHODS = ("dpo", "orpo", "kto")
 #: The DPO losses TRL 1.16 offers (``DPOConfig.loss_type``), one at a time.
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "robust", "hinge", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+#: Most training processes one run may use (one per GPU: 8 is the most GPUs a Space or a usual server has).
+MAX_PROCESSES = 8
 #: Runs shorter than this many steps evaluate only once, at the end (an evaluation per step would dominate them).
 EVAL_MIN_STEPS = 10
 #: Evaluations during a run at most (plus the one at the end), whatever 'eval_steps' says.
@@ -168,6 +170,13 @@ class TrainConfig(Settings):
                         minimum=0, maximum=2**31 - 1, step=1, advanced=True)
     device: str = setting("auto", "Where to train: auto picks the GPU when there is one.",
                           choices=("auto", "cpu", "cuda"), advanced=True)
+    processes: int = setting(
+        0,
+        "How many processes train together, each on its own GPU with a copy of the adapter (DDP through "
+        "Hugging Face accelerate): 0 = one per visible GPU (one on a CPU). Each process reads 'Batch size' "
+        "examples, so one step sees batch size × gradient accumulation × processes examples.",
+        minimum=0, maximum=MAX_PROCESSES, step=1, advanced=True,
+    )
     dtype: str = setting("auto", "Number precision of the computations: auto = 16-bit (bf16/fp16) on a GPU, "
                          "32-bit on a CPU.",
                          choices=("auto", "float32", "bfloat16", "float16"), advanced=True)

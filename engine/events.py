@@ -44,6 +44,7 @@ class Started(JobEvent):
     resumed_from_step: int = 0
     method: str = "sft"
     reference: str = ""  # preference runs: what the rewards are measured against, in plain words
+    processes: int = 1  # training processes (one per GPU, DDP); the steps count the batches of all of them
 
 
 @register_event

@@ -77,7 +77,7 @@ WORKER_ENV_ALLOWLIST: tuple[str, ...] = (
     "HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
     "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF",
     "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NCCL_*",
-    "TUNE_STUDIO_LIMIT_*",
+    "TUNE_STUDIO_LIMIT_*", "TUNE_STUDIO_ACCELERATE_CONFIG",
 )
 """The only variables of the server's environment a worker inherits (``*`` matches any suffix).
 
@@ -85,8 +85,9 @@ Why an allow-list: the server's environment holds the Space owner's secrets (``H
 passwords in ``TUNE_STUDIO_USERS``, whatever else the owner set) and a worker runs a visitor's job. A
 deny-list would leak every secret nobody thought of; this list names what a worker needs: locale, cache
 folders, thread counts, the operator's offline switches and Hub endpoint, GPU and distributed-launch
-settings, and the operator's limits (``TUNE_STUDIO_LIMIT_*``, not secret, so a worker enforces the same
-limits the UI shows). :func:`worker_environment` adds the data directory, ``PYTHONPATH``,
+settings, the operator's limits (``TUNE_STUDIO_LIMIT_*``, not secret, so a worker enforces the same
+limits the UI shows) and accelerate config file for multi-process runs (``engine.distributed``).
+:func:`worker_environment` adds the data directory, ``PYTHONPATH``,
 ``HF_HUB_DISABLE_IMPLICIT_TOKEN=1`` and the job's own token, nothing else."""
 
 _SCHEMA = """

@@ -69,19 +69,46 @@ MODELS: tuple[ModelInfo, ...] = (
     ModelInfo(BUNDLED_ID, "SmolLM2-135M-Instruct (bundled)", 0.135, bundled=True,
               notes="Ships with the app; works offline on a laptop CPU.",
               layers=30, hidden=576, intermediate=1536, vocab=49152, kv_hidden=192, file_bytes=4),
-    ModelInfo("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct", 0.49, notes="Small; fine on any GPU.",
+    ModelInfo("Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct", 0.49,
+              notes="Small; fine on any GPU.",
               layers=24, hidden=896, intermediate=4864, vocab=151936, kv_hidden=128),
-    ModelInfo("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct", 1.54, notes="Good quality on a T4 or better.",
-              layers=28, hidden=1536, intermediate=8960, vocab=151936, kv_hidden=256),
+    ModelInfo("Qwen/Qwen3-0.6B", "Qwen3-0.6B", 0.596,
+              notes="Small and recent; fine on any GPU.",
+              layers=28, hidden=1024, intermediate=3072, vocab=151936, kv_hidden=1024),
     ModelInfo("meta-llama/Llama-3.2-1B-Instruct", "Llama-3.2-1B-Instruct", 1.24, gated=True,
               notes="Gated: accept the licence on the Hub and paste your HF token.",
               layers=16, hidden=2048, intermediate=8192, vocab=128256, kv_hidden=512),
+    ModelInfo("Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct", 1.54,
+              notes="Good quality on a T4 or better.",
+              layers=28, hidden=1536, intermediate=8960, vocab=151936, kv_hidden=256),
+    ModelInfo("Qwen/Qwen3-1.7B", "Qwen3-1.7B", 1.72,
+              notes="Good quality on a T4 or better.",
+              layers=28, hidden=2048, intermediate=6144, vocab=151936, kv_hidden=1024),
     ModelInfo("google/gemma-2-2b-it", "gemma-2-2b-it", 2.61, gated=True,
               notes="Gated: accept the licence on the Hub and paste your HF token.",
               layers=26, hidden=2304, intermediate=9216, vocab=256000, kv_hidden=1024),
+    ModelInfo("Qwen/Qwen3-4B", "Qwen3-4B", 4.02,
+              notes="Strong for its size; 4-bit or 16-bit on a T4 or better.",
+              layers=36, hidden=2560, intermediate=9728, vocab=151936, kv_hidden=1024),
     ModelInfo("meta-llama/Llama-2-7b-chat-hf", "Llama-2-7b-chat (gated)", 6.74, gated=True,
               notes="Gated; needs a 16 GB+ GPU with 4-bit.",
               layers=32, hidden=4096, intermediate=11008, vocab=32000, tied=False),
+    ModelInfo("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B-Instruct", 7.62,
+              notes="A T4 (16 GB) with 4-bit; 40 GB+ in 16-bit.",
+              layers=28, hidden=3584, intermediate=18944, vocab=152064, kv_hidden=512, tied=False),
+    ModelInfo("meta-llama/Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct (gated)", 8.03, gated=True,
+              notes="Gated: accept the licence on the Hub and paste your HF token. A T4 (16 GB) with 4-bit; 40 GB+ "
+                    "in 16-bit.",
+              layers=32, hidden=4096, intermediate=14336, vocab=128256, kv_hidden=1024, tied=False),
+    ModelInfo("Qwen/Qwen3-8B", "Qwen3-8B", 8.19,
+              notes="A T4 (16 GB) with 4-bit; 40 GB+ in 16-bit.",
+              layers=36, hidden=4096, intermediate=12288, vocab=151936, kv_hidden=1024, tied=False),
+    ModelInfo("Qwen/Qwen2.5-14B-Instruct", "Qwen2.5-14B-Instruct", 14.77,
+              notes="A 24 GB GPU with 4-bit; 80 GB in 16-bit.",
+              layers=48, hidden=5120, intermediate=13824, vocab=152064, kv_hidden=1024, tied=False),
+    ModelInfo("Qwen/Qwen2.5-32B-Instruct", "Qwen2.5-32B-Instruct", 32.76,
+              notes="A 40 GB+ GPU with 4-bit; an H200 in 16-bit.",
+              layers=64, hidden=5120, intermediate=27648, vocab=152064, kv_hidden=1024, tied=False),
 )
 
 
@@ -165,7 +192,8 @@ def pick_dtype(device: str, preference: str = "auto") -> Any:
     if preference != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[preference]
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Not counting emulation: a T4 "supports" bf16 only by emulating it, many times slower than its fp16.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.float32
 
 
@@ -301,6 +329,15 @@ def quantization_config(quantization: str, compute_dtype: Any) -> Any:
     raise ModelError(f"Unknown quantization {quantization!r}: use '4bit', '8bit' or 'none'.")
 
 
+def flash_attention_usable(device: str) -> bool:
+    """FlashAttention 2 when it is installed and the GPU has it (Ampere or newer: not a T4); else SDPA is used."""
+    if device != "cuda" or importlib.util.find_spec("flash_attn") is None:
+        return False
+    import torch
+
+    return torch.cuda.get_device_capability()[0] >= 8
+
+
 def load_base_model(
     model_id: str | None = None,
     *,
@@ -323,6 +360,8 @@ def load_base_model(
     bnb = quantization_config(quantization, torch_dtype)
     folder = model_folder(model_id, token, on_progress)
     kwargs: dict[str, Any] = {"quantization_config": bnb} if bnb is not None else {}
+    if flash_attention_usable(resolved_device):
+        kwargs["attn_implementation"] = "flash_attention_2"  # varlen kernels for packed, padding-free batches
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=torch_dtype, device_map={"": resolved_device}, local_files_only=True, **kwargs

@@ -10,6 +10,7 @@ measured peak memory next to the estimate (:mod:`engine.memory`).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -24,7 +25,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from engine import memory
+from core.files import write_atomic
+from engine import distributed, memory
 from engine.config import TrainConfig, eval_interval
 from engine.events import (
     Cancelled,
@@ -117,11 +119,12 @@ def cap_validation(train: list[Any], held_out: list[Any], max_rows: int,
     return train + [ex for ex in held_out if key(ex) not in kept_keys], evaluated
 
 
-def planned_steps(config: TrainConfig, sequences: int) -> int:
-    """Optimizer steps the run will take: max steps, or epochs over the (packed) training sequences."""
+def planned_steps(config: TrainConfig, sequences: int, processes: int = 1) -> int:
+    """Optimizer steps the run will take: max steps, or epochs over the (packed) training sequences (each step
+    reads a batch on every process)."""
     if config.max_steps > 0:
         return config.max_steps
-    per_epoch = max(1, math.ceil(sequences / (config.batch_size * config.grad_accum)))
+    per_epoch = max(1, math.ceil(sequences / (config.batch_size * config.grad_accum * processes)))
     return max(1, math.ceil(per_epoch * config.num_epochs))
 
 
@@ -236,7 +239,7 @@ class EventCallback(TrainerCallback):
         self._t0 = time.time()
         self._first_step = state.global_step
         self.log.append(Started(self.job_id, total_steps=state.max_steps, resumed_from_step=state.global_step,
-                                **self.meta))
+                                processes=args.world_size, **self.meta))
 
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """'Evaluating: batch i of n', at most about once a second (a long evaluation shows it is moving)."""
@@ -288,11 +291,15 @@ class EventCallback(TrainerCallback):
         self._tokens = (0.0, time.time())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.interruption is not None and self.interruption.requested:
+        # On several processes every rank takes the same decision after the same step (engine.distributed).
+        interrupted, cancelled = distributed.any_rank(
+            self.interruption is not None and self.interruption.requested,
+            self.store is not None and self.store.cancel_requested(self.job_id))
+        if interrupted:
             self.interrupted = True
             control.should_save = True  # a restart loses at most this step
             control.should_training_stop = True
-        elif self.store is not None and self.store.cancel_requested(self.job_id):
+        elif cancelled:
             self.cancelled = True
             control.should_save = True  # leave a checkpoint to resume from
             control.should_training_stop = True
@@ -346,6 +353,8 @@ def trainer_arguments(job: JobRecord, device: str, dtype: Any, has_eval: bool) -
         fp16=device == "cuda" and dtype == torch.float16,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        # Liger's fused kernels (RMSNorm, SwiGLU, RoPE, linear + cross-entropy) where they run: Triton on a GPU.
+        use_liger_kernel=device == "cuda" and importlib.util.find_spec("liger_kernel") is not None,
     )
 
 
@@ -401,7 +410,7 @@ def tokenize_announced(job: JobRecord, log: EventLog, build: Any) -> tuple[Any, 
     train_dataset, eval_dataset, fingerprint = build()
     log.append(Progress(job.id, phase="tokenize", item=Path(job.data_path).name, done=fingerprint["rows"],
                         total=fingerprint["rows"], unit="rows"))
-    (job.run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint, indent=2))
+    write_atomic(job.run_dir / "data_fingerprint.json", json.dumps(fingerprint, indent=2))  # every rank writes it
     return train_dataset, eval_dataset, fingerprint
 
 
@@ -440,7 +449,8 @@ def build_sft_trainer(job: JobRecord, store: JobStore | None, hf_token: str | No
         _adapter_to_float32(trainer.model)
     if eval_dataset is not None:
         # Packing decides how many steps an epoch has; only now can "about 5 evaluations" be placed.
-        trainer.args.eval_steps = auto_eval_steps(config, planned_steps(config, len(trainer.train_dataset)))
+        trainer.args.eval_steps = auto_eval_steps(
+            config, planned_steps(config, len(trainer.train_dataset), trainer.args.world_size))
     return TrainerSetup(trainer, callback, tokenizer, eval_dataset is not None, model_config, {})
 
 
@@ -477,23 +487,32 @@ def lora_config(config: TrainConfig) -> Any:
 
 
 def train(job: JobRecord, store: JobStore | None = None, hf_token: str | None = None,
-          interruption: Interruption | None = None) -> TrainResult:
-    """Run one job to completion (or to a stop request or a SIGTERM) and write its adapter and records."""
+          interruption: Interruption | None = None, rank: distributed.RankInfo = distributed.SINGLE) -> TrainResult:
+    """Run one job to completion (or to a stop request or a SIGTERM) and write its adapter and records.
+
+    On several processes (``rank`` of a launched run) every rank trains, and only rank 0 writes events and
+    progress and checks for a stop request (the decision reaches the others through ``distributed.any_rank``).
+    """
     from engine.models import pick_device, pick_dtype
 
     interruption = interruption or Interruption()
-    log = EventLog(job.events_path)
+    log = EventLog(job.events_path) if rank.is_main else distributed.SilentLog()
+    store = store if rank.is_main else None
     device = pick_device(job.config.device)
+    if device == "cuda" and rank.world_size > 1:
+        import torch
+
+        torch.cuda.set_device(rank.local_rank)  # the model loads onto "cuda": this rank's own GPU
     dtype = pick_dtype(device, job.config.dtype)
     memory.reset_peak(device)
     module, name = TRAINER_BUILDERS[job.config.method].split(":")
     build = getattr(importlib.import_module(module), name)
     setup = build(job, store, hf_token, log, device, dtype, interruption)
-    return run_trainer(job, setup, log, device, interruption)
+    return run_trainer(job, setup, log, device, interruption, rank)
 
 
 def run_trainer(job: JobRecord, setup: TrainerSetup, log: EventLog, device: str,
-                interruption: Interruption) -> TrainResult:
+                interruption: Interruption, rank: distributed.RankInfo = distributed.SINGLE) -> TrainResult:
     """Train (resuming from a checkpoint when asked), then evaluate once more if the last step was not
     evaluated, save the adapter and write ``metrics.json`` — the same for every method."""
     trainer, callback = setup.trainer, setup.callback
@@ -516,9 +535,12 @@ def run_trainer(job: JobRecord, setup: TrainerSetup, log: EventLog, device: str,
     model = trainer.model
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")  # the frozen reference copy is not part of the result
-    trainer.save_model(str(job.adapter_dir))
+    trainer.save_model(str(job.adapter_dir))  # the main process saves; the others wait for it
+    if not rank.is_main:
+        return TrainResult("done", steps, callback.last_loss, eval_loss)
     setup.tokenizer.save_pretrained(str(job.adapter_dir))
-    metrics = {"steps": steps, "method": job.config.method, "final_loss": callback.last_loss, "eval_loss": eval_loss,
+    metrics = {"processes": rank.world_size, "steps": steps, "method": job.config.method,
+               "final_loss": callback.last_loss, "eval_loss": eval_loss,
                "train_tokens": getattr(trainer, "_total_train_tokens", None), **setup.extra_metrics,
                **memory.run_memory_record(job.config, device, setup.model_config),
                "log_history": trainer.state.log_history}
@@ -575,8 +597,14 @@ def run_job(job_id: str, store: JobStore | None = None) -> int:
     t0 = time.time()
     exit_code = 0
     try:
-        result = train(job, store, hf_token=os.environ.get(TOKEN_ENV) or None, interruption=interruption)
-        record_result(store, job, result, time.time() - t0)
+        processes = distributed.planned_processes(job.config)
+        if processes > 1:  # this process supervises the ranks and records their outcome
+            outcome = distributed.supervise(job, processes, lambda: store.load(job.id).last_step)
+            exit_code = record_ranks_outcome(store, job, outcome, time.time() - t0)
+            interruption.requested = outcome.status == "interrupted"  # the server is stopping: start nothing
+        else:
+            result = train(job, store, hf_token=os.environ.get(TOKEN_ENV) or None, interruption=interruption)
+            record_result(store, job, result, time.time() - t0)
     except WorkerInterrupted:
         interruption.phase = "finishing"  # a second SIGTERM must not cut the recording short
         record_result(store, job, TrainResult("interrupted", store.load(job.id).last_step, None, None), 0.0)
@@ -593,6 +621,44 @@ def run_job(job_id: str, store: JobStore | None = None) -> int:
         if not interruption.requested:  # the server is stopping: starting the next job now would only strand it
             store.dispatch()
     return exit_code
+
+
+def run_rank(job_id: str, store: JobStore | None = None) -> int:
+    """Entry point of one rank of a multi-process run (``python -m engine rank``, started by ``accelerate
+    launch``): train, and leave ``ranks/rank-K.json`` saying how it ended, for the supervisor to record."""
+    store = store or JobStore()
+    rank = distributed.rank_from_environment()
+    interruption = Interruption()
+    interruption.install()
+    job = store.load(job_id)
+    distributed.write_rank_record(job.run_dir, rank.rank, status="running", pid=os.getpid())
+    try:
+        result = train(job, store, hf_token=os.environ.get(TOKEN_ENV) or None, interruption=interruption, rank=rank)
+    except WorkerInterrupted:
+        distributed.write_rank_record(job.run_dir, rank.rank, status="interrupted", steps=0, pid=os.getpid())
+        return 75
+    except BaseException as exc:
+        reason, fixes = explain_failure(exc)
+        detail = "".join(traceback.format_exception(exc))[-4000:]
+        distributed.write_rank_record(job.run_dir, rank.rank, status="failed", reason=reason, fixes=fixes,
+                                      detail=detail, lost_peer=distributed.lost_peer(exc), pid=os.getpid())
+        print(detail, flush=True)
+        return 1
+    distributed.write_rank_record(job.run_dir, rank.rank, status=result.status, steps=result.steps,
+                                  final_loss=result.final_loss, eval_loss=result.eval_loss, pid=os.getpid())
+    return 0
+
+
+def record_ranks_outcome(store: JobStore, job: JobRecord, outcome: distributed.RanksOutcome, duration: float) -> int:
+    """Record how a multi-process run ended, as :func:`record_result` does for one process; the worker's exit code."""
+    if outcome.status != "failed":
+        record_result(store, job, TrainResult(outcome.status, outcome.steps, outcome.final_loss, outcome.eval_loss),
+                      duration)
+        return 75 if outcome.status == "interrupted" else 0
+    EventLog(job.events_path).append(Failed(job.id, reason=outcome.reason, fixes=list(outcome.fixes),
+                                            resumable=True, detail=outcome.detail))
+    store.finish(job.id, "failed", error=outcome.reason)
+    return 2 if store.load(job.id).latest_checkpoint() is not None else 1
 
 
 def record_result(store: JobStore, job: JobRecord, result: TrainResult, duration: float) -> None:

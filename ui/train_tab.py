@@ -23,11 +23,22 @@ import pandas as pd
 from core.generation import GenerationSettings
 from core.settings import SettingInfo, SettingsError, describe
 from engine import events as ev
-from engine.config import METHOD_LABELS, TrainConfig, default_preset, load_preset, preset_names
+from engine.config import METHOD_LABELS, TrainConfig, load_preset, preset_names
+from engine.distributed import processes_for
+from engine.hardware import METHOD_LABELS as FIT_LABELS
+from engine.hardware import (
+    DeviceFit,
+    current_tier,
+    device_fit,
+    precision_note,
+    recommended_preset,
+    tier_columns,
+    tier_fits,
+)
 from engine.hub import require_access
 from engine.jobs import ACTIVE, JobRecord, JobStore
 from engine.limits import Limits, limits
-from engine.models import BUNDLED_ID, MODELS, hub_kwargs, local_config_path, model_info, pick_device
+from engine.models import BUNDLED_ID, MODELS, hub_kwargs, local_config_path, local_model_info, model_info, pick_device
 from engine.time_estimate import TimeEstimate, estimate_time
 from engine.workspace import Workspace
 from ui.common import (
@@ -130,7 +141,7 @@ def build(dataset: gr.State) -> TrainTabComponents:
                 "Every setting explains itself; the less common ones are under *Advanced*.")
     device = pick_device()
     with gr.Row():
-        preset = gr.Dropdown(choices=preset_names(device), value=default_preset(device), label="Preset",
+        preset = gr.Dropdown(choices=preset_names(device), value=recommended_preset(device), label="Preset",
                              info="Fills in the settings below for a typical situation; you can still change them. "
                                   "Preselected for this computer"
                                   f" ({'a GPU' if device == 'cuda' else 'no GPU: a first taste in about 2 minutes'}).",
@@ -443,6 +454,7 @@ def job_token_for(owner: str, typed: str | None) -> str | None:
 def check_device_and_access(config: TrainConfig, token: str | None) -> None:
     """GPU-only settings without a GPU, or a gated model without a token, fail here and not in the worker."""
     device = pick_device(config.device)  # raises ModelError with the fix when 'cuda' is asked for on CPU
+    check_processes(config, device)
     if device == "cpu" and config.quantization in ("4bit", "8bit") and config.base_model != BUNDLED_ID:
         gr.Warning("No GPU here: training a Hub model with 4-bit/8-bit quantization on the CPU is very slow. "
                    "For real runs use a GPU Space; the bundled model is fine on a CPU.")
@@ -450,6 +462,19 @@ def check_device_and_access(config: TrainConfig, token: str | None) -> None:
         token = (token or "").strip() or None
         hub_kwargs(config.base_model, token)  # a listed gated model without a token: refused without a request
         require_access(config.base_model, token)  # any other: the Hub says whether this token may read it
+
+
+def check_processes(config: TrainConfig, device: str) -> None:
+    """Several processes need a GPU each: on a CPU server a visitor may not start them (each would hold its own
+    copy of the model in the server's memory; the command line can, to test the multi-process path)."""
+    if config.processes <= 1:
+        return
+    if device == "cpu":
+        raise SettingsError("processes", "several processes need a GPU each, and this server has none: set "
+                                         "'Processes' (under Advanced) to 0.")
+    import torch
+
+    processes_for(config.processes, device, torch.cuda.device_count())
 
 
 def stop_run(run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> list[Any]:
@@ -819,7 +844,44 @@ def model_notes_text(model_id: str | None) -> str:
     info = model_info(model_id or BUNDLED_ID)
     gated = " · 🔒 gated: paste your Hugging Face token above" if info.gated else ""
     size = f"{info.params_b:.2f} B parameters · " if info.params_b else ""
-    return f"*{info.label}:* {size}{info.notes}{gated}"
+    return "\n\n".join(part for part in (f"*{info.label}:* {size}{info.notes}{gated}", largest_here_text(),
+                                         gpu_tiers_text(model_id or BUNDLED_ID)) if part)
+
+
+def largest_here_text(fit: DeviceFit | None = None) -> str:
+    """"Largest model that fits here (T4, 14.7 GB): QLoRA: Qwen3-8B · LoRA: Qwen3-4B", from the memory estimate
+    with the preset recommended for this device (``engine.hardware``; ``fit`` another device's); empty if it
+    cannot be worked out."""
+    try:
+        fit = fit or device_fit(pick_device())
+    except Exception:  # a note must never break the form
+        logging.getLogger("tune_studio.ui").warning("GPU tier estimate failed", exc_info=True)
+        return ""
+    if fit.capacity_gb is None:
+        return ""
+    parts = [f"{FIT_LABELS[m]}: {info.label if info else 'none listed'}" for m, info in fit.largest.items()]
+    speed = " On a CPU, speed rather than memory limits the model size." if fit.device == "cpu" else ""
+    return (f"**Largest model that fits here** ({fit.label}; preset {fit.preset}): " + " · ".join(parts)
+            + f" (memory estimate, not a measurement).{speed}")
+
+
+def gpu_tiers_text(model_id: str) -> str:
+    """"Which GPU do I need?": a small table, one column per GPU tier, ✅/❌ per method for this model with each
+    tier's recommended preset; empty for a model whose shape is unknown until it is downloaded."""
+    info = local_model_info(model_id)
+    if not info.layers:
+        return ""
+    try:
+        columns = tier_columns()
+        rows = [f"| {FIT_LABELS[m]} ({bits}-bit) | " + " | ".join("✅" if tier_fits(info, tier, m) else "❌"
+                                                                 for _, tier in columns) + " |"
+                for m, bits in (("qlora", 4), ("lora", 16))]
+    except Exception:
+        logging.getLogger("tune_studio.ui").warning("GPU tier table failed for %s", model_id, exc_info=True)
+        return ""
+    header = "| | " + " | ".join(name for name, _ in columns) + " |\n|---|" + "---|" * len(columns)
+    return ("**Which GPU do I need?** Fits ✅ or not ❌ with each card's recommended preset (memory estimate, not "
+            "yet checked against GPU measurements):\n\n" + header + "\n" + "\n".join(rows))
 
 
 def memory_text(form: SettingsForm, values: tuple[Any, ...]) -> str:
@@ -840,7 +902,9 @@ def memory_text(form: SettingsForm, values: tuple[Any, ...]) -> str:
     capacity = f"{est.capacity_gb:.1f} GB" if est.capacity_gb is not None else "unknown"
     verdict = {True: "✅ **fits on this device**", False: "❌ **does not fit on this device**",
                None: "❔ device memory unknown"}[est.fits]
-    text = (f"{timing}\n\n**Memory estimate ({est.device}):** about **{est.total_gb:.1f} GB** of {capacity} — "
+    tier = current_tier() if est.device == "cuda" else None
+    where = tier.label if tier else est.device
+    text = (f"{timing}\n\n**Memory estimate ({where}):** about **{est.total_gb:.1f} GB** of {capacity} — "
             f"{verdict}  \n"
             f"weights {est.weights_gb:.2f} · adapter {est.adapter_gb:.2f} · optimizer {est.optimizer_gb:.2f} · "
             f"activations {est.activations_gb:.2f} · overhead {est.overhead_gb:.2f} GB")
@@ -848,6 +912,8 @@ def memory_text(form: SettingsForm, values: tuple[Any, ...]) -> str:
         text += (f"  \nThe peak is while the model loads (weights + {est.loading_gb:.2f} GB for reading the "
                  "checkpoint), not while it trains.")
     text += "  \nThe Lab tab (section 5) shows this estimate next to what finished runs really used."
+    if note := precision_note(tier, config.dtype):
+        text += f"  \n{note}"
     if est.advice:
         text += "\n\n**To make it fit:**" + "".join(f"\n- {tip}" for tip in est.advice)
     return text
