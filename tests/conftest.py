@@ -30,7 +30,7 @@ LONG_FILES = ("test_engine_training.py", "test_rag_browser.py", "test_ui_e2e.py"
               "test_preference_training.py", "test_preference_browser.py", "test_publish.py", "test_compare_model.py",
               "test_space_hub.py", "test_job_tokens.py", "test_load.py", "test_demo_readonly.py",
               "test_compare_browser.py", "test_lab_browser.py", "test_rag_shared_collection.py", "test_rag_eval.py",
-              "test_chat.py", "test_workspaces.py", "test_rag_citations_browser.py")
+              "test_chat.py", "test_workspaces.py", "test_rag_citations_browser.py", "test_engine_distributed.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
