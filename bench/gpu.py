@@ -1,4 +1,4 @@
-"""``python -m bench gpu``: QLoRA SFT throughput on a GPU, the app's recipe against a plain TRL recipe, in one run.
+"""``python -m bench gpu``: QLoRA SFT and DPO throughput on a GPU, the app's recipe against plain TRL, in one run.
 
 Models are built from a config with random weights (seed 0) in real shapes — SmolLM2-135M's, Qwen3-0.6B's and
 Qwen2.5-1.5B's (the Hub checkpoints' ``config.json``) — and the bundled SmolLM2-135M where its weights are on the
@@ -20,14 +20,31 @@ held out.
     ``engine.memory.estimate_memory`` (gradient checkpointing only when no batch fits without it).
 Each feature that needs CUDA is recorded per row as "used: ..." or "not used: <reason>".
 
+DPO (``method: dpo`` rows), on the smaller shapes only (``DPO_MODELS``: SmolLM2-135M's and Qwen3-0.6B's; the 1.5B
+shape and the bundled model, the 135M shape again, would not fit the 8-minute budget next to their SFT runs): the
+same NF4 model, preference pairs built from the same doc-span generator (prompt: the row's instruction; chosen: its
+answer; rejected: the same words shuffled, so both answers have equal length and vocabulary), 32 other pairs held
+out, one epoch (equal pairs), each method in its own child process:
+(a) plain: ``DPOTrainer`` with ``DPOConfig`` defaults (batch 8, each pair padded to the batch's longest sequence,
+    gradient checkpointing on, sigmoid loss, β 0.1), the LoRA of TRL's PEFT docs as in ``bench/dpo.py``
+    (``r=32, lora_alpha=16, lora_dropout=0.05``), learning rate 2e-4, conversational rows (TRL renders the chat
+    template); bf16 where the card has it, else fp16.
+(b) app: ``engine.preference.build_preference_trainer`` on a job with method ``dpo`` of the ``balanced-gpu-qlora``
+    preset (on the CPU smoke ``bench.dpo.APP_PRESET``), with the same overrides and batch choice as its SFT arm
+    (the memory estimate counts two sequences per pair); our own token ids.
+DPO figures: real tokens (TRL's count: both sequences of each pair, prompt included), tokens/s, peak memory as for
+SFT, and after equal pairs TRL's DPO loss, reward accuracy and margin on the held-out pairs (``trainer.evaluate``,
+each arm's own trainer and tokens; ``held_out_loss`` holds the DPO loss on those rows).
+
 Equal tokens: both arms train one epoch over the same rows. Figures: real (non-pad) tokens trained (TRL's count),
 tokens/s over ``trainer.train()`` (and steady, from the 4th logged step on), peak memory (CUDA: peak allocated,
 weights included; CPU: peak resident set above the arm's start, sampled), and the loss after equal tokens: the
 mean loss on the assistant tokens of the held-out rows, computed the same way for both arms.
 
-Each model runs in a fresh child process (plain first, so no kernel patch of the app arm reaches it). On CUDA the
-results go to ``bench/gpu_results.json``; ``--smoke`` runs a tiny 2-layer model on the CPU for a few steps per arm
-(a test of the mechanics, not a measurement) and writes only where ``--out`` says.
+Each model and method runs in a fresh child process (plain first, so no kernel patch of the app arm reaches it). On
+CUDA the results go to ``bench/gpu_results.json``; ``--smoke`` runs a tiny 2-layer model on the CPU for a few steps
+per arm, SFT (16 rows) then DPO (8 shorter pairs) in one child (a test of the mechanics, not a measurement) and
+writes only where ``--out`` says.
 """
 
 from __future__ import annotations
@@ -42,9 +59,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.dpo import APP_PRESET as CPU_DPO_PRESET
+from bench.dpo import _messages
 from bench.train import _real_tokens
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,10 +89,14 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
                                "rope_theta": 1000000.0, "rms_norm_eps": 1e-6}),
 }
 SMOKE_LENGTHS = {"median": 15, "longest": 40}  # words: the smoke's rows are short, its steps fast
+SMOKE_DPO_LENGTHS = {"median": 10, "longest": 20}  # DPO's full-vocabulary logits of two sequences: shorter still
 SMOKE_SHAPE = ("llama", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                          "num_key_value_heads": 2, "intermediate_size": 128})
 # For sizing the plan only (rows per model): cautious guesses of the plain recipe's tokens/s on an H200.
 PLAIN_TPS_GUESS = {"SmolLM2-135M": 12_000, "bundled": 12_000, "Qwen3-0.6B": 5_000, "Qwen2.5-1.5B": 2_500}
+DPO_MODELS = ("SmolLM2-135M", "Qwen3-0.6B")  # the shapes DPO runs on (see the module doc)
+DPO_SPEED = 0.6  # for sizing: DPO's tokens/s against SFT's (a reference forward pass, padded pairs)
+TOKENS_PER_PAIR = 600  # the synthetic pairs' mean real tokens: two sequences of prompt + answer
 SETUP_S = 25  # per model: child start, imports, building, saving and quantising the model, held-out loss
 
 
@@ -101,6 +125,27 @@ def synthetic_rows(count: int, seed: int, words: list[str], median: int = 110, l
         rows.append({"instruction": f"Write note {i} about: {topic}", "input": "",
                      "output": " ".join(words[start:start + length])})
     return rows
+
+
+def synthetic_pairs(count: int, seed: int, words: list[str], **lengths: int) -> list[dict[str, str]]:
+    """Preference pairs from the same rows: the answer is chosen, the same words shuffled are rejected."""
+    rng = random.Random(seed)
+    pairs = []
+    for row in synthetic_rows(count, seed, words, **lengths):
+        shuffled = row["output"].split()
+        rng.shuffle(shuffled)
+        pairs.append({"prompt": row["instruction"], "chosen": row["output"], "rejected": " ".join(shuffled)})
+    return pairs
+
+
+def conversational_pairs(path: Path) -> Any:
+    """The pairs of ``path`` as TRL's conversational rows (prompt / chosen / rejected messages), as ``bench dpo``."""
+    from datasets import Dataset
+
+    from engine import data
+
+    return Dataset.from_list([{"prompt": _messages(p.prompt), "chosen": _messages([p.chosen]),
+                               "rejected": _messages([p.rejected])} for p in data.prepare_preferences(path).pairs])
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -219,9 +264,24 @@ def held_out_loss(model: Any, tokenizer: Any, eval_file: Path, device: str, max_
     return total / max(1, count)
 
 
-def train_measured(trainer: Any, tokenizer: Any, eval_file: Path, device: str, cap_s: float,
-                   token_cap: float = float("inf")) -> dict[str, Any]:
-    """One arm's training and figures (the trainer already built)."""
+def dataset_tokens(dataset: Any) -> int:
+    """Real tokens of one epoch: SFT rows, or DPO pairs (both sequences, the prompt in each)."""
+    if "input_ids" in dataset.column_names:
+        return _real_tokens(dataset)
+    return sum(2 * len(p) + len(c) + len(r) for p, c, r in
+               zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True))
+
+
+def dpo_held_out(trainer: Any, eval_dataset: Any = None) -> dict[str, float]:
+    """TRL's DPO loss, reward accuracy and margin on the held-out pairs, from the arm's own trainer."""
+    metrics = trainer.evaluate(eval_dataset)
+    return {"held_out_loss": metrics["eval_loss"], "held_out_reward_accuracy": metrics["eval_rewards/accuracies"],
+            "held_out_reward_margin": metrics["eval_rewards/margins"]}
+
+
+def train_measured(trainer: Any, device: str, cap_s: float, token_cap: float,
+                   held_out: Callable[[], dict[str, float]]) -> dict[str, Any]:
+    """One arm's training and figures (the trainer already built), then ``held_out``'s."""
     import torch
 
     positions, pads = pad_tokens(trainer)
@@ -234,12 +294,25 @@ def train_measured(trainer: Any, tokenizer: Any, eval_file: Path, device: str, c
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     tokens = int(getattr(trainer, "_total_train_tokens", 0))
-    return {"tokens": tokens, "dataset_tokens": _real_tokens(trainer.train_dataset), "seconds": seconds,
+    return {"tokens": tokens, "dataset_tokens": dataset_tokens(trainer.train_dataset), "seconds": seconds,
             "tokens_per_second": tokens / seconds, "steady_tokens_per_second": steady_tps(clock.marks),
             "steps": trainer.state.global_step, "planned_steps": trainer.state.max_steps,
             "stopped_at_cap": clock.capped, "batch_positions": positions, "pad_tokens": pads,
-            "peak_memory_gb": peak.gb, "peak_memory_kind": peak.kind,
-            "held_out_loss": held_out_loss(trainer.model, tokenizer, eval_file, device, trainer.args.max_length)}
+            "peak_memory_gb": peak.gb, "peak_memory_kind": peak.kind, **held_out()}
+
+
+def sft_held_out(trainer: Any, tokenizer: Any, eval_file: Path, device: str) -> Callable[[], dict[str, float]]:
+    return lambda: {"held_out_loss": held_out_loss(trainer.model, tokenizer, eval_file, device,
+                                                   trainer.args.max_length)}
+
+
+def adapters_to_float32(trainer: Any) -> None:
+    """TRL casts QLoRA adapters to bf16: emulated on a CPU; keep them fp32 there."""
+    import torch
+
+    for param in trainer.model.parameters():
+        if param.requires_grad:
+            param.data = param.data.to(torch.float32)
 
 
 def free_memory() -> None:
@@ -278,17 +351,41 @@ def run_plain(train_file: Path, eval_file: Path, out: Path, device: str, cap_s: 
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(conversations),
                          processing_class=tokenizer, peft_config=lora)
-    if dtype == torch.float32:  # TRL casts QLoRA adapters to bf16: emulated on a CPU; keep them fp32 there
-        for param in trainer.model.parameters():
-            if param.requires_grad:
-                param.data = param.data.to(torch.float32)
-    result = train_measured(trainer, tokenizer, eval_file, device, cap_s)
+    if dtype == torch.float32:
+        adapters_to_float32(trainer)
+    result = train_measured(trainer, device, cap_s, float("inf"), sft_held_out(trainer, tokenizer, eval_file, device))
     result["settings"] = {k: str(getattr(args, k)) for k in REPORTED}
+    return result
+
+
+def run_plain_dpo(train_file: Path, eval_file: Path, out: Path, device: str, cap_s: float,
+                  max_length: int = MAX_LENGTH) -> dict[str, Any]:
+    """TRL's documented DPO + PEFT recipe on the same NF4 model (see the module doc)."""
+    import torch
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from engine.models import load_base_model, load_tokenizer, pick_dtype
+
+    dtype = pick_dtype(device)
+    tokenizer = load_tokenizer()
+    model = load_base_model(quantization="4bit", device=device)
+    args = DPOConfig(output_dir=str(out), max_length=max_length, learning_rate=2e-4, num_train_epochs=1,
+                     use_cpu=device == "cpu", bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+                     report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1, seed=0, data_seed=0)
+    lora = LoraConfig(r=32, lora_alpha=16, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=conversational_pairs(train_file),
+                         eval_dataset=conversational_pairs(eval_file), processing_class=tokenizer, peft_config=lora)
+    if dtype == torch.float32:
+        adapters_to_float32(trainer)
+    result = train_measured(trainer, device, cap_s, float("inf"), lambda: dpo_held_out(trainer))
+    result["settings"] = {k: str(getattr(args, k, None)) for k in REPORTED + DPO_REPORTED}
     return result
 
 
 REPORTED = ("per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "packing",
             "padding_free", "gradient_checkpointing", "bf16", "fp16", "max_length", "optim", "use_liger_kernel")
+DPO_REPORTED = ("beta", "loss_type")
 
 
 def choose_batch(config: Any, device: str, max_batch: int) -> tuple[Any, dict[str, str]]:
@@ -318,36 +415,58 @@ def choose_batch(config: Any, device: str, max_batch: int) -> tuple[Any, dict[st
                        "gradient_checkpointing_when_needed": "used: needed"}
 
 
-def app_config(device: str, max_batch: int, max_length: int) -> tuple[Any, dict[str, str]]:
+def app_config(device: str, max_batch: int, max_length: int, method: str = "sft") -> tuple[Any, dict[str, str]]:
     from engine.config import load_preset
     from engine.models import BUNDLED_ID
 
-    preset = "balanced-gpu-qlora" if device == "cuda" else "quick-cpu-demo"
+    dpo = method == "dpo"
+    preset = "balanced-gpu-qlora" if device == "cuda" else CPU_DPO_PRESET if dpo else "quick-cpu-demo"
+    extra: dict[str, Any] = {"method": "dpo"} if dpo else {"packing": True}
     config = load_preset(preset).replace(base_model=BUNDLED_ID, quantization="4bit", max_length=max_length,
                                          max_steps=-1, num_epochs=1.0, val_fraction=0.0, grad_accum=1,
-                                         save_steps=100_000, learning_rate=2e-4, seed=0, packing=True)
+                                         save_steps=100_000, learning_rate=2e-4, seed=0, **extra)
     config, features = choose_batch(config, device, max_batch)
     return config, {"preset": preset, **features}
 
 
 def run_app(train_file: Path, eval_file: Path, out: Path, device: str, cap_s: float, max_batch: int,
-            token_cap: float, max_length: int = MAX_LENGTH) -> dict[str, Any]:
-    """The app's own trainer: ``engine.train.build_sft_trainer`` on a job of its preset (see the module doc)."""
+            token_cap: float, max_length: int = MAX_LENGTH, method: str = "sft") -> dict[str, Any]:
+    """The app's own trainer (``engine.train.build_sft_trainer``, or for DPO
+    ``engine.preference.build_preference_trainer``) on a job of its preset (see the module doc)."""
     from engine.events import EventLog
     from engine.jobs import JobStore
     from engine.models import pick_dtype
+    from engine.preference import build_preference_trainer
     from engine.train import Interruption, build_sft_trainer
 
-    config, features = app_config(device, max_batch, max_length)
+    config, features = app_config(device, max_batch, max_length, method)
     job = JobStore(out / "home").submit(config, train_file, start=False, run_dir=out / "run")
     dtype = pick_dtype(device, config.dtype)
-    setup = build_sft_trainer(job, None, None, EventLog(job.events_path), device, dtype, Interruption())
+    build = build_preference_trainer if method == "dpo" else build_sft_trainer
+    setup = build(job, None, None, EventLog(job.events_path), device, dtype, Interruption())
     trainer = setup.trainer
-    result = train_measured(trainer, setup.tokenizer, eval_file, device, cap_s, token_cap)
-    result["settings"] = {k: str(getattr(trainer.args, k, None)) for k in REPORTED}
+    held_out = (app_dpo_held_out(trainer, setup.tokenizer, eval_file, max_length) if method == "dpo" else
+                sft_held_out(trainer, setup.tokenizer, eval_file, device))
+    result = train_measured(trainer, device, cap_s, token_cap, held_out)
+    result["settings"] = {k: str(getattr(trainer.args, k, None))
+                          for k in REPORTED + (DPO_REPORTED if method == "dpo" else ())}
     result["settings"]["batch_size"] = config.batch_size
     result["features"] = {**features, **app_features(trainer, device, dtype)}
+    if method == "dpo":
+        result["features"]["padding_free_packing"] = ("not used: DPO pads each batch's pairs (TRL's DPOTrainer has "
+                                                      "no padding-free path)")
     return result
+
+
+def app_dpo_held_out(trainer: Any, tokenizer: Any, eval_file: Path, max_length: int) -> Callable[[], dict[str, float]]:
+    """The held-out pairs in the app's own token ids, scored by its trainer."""
+    from datasets import Dataset
+
+    from engine import data
+    from engine.preference import encoded_rows
+
+    rows = encoded_rows("pairs", tokenizer, data.prepare_preferences(eval_file).pairs, max_length)
+    return lambda: dpo_held_out(trainer, Dataset.from_list(rows))
 
 
 def app_features(trainer: Any, device: str, dtype: Any) -> dict[str, str]:
@@ -425,7 +544,7 @@ def prepare_model(name: str, models: Path, device: str) -> dict[str, Any] | str:
 
 
 def run_model(spec: dict[str, Any]) -> dict[str, Any]:
-    """Both arms on one model, in this (fresh) process: plain first, then the app."""
+    """Both arms of one method on one model, in this (fresh) process: plain first, then the app."""
     from engine.models import pick_device
 
     device = pick_device("auto")
@@ -434,23 +553,26 @@ def run_model(spec: dict[str, Any]) -> dict[str, Any]:
     models.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     shape = prepare_model(spec["model"], models, device)
+    method = spec.get("method", "sft")
     if isinstance(shape, str):
-        return {"model": spec["model"], "skipped": shape}
+        return {"model": spec["model"], "method": method, "skipped": shape}
     words = source_words()
     train_file, eval_file = out / "train.json", out / "eval.json"
-    lengths = SMOKE_LENGTHS if spec["model"] == "smoke" else {}
-    train_file.write_text(json.dumps(synthetic_rows(spec["rows"], 1, words, **lengths)))
-    eval_file.write_text(json.dumps(synthetic_rows(spec.get("eval_rows", EVAL_ROWS), 2, words, **lengths)))
+    lengths = {} if spec["model"] != "smoke" else SMOKE_DPO_LENGTHS if method == "dpo" else SMOKE_LENGTHS
+    make = synthetic_pairs if method == "dpo" else synthetic_rows
+    train_file.write_text(json.dumps(make(spec["rows"], 1, words, **lengths)))
+    eval_file.write_text(json.dumps(make(spec.get("eval_rows", EVAL_ROWS), 2, words, **lengths)))
     max_length = spec.get("max_length", MAX_LENGTH)
-    row: dict[str, Any] = {"model": spec["model"], "device": device, "device_name": device_name(device),
-                           "shape": shape, "rows": spec["rows"], "max_length": max_length,
-                           "build_seconds": time.perf_counter() - start}
-    row["plain"] = run_plain(train_file, eval_file, out / "plain", device, spec["cap_s"], max_length)
+    row: dict[str, Any] = {"model": spec["model"], "method": method, "device": device,
+                           "device_name": device_name(device), "shape": shape, "rows": spec["rows"],
+                           "max_length": max_length, "build_seconds": time.perf_counter() - start}
+    plain_arm = run_plain_dpo if method == "dpo" else run_plain
+    row["plain"] = plain_arm(train_file, eval_file, out / "plain", device, spec["cap_s"], max_length)
     free_memory()
     plain = row["plain"]
-    token_cap = plain["tokens"] if plain["stopped_at_cap"] else float("inf")
+    token_cap = plain["tokens"] if plain["stopped_at_cap"] else float("inf")  # equal tokens (and so pairs)
     row["app"] = run_app(train_file, eval_file, out / "app", device, spec["cap_s"], spec["max_batch"], token_cap,
-                         max_length)
+                         max_length, method)
     free_memory()
     row["ratios"] = ratios(row["plain"], row["app"])
     return row
@@ -478,50 +600,63 @@ def ratios(plain: dict[str, Any], app: dict[str, Any]) -> dict[str, float | None
 # ------------------------------------------------------------------------------------------------ plan
 
 
-def plan(models: list[str], budget_s: float, smoke: bool) -> list[dict[str, Any]]:
-    """Each model gets an equal share of the budget, its setup included. Rows are sized so that the plain arm
-    takes about 35% of the training share by cautious guesses of its speed (the app's arm, half that by the
-    goal); a time cap of half the share per arm keeps the whole run inside the budget if a guess is wrong.
-    A capped plain arm is marked so, and the app's arm then stops at the same number of real tokens."""
+def plan(models: list[str], budget_s: float, smoke: bool, dpo_models: tuple[str, ...] = DPO_MODELS
+         ) -> list[dict[str, Any]]:
+    """Each run (a model's SFT, and its DPO for the models in ``dpo_models``: each in its own child process) gets
+    an equal share of the budget, its setup included. Rows (pairs) are sized so that the plain arm takes about
+    35% of the training share by cautious guesses of its speed (the app's arm, half that by the goal); a time cap
+    of half the share per arm keeps the whole run inside the budget if a guess is wrong. A capped plain arm is
+    marked so, and the app's arm then stops at the same number of real tokens."""
     if smoke:
-        return [{"model": "smoke", "rows": 16, "eval_rows": 4, "cap_s": 60.0, "max_batch": 8, "max_length": 256}]
-    share = max(30.0, budget_s / len(models) - SETUP_S)
+        tiny = {"model": "smoke", "eval_rows": 4, "cap_s": 60.0, "max_batch": 8, "max_length": 256}
+        return [{**tiny, "method": "sft", "rows": 16}, {**tiny, "method": "dpo", "rows": 8}]
+    runs = [(name, "sft") for name in models] + [(name, "dpo") for name in models if name in dpo_models]
+    share = max(30.0, budget_s / len(runs) - SETUP_S)
     tokens_per_row = 300  # the synthetic rows' mean (295 tokens with the chat template)
-    return [{"model": name, "rows": max(64, int(share * 0.35 * PLAIN_TPS_GUESS[name] / tokens_per_row)),
-             "cap_s": share * 0.5, "max_batch": 8} for name in models]
+
+    def rows(name: str, method: str) -> int:
+        if method == "dpo":
+            return max(32, int(share * 0.35 * PLAIN_TPS_GUESS[name] * DPO_SPEED / TOKENS_PER_PAIR))
+        return max(64, int(share * 0.35 * PLAIN_TPS_GUESS[name] / tokens_per_row))
+
+    return [{"model": name, "method": method, "rows": rows(name, method), "cap_s": share * 0.5, "max_batch": 8}
+            for name, method in runs]
 
 
-def spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.gpu", "--child", json.dumps(spec)]
+def spawn(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs ``specs`` one after the other in one fresh child process; a row per spec (failed ones say so)."""
+    cmd = [sys.executable, "-m", "bench.gpu", "--child", json.dumps(specs)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        return {"model": spec["model"], "failed": proc.stderr[-3000:]}
-    return json.loads(lines[-1][len("RESULT "):])
+    rows = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    return rows + [{"model": spec["model"], "method": spec.get("method", "sft"), "failed": proc.stderr[-3000:]}
+                   for spec in specs[len(rows):]]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The printed (and RESULTS.md) table: one line per model and arm."""
-    lines = ["| model | arm | real tokens | pad tokens | tokens/s | steady tokens/s | peak GB | held-out loss |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The printed (and RESULTS.md) table: one line per model, method and arm (held-out loss: SFT's, or for DPO
+    TRL's DPO loss, next to the held-out reward accuracy)."""
+    lines = ["| model | method | arm | real tokens | pad tokens | tokens/s | steady tokens/s | peak GB | held-out loss "
+             "| reward accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        name = f"| {row['model']} | {row.get('method', 'sft')} |"
         if "plain" not in row:
-            lines.append(f"| {row['model']} | — | {row.get('skipped') or 'failed'} | | | | | |")
+            lines.append(f"{name} — | {row.get('skipped') or 'failed'} | | | | | | |")
             continue
         for arm in ("plain", "app"):
             r = row[arm]
-            steady = r["steady_tokens_per_second"]
-            lines.append(f"| {row['model']} | {arm} | {r['tokens']:,} | {r['pad_tokens']:,} | "
+            steady, accuracy = r["steady_tokens_per_second"], r.get("held_out_reward_accuracy")
+            lines.append(f"{name} {arm} | {r['tokens']:,} | {r['pad_tokens']:,} | "
                          f"{r['tokens_per_second']:,.0f} | {'—' if steady is None else f'{steady:,.0f}'} | "
-                         f"{r['peak_memory_gb']:.2f} | {r['held_out_loss']:.3f} |")
+                         f"{r['peak_memory_gb']:.2f} | {r['held_out_loss']:.3f} | "
+                         f"{'—' if accuracy is None else f'{accuracy:.2f}'} |")
         q = {k: "—" if v is None else f"{v:.2f}×" for k, v in row["ratios"].items()}
-        lines.append(f"| {row['model']} | app / plain | | | {q['tokens_per_second']} | "
-                     f"{q['steady_tokens_per_second']} | {q['peak_memory']} | {q['held_out_loss']} |")
+        lines.append(f"{name} app / plain | | | {q['tokens_per_second']} | "
+                     f"{q['steady_tokens_per_second']} | {q['peak_memory']} | {q['held_out_loss']} | |")
     return "\n".join(lines)
 
 
 def summary(rows: list[dict[str, Any]], budget_s: float, seconds: float) -> dict[str, Any]:
-    qwen = next((r for r in rows if r["model"] == "Qwen3-0.6B" and "app" in r), None)
+    qwen = next((r for r in rows if r["model"] == "Qwen3-0.6B" and r.get("method") == "sft" and "app" in r), None)
     published = None
     if qwen is not None:
         tps = qwen["app"]["steady_tokens_per_second"] or qwen["app"]["tokens_per_second"]
@@ -542,11 +677,12 @@ def results_block(result: dict[str, Any]) -> str:
              f"{result['seconds']:.0f} s (budget {result['budget_s']:.0f} s); arms and data as the module doc of "
              "`bench/gpu.py` says; every figure in `bench/gpu_results.json`. Real tokens are non-pad tokens; peak is "
              "`torch.cuda.max_memory_allocated` (weights included); held-out loss is on 32 other rows after one "
-             "epoch (equal tokens).\n", table(rows), ""]
+             "epoch (equal tokens); for DPO rows it is TRL's DPO loss on 32 held-out pairs, next to their reward "
+             "accuracy.\n", table(rows), ""]
     for row in rows:
         if "app" in row:
             features = "; ".join(f"{k}: {v}" for k, v in row["app"]["features"].items())
-            lines.append(f"- {row['model']}, app arm: {features}.")
+            lines.append(f"- {row['model']} {row.get('method', 'sft').upper()}, app arm: {features}.")
     published = result.get("qwen3_0_6b_vs_published")
     if published:
         lines.append(f"- Qwen3-0.6B, app arm: {published['app_tokens_per_second']:,.0f} tokens/s against the "
@@ -558,21 +694,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench gpu", description=__doc__)
     parser.add_argument("--models", default="SmolLM2-135M,Qwen3-0.6B,Qwen2.5-1.5B,bundled",
                         help="comma-separated: " + ", ".join([*SHAPES, "bundled"]))
+    parser.add_argument("--dpo-models", default=",".join(DPO_MODELS),
+                        help="comma-separated: the models that also run DPO (empty: none)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="the whole run's time budget, seconds")
     parser.add_argument("--smoke", action="store_true", help="a tiny model on the CPU, a few steps per arm")
     parser.add_argument("--out", type=Path, help="results file (default: bench/gpu_results.json on CUDA only)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(run_model(json.loads(args.child)), default=str), flush=True)
+        for spec in json.loads(args.child):
+            print("RESULT " + json.dumps(run_model(spec), default=str), flush=True)
+            free_memory()
         return 0
-    specs = plan(args.models.split(","), args.budget_s, args.smoke)
+    specs = plan(args.models.split(","), args.budget_s, args.smoke, tuple(filter(None, args.dpo_models.split(","))))
     print("plan:", json.dumps(specs), flush=True)
     start, rows = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
-        for spec in specs:
-            rows.append(spawn({**spec, "out": str(Path(tmp) / spec["model"])}))
-            print(json.dumps(rows[-1], default=str), flush=True)
+        specs = [{**spec, "out": str(Path(tmp) / f"{spec['model']}-{spec['method']}")} for spec in specs]
+        # one child per run on a GPU (the app's kernel patches must not reach a later plain arm); the smoke's runs
+        # share one (no CUDA, no patches; one start-up less)
+        for group in [specs] if args.smoke else [[spec] for spec in specs]:
+            rows += spawn(group)
+            for row in rows[-len(group):]:
+                print(json.dumps(row, default=str), flush=True)
     result = summary(rows, args.budget_s, time.perf_counter() - start)
     print(table(rows))
     print("Qwen3-0.6B app vs published:", json.dumps(result["qwen3_0_6b_vs_published"]))

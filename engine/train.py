@@ -354,7 +354,9 @@ def trainer_arguments(job: JobRecord, device: str, dtype: Any, has_eval: bool) -
         dataloader_num_workers=0,
         disable_tqdm=True,
         # Liger's fused kernels (RMSNorm, SwiGLU, RoPE, linear + cross-entropy) where they run: Triton on a GPU.
-        use_liger_kernel=device == "cuda" and importlib.util.find_spec("liger_kernel") is not None,
+        # SFT only: TRL's Liger preference losses with a PEFT reference adapter have never run here.
+        use_liger_kernel=(device == "cuda" and config.method == "sft"
+                          and importlib.util.find_spec("liger_kernel") is not None),
     )
 
 
