@@ -35,7 +35,8 @@ pytestmark = pytest.mark.slow
 def _client(url: str, user: str) -> Any:
     from gradio_client import Client
 
-    return Client(url, auth=(user, f"{user}-pass"), verbose=False)
+    # CI load: see test_workspaces._client
+    return Client(url, auth=(user, f"{user}-pass"), verbose=False, httpx_kwargs={"timeout": 60})
 
 
 def _wait(what: str, check: Any, timeout: float = WAIT_S, poll: float = 1.0) -> Any:

@@ -82,7 +82,9 @@ def test_someone_elses_run_reads_as_missing(isolated_home: Path) -> None:
 def _client(url: str, user: str | None = None):
     from gradio_client import Client
 
-    return Client(url, auth=(user, f"{user}-pass") if user else None, verbose=False)
+    # A generous timeout: right after start-up, under CI load, signing in and reading the config once took over
+    # httpx's default 5 s (ReadTimeout in a clean-clone run while the other test process trained).
+    return Client(url, auth=(user, f"{user}-pass") if user else None, verbose=False, httpx_kwargs={"timeout": 60})
 
 
 def _file_route(url: str, path: Path, user: str) -> int:
