@@ -63,6 +63,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), tokenizer)
 
 
+@pytest.fixture
+def tiny_bundled(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny model where the bundled one is looked for, so a run takes seconds (workers inherit the setting)."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_dir, models / "SmolLM2-135M-Instruct")
+    monkeypatch.setenv("TUNE_STUDIO_MODELS", str(models))
+    return models
+
+
 @pytest.fixture(scope="session")
 def hub_server():
     """A local fake of the Hugging Face Hub for the whole session (repos, tokens, request log: tests/hub_server.py).

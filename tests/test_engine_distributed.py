@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,15 +30,6 @@ DATA = FT_DATA / "identity.json"
 #: Measured 2026-12-02 on the 2-core machine, idle and with both cores busy: at most 1e-6 over 6 steps. That this
 #: bound can fail: the two processes with batch 2 each (twice the global batch) differed by 0.002-0.065 per step.
 LOSS_TOLERANCE = 2e-3
-
-
-@pytest.fixture
-def tiny_bundled(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The tiny model where the bundled one is looked for (the workers inherit TUNE_STUDIO_MODELS)."""
-    models = tmp_path / "models"
-    shutil.copytree(tiny_model_dir, models / "SmolLM2-135M-Instruct")
-    monkeypatch.setenv("TUNE_STUDIO_MODELS", str(models))
-    return models
 
 
 def _config(**overrides: object) -> TrainConfig:

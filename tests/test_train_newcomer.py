@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import gradio as gr
-import pytest
 
 from engine import events as ev
 from engine.config import EVAL_MAX_COUNT, EVAL_MIN_STEPS, TrainConfig, default_preset, load_preset, preset_names
@@ -125,17 +124,6 @@ def test_after_a_reload_the_form_shows_the_settings_of_the_run_on_screen(isolate
     assert isinstance(fresh[0], type(gr.skip()))
     assert tab.form.to_settings(fresh[1:]) == load_preset("taste-cpu")
     assert tab.preset.value == default_preset("cpu")  # this machine has no GPU
-
-
-@pytest.fixture
-def tiny_bundled(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The tiny model where the bundled one is looked for, so a run takes seconds."""
-    import shutil
-
-    models = tmp_path / "models"
-    shutil.copytree(tiny_model_dir, models / "SmolLM2-135M-Instruct")
-    monkeypatch.setenv("TUNE_STUDIO_MODELS", str(models))
-    return models
 
 
 def test_a_real_run_names_its_phases_in_order_and_evaluates_a_capped_set_once(
