@@ -158,7 +158,8 @@ def latency_at_scale(min_chunks: int = 10_000, queries: int = 300, rebuild: bool
     from rag.pipeline import PipelineSpec
     from rag.retrieve import search
 
-    spec = PipelineSpec().with_params("split", chunk_size=180, chunk_overlap=20)
+    # The speed goal is for the search itself: the rerank step (on by default) is measured by bench.rerank.
+    spec = PipelineSpec().with_params("split", chunk_size=180, chunk_overlap=20).with_enabled("rerank", False)
     questions = [q["question"] for q in load_questions(SQUAD / "questions.jsonl")][:queries]
     index, seconds, cached = _scale_index(spec, rebuild)
     out: dict[str, Any] = {"chunks": len(index.chunks), "index_seconds": seconds, "index_cached": cached,

@@ -33,14 +33,21 @@ def check_upload(path: str | Path, name: str | None = None, lim: Limits | None =
 
 
 def folder_bytes(folder: str | Path) -> int:
-    """Bytes of every file under ``folder`` (0 when it does not exist); links are not followed."""
+    """Bytes of every file under ``folder`` (0 when it does not exist); links are not followed, and a file with
+    several hard links (a collection's versions share their kept originals that way) counts once."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for root, _dirs, files in os.walk(folder):
         for file in files:
             try:
-                total += os.lstat(os.path.join(root, file)).st_size
+                stat = os.lstat(os.path.join(root, file))
             except OSError:  # removed while we walked
                 continue
+            if stat.st_nlink > 1:
+                if (stat.st_dev, stat.st_ino) in seen:
+                    continue
+                seen.add((stat.st_dev, stat.st_ino))
+            total += stat.st_size
     return total
 
 

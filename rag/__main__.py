@@ -4,6 +4,7 @@
     python -m rag eval --devset long-docs|squad-small [--ablation]
     python -m rag index --docs DIR --out INDEX_DIR [--pipeline SPEC.json]
     python -m rag query --index INDEX_DIR --question TEXT [--top-k N]
+    python -m rag build-reranker [--out FILE]    (the bundled reranker's weights: rag/build_reranker.py)
 
 Bad input ends with a one-line message and exit status 2, never a traceback. Hub embedders download
 (with a plain message when the Hub cannot be reached); set ``HF_HUB_OFFLINE=1`` to forbid that.
@@ -145,6 +146,13 @@ def cmd_query(args: argparse.Namespace) -> dict[str, Any]:
             "hits": [h.to_dict() for h in result.hits]}
 
 
+def cmd_build_reranker(args: argparse.Namespace) -> dict[str, Any]:
+    from rag.build_reranker import build
+    from rag.rerankers import WEIGHTS_FILE
+
+    return build(Path(args.out) if args.out else WEIGHTS_FILE)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rag", description="Tune Studio RAG: evaluate, index, query.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--question", required=True)
     q.add_argument("--top-k", type=int, default=None)
     q.set_defaults(func=cmd_query)
+    b = sub.add_parser("build-reranker", help="learn the bundled reranker's weights on XQuAD (English)")
+    b.add_argument("--out", help="weights file (default: rag/models/sentence_reranker.json)")
+    b.set_defaults(func=cmd_build_reranker)
     return p
 
 

@@ -11,6 +11,8 @@ On disk (one folder per collection, under ``subdir("indexes")`` in the app)::
         parents.jsonl            with parent-child: the chunks those pieces were cut from, which the model reads
         embeddings.npy           float32 (chunks × dimension), L2-normalised
         vectors.faiss            the FAISS index over those vectors
+        originals/<sha256>.pdf   the uploaded PDFs themselves, by content hash, so a citation can show the rendered
+                                 page (``rag.pages``); hard links to the previous version's copy when unchanged
 
 Why versions: many visitors share one server. A writer builds the next version in a hidden folder,
 renames it into place, then atomically replaces the top-level ``manifest.json`` — so a reader always
@@ -25,12 +27,18 @@ Why vectors are kept besides FAISS: removing a file or switching flat/HNSW/IVF r
 index from stored vectors in well under a second, with no re-embedding; and a re-chunked document
 re-uses the vector of every chunk whose text did not change (content hashes). BM25 is rebuilt
 from ``chunks.jsonl`` on load (milliseconds), so it can never disagree with the chunk store.
+
+Why originals are kept (PDFs only, up to the Load stage's file limit): the text is enough to retrieve and
+re-chunk, but a reader checking a citation wants to see the page itself. A version links the previous version's
+copies (same inode, no second copy on disk), so it still holds every file it needs and is pruned as one folder.
+Versions written before originals were kept have no ``originals/`` folder: their citations show text only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -69,6 +77,9 @@ MANIFEST_VERSION = 2
 KEEP_VERSIONS = 3  # the current version and two older ones, for readers still opening them
 DATA_FILES = ("documents.jsonl", "chunks.jsonl", "embeddings.npy", "vectors.faiss")
 PARENTS_FILE = "parents.jsonl"  # absent in versions written before parent-child: read as no parents
+ORIGINALS_DIR = "originals"  # absent in versions written before originals were kept: citations show text only
+KEPT_SUFFIXES = (".pdf",)  # the kinds of file whose original is kept (the ones rag.pages can render)
+_COPY_BLOCK = 1024 * 1024
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 _OPEN_ATTEMPTS = 5
 
@@ -148,6 +159,45 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _copy_verified(source: Path, target: Path, sha256: str) -> bool:
+    """Copy ``source`` to ``target`` (fsynced) if its bytes still hash to ``sha256``; else leave no ``target``.
+
+    Why verify: the file was read earlier in the batch; if it changed or vanished since, the copy would not be the
+    document whose text was indexed, and showing it beside that text would mislead."""
+    digest = hashlib.sha256()
+    try:
+        with source.open("rb") as src, target.open("wb") as out:
+            while block := src.read(_COPY_BLOCK):
+                digest.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError:
+        target.unlink(missing_ok=True)
+        return False
+    if digest.hexdigest() != sha256:
+        target.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _link_or_copy(source: Path, target: Path, sha256: str) -> bool:
+    """Hard-link a previous version's kept original (no second copy on disk; pruning that version drops only its
+    link); copy it where links are not possible. False when the source is gone."""
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return _copy_verified(source, target, sha256)
+    return True
+
+
+def keeps_original(source: str) -> bool:
+    """Whether the index keeps the original of a file named ``source`` (only kinds that ``rag.pages`` renders)."""
+    return Path(source).suffix.lower() in KEPT_SUFFIXES
+
+
 def _jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
@@ -206,6 +256,19 @@ def _version_dirs(path: Path) -> dict[int, Path]:
     if not path.is_dir():
         return {}
     return {int(m.group(1)): p for p in path.iterdir() if p.is_dir() and (m := _VERSION_DIR.match(p.name))}
+
+
+def original_file(path: str | Path, sha256: str) -> Path | None:
+    """The kept original with content hash ``sha256`` in the collection at ``path``: the newest saved version
+    holding it (any version's copy is the same bytes); None when none does (an old collection, a file too large
+    to keep, not a PDF)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
+        return None
+    for _, folder in sorted(_version_dirs(Path(path)).items(), reverse=True):
+        candidate = folder / ORIGINALS_DIR / f"{sha256}.pdf"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _prune(path: Path, current: int) -> None:
@@ -363,6 +426,8 @@ class RagIndex:
         self._reuse: dict[str, np.ndarray] = {}  # vectors carried over during reindex()
         self._reindexing = False
         self._holds_lock = False  # True inside edit(): saves need not (and must not) take the lock again
+        self._originals_from: Path | None = None  # the saved version folder whose kept originals the next one links
+        self._new_originals: dict[str, Path] = {}  # by content hash: files read in this batch, copied at the save
 
     @property
     def name(self) -> str:
@@ -436,6 +501,7 @@ class RagIndex:
                     version=int(manifest.get("version", 0)), read_only=read_only)
         index.parents = parents
         index._faiss = index._read_faiss(folder)
+        index._originals_from = folder
         return index
 
     @classmethod
@@ -519,6 +585,7 @@ class RagIndex:
         _write_atomic(self.path / MANIFEST, json.dumps({**manifest, "data": final.name}, indent=2,
                                                        ensure_ascii=False).encode())
         self.version = new
+        self._originals_from, self._new_originals = final, {}
         _prune(self.path, new)
 
     def _write_version(self, folder: Path, version: int) -> dict[str, Any]:
@@ -533,9 +600,40 @@ class RagIndex:
             handle.flush()
             os.fsync(handle.fileno())
         faiss.write_index(self.faiss, str(folder / "vectors.faiss"))
+        self._write_originals(folder / ORIGINALS_DIR)
         manifest = {**self.manifest(), "version": version}
         _write_file(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False).encode())
         return manifest
+
+    def _write_originals(self, target: Path) -> None:
+        """Put the original of every kept file of this version in ``target``, once per content hash: linked from
+        the version this copy was opened from, else copied from the file a new document was read from. A file
+        with neither (an old collection, a batch of bytes without a file) simply has none."""
+        wanted = sorted({r.sha256 for r in self.files.values() if keeps_original(r.source)})
+        for sha in wanted:
+            previous = self._originals_from / ORIGINALS_DIR / f"{sha}.pdf" if self._originals_from else None
+            new = self._new_originals.get(sha)
+            if previous is None and new is None:
+                continue
+            target.mkdir(exist_ok=True)
+            dest = target / f"{sha}.pdf"
+            if previous is not None and _link_or_copy(previous, dest, sha):
+                continue
+            if new is not None:
+                _copy_verified(new, dest, sha)
+
+    def _keep_original(self, doc: LoadedDocument) -> None:
+        """Note a new document's file for the next save, when it is a kind rendered for citations and within the
+        Load stage's file limit (the build also refuses larger uploads before they are read)."""
+        if doc.original is None or not keeps_original(doc.source):
+            return
+        limit_mb = self.spec.stages["load"].max_file_mb
+        try:
+            size = Path(doc.original).stat().st_size
+        except OSError:
+            return
+        if not limit_mb or size <= limit_mb * 1024 * 1024:
+            self._new_originals[doc.sha256] = Path(doc.original)
 
     def _read_faiss(self, folder: Path) -> Any:
         import faiss
@@ -722,6 +820,7 @@ class RagIndex:
             chunks = self._split_one(doc, title)
             self.documents[doc.source] = doc.sections
             self.files[doc.source] = FileRecord(doc.source, doc.sha256, len(chunks), title)
+            self._keep_original(doc)
             new_chunks.extend(chunks)
             added.append(doc.source)
         return new_chunks, added

@@ -21,7 +21,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -82,6 +82,10 @@ class LoadedDocument:
     encoding: str | None = None
     title: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: The file a PDF was read from (:func:`load_file`), so the index can keep its bytes and a citation can show
+    #: the rendered page (``rag.pages``); None for other kinds, bytes loaded without a file, and encrypted PDFs
+    #: opened with a password (their kept copy could not be rendered without it, and a password is never stored).
+    original: Path | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_chars(self) -> int:
@@ -667,14 +671,20 @@ def load_file(
     path: str | Path, *, pdf_password: str = "", max_mb: float = 0, name: str | None = None,
     load: LoadSettings | None = None, on_page: PageCallback | None = None,
 ) -> LoadedDocument | Refusal:
-    """Load a file from disk; the source name defaults to the file name (what citations show)."""
+    """Load a file from disk; the source name defaults to the file name (what citations show).
+
+    A PDF's document names its file (``original``): the index copies it when it saves, not here, so a batch
+    never holds every file's bytes in memory at once."""
     path = Path(path)
     source = name or path.name
     try:
         data = path.read_bytes()
     except OSError as exc:
         return Refusal(source, RefusalReason.BROKEN, f"'{source}' could not be opened: {exc.strerror or exc}.")
-    return load_bytes(data, source, pdf_password=pdf_password, max_mb=max_mb, load=load, on_page=on_page)
+    doc = load_bytes(data, source, pdf_password=pdf_password, max_mb=max_mb, load=load, on_page=on_page)
+    if isinstance(doc, LoadedDocument) and Path(source).suffix.lower() == ".pdf" and not pdf_password:
+        return replace(doc, original=path)
+    return doc
 
 
 def read_with_pages(read: Callable[..., _R], page_event: Callable[[int, int, str, float | None], _T], *args: Any,

@@ -6,11 +6,12 @@ on the shared scanned files: about 4x less CPU per page and words kept apart whe
 (bench/ocr.py, bench/RESULTS.md "OCR (issue #13)"). PDF pages are rendered with pypdfium2 (Apache-2.0 or
 BSD-3-Clause; PDFium itself BSD-3-Clause).
 
-The program is looked up once per process, on the first page that needs it. Calls are serialised by a lock
-(PDFium is not thread-safe, and two OCR runs at once on a 2-core machine only slow each other down). Tesseract
-computes with one thread unless the operator sets ``OMP_THREAD_LIMIT``: its OpenMP threads spin-wait, and with
-the other core busy one page of loremipsum-flat.pdf took 198 s with 2 threads against 8-11 s with 1 (measured
-2026-12-02 on the 2-core development machine, load average 14-20); the same trap ``engine/cpu.py`` avoids.
+The program is looked up once per process, on the first page that needs it. Calls are serialised by locks
+(PDFium is not thread-safe: :data:`PDFIUM_LOCK`; two OCR runs at once on a 2-core machine only slow each other
+down). Tesseract computes with one thread unless the operator sets ``OMP_THREAD_LIMIT``: its OpenMP threads
+spin-wait, and with the other core busy one page of loremipsum-flat.pdf took 198 s with 2 threads against 8-11 s
+with 1 (measured 2026-12-02 on the 2-core development machine, load average 14-20); the same trap
+``engine/cpu.py`` avoids.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ MAX_UPSCALE = 3
 PAGE_TIMEOUT_S = 300
 LANGUAGE = "eng"
 
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # one Tesseract run at a time
+PDFIUM_LOCK = threading.Lock()
+"""Held around every use of pypdfium2 in this process (PDFium is not thread-safe): OCR's page rendering here and
+a citation's page image (``rag.pages``). Apart from the Tesseract lock, so a page view never waits for an OCR run."""
 _PROGRAM: list[str] = []  # the tesseract path, once found
 
 
@@ -129,7 +133,7 @@ def render_pdf_page(data: bytes, index: int, max_pixels: float, password: str = 
     """Page ``index`` (0-based) of a PDF as a greyscale PIL image, sized for OCR."""
     import pypdfium2 as pdfium
 
-    with _LOCK:
+    with PDFIUM_LOCK:
         pdf = pdfium.PdfDocument(data, password=password or None)
         try:
             page = pdf[index]

@@ -45,7 +45,9 @@ class PostStep:
 
 
 def _default_post_steps() -> tuple[PostStep, ...]:
-    enabled = {"threshold": False, "dedupe": True, "mmr": False, "rerank": False, "parent_child": False}
+    """Dedupe, then rerank (the bundled sentence matcher offline: bench/RESULTS.md "Offline reranker" for its
+    gain and cost); the other steps wait in the palette."""
+    enabled = {"threshold": False, "dedupe": True, "mmr": False, "rerank": True, "parent_child": False}
     order = ("threshold", "dedupe", "mmr", "rerank", "parent_child")
     return tuple(PostStep(name, enabled[name], POST_STEPS[name]()) for name in order)
 

@@ -161,15 +161,19 @@ def _parent_child(hits: list[Hit], settings: ParentChildSettings | None, *, inde
     return out
 
 
-def _rerank(hits: list[Hit], settings: RerankSettings, *, query: str, **_: Any) -> list[Hit]:
-    """Re-score the first ``top_n`` candidates with a cross-encoder (``rag.rerankers``: a Hub model, downloaded
-    once through the app's downloader) and order them by its score."""
+def _rerank(hits: list[Hit], settings: RerankSettings, *, query: str, index: RagIndex | None = None,
+            qvec: np.ndarray | None = None, **_: Any) -> list[Hit]:
+    """Re-score the first ``top_n`` candidates with a reranker (``rag.rerankers``: the bundled sentence matcher
+    offline, or a Hub cross-encoder downloaded once through the app's downloader) and order them by its score."""
     if not hits:
         return hits
+    from rag.embedders import BUNDLED
     from rag.rerankers import get_reranker, rerank_scores
 
     head, tail = hits[: settings.top_n], hits[settings.top_n:]
-    scores = rerank_scores(get_reranker(settings.model), query, [h.chunk.text for h in head])
+    # The search already embedded the question with the bundled matcher's own model when the collection uses it.
+    same_model = qvec is not None and index is not None and index.embedder_name == BUNDLED
+    scores = rerank_scores(get_reranker(settings.model), query, head, query_vector=qvec if same_model else None)
     rescored = [replace(h, rerank_score=float(s), score=float(s)) for h, s in zip(head, scores, strict=True)]
     rescored.sort(key=lambda h: (-h.score, h.position))
     return rescored + tail

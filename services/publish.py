@@ -447,7 +447,10 @@ def build_demo_space(job: JobRecord, out_dir: str | Path, index_path: str | Path
         shutil.copytree(PROJECT_ROOT / package, out / package,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.lock"))
     if index is not None:
-        shutil.copytree(index, out / "index", ignore=shutil.ignore_patterns("*.lock", ".*"))
+        from rag.index import ORIGINALS_DIR
+
+        # The kept original PDFs stay home: the demo answers from the text, and a Space must not hand out the files.
+        shutil.copytree(index, out / "index", ignore=shutil.ignore_patterns("*.lock", ".*", ORIGINALS_DIR))
     config = {
         "title": title, "run_name": job.name, "run_id": job.id, "base_model": job.config.base_model,
         "bundled_id": BUNDLED_ID, "bundled_wheel": pinned(BUNDLED_WHEEL_PACKAGE), "adapter": "adapter",

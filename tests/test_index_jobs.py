@@ -64,6 +64,8 @@ def test_a_build_runs_in_a_worker_with_progress_and_refusals(ws):
     index = collections.open_collection(ws.index_path("hand book"))
     assert index.version == 2 and set(index.files) == {"fake-memo.pdf", "book-war-and-peace-1p.txt"}
     assert not any(p.exists() for p in staged)  # staging is cleaned once the job ended
+    kept = [p.name for p in ws.index_path("hand book").glob("v*/originals/*")]  # the PDF itself, for page images
+    assert kept == [f"{index.files['fake-memo.pdf'].sha256}.pdf"]
     assert str(ws.root) not in json.dumps(result)  # names, never server paths
 
 

@@ -266,6 +266,7 @@ def test_demo_space_with_an_index_answers_with_its_sources(home: Path, trained: 
                                                            tmp_path: Path) -> None:
     folder = build_demo_space(trained["job"], tmp_path / "space", index_path=collection)
     assert (folder / "index" / "manifest.json").exists() and (folder / "rag" / "answer.py").exists()
+    assert list(collection.glob("v*/originals/*.pdf")) and not list((folder / "index").rglob("originals"))  # kept home
     assert "faiss-cpu==" in (folder / "requirements.txt").read_text()
     with serving(folder, "demo-space-rag") as url:
         answer = _ask(url, "What was in the memo about water?")

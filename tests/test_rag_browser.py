@@ -55,14 +55,21 @@ def test_build_reorder_ask_and_see_citations(tmp_path: Path):
         page.get_by_text("Advanced: the pipeline step by step").click()  # the cards live under "Advanced"
         page.locator("#rag-step-threshold [data-testid=drag-handle]").wait_for(state="visible")
         before = _post_order(page)
-        assert before[:2] == ["dedupe", "unused"] and before.index("threshold") > before.index("unused")
+        assert before[:3] == ["dedupe", "rerank", "unused"] and before.index("threshold") > before.index("unused")
         page.locator("#rag-step-threshold [data-testid=drag-handle]").drag_to(page.locator("#rag-step-unused").first)
         after = _post_order(page)
-        assert after[:3] == ["dedupe", "threshold", "unused"], after  # in, after dedupe; nothing else moved
+        assert after[:4] == ["dedupe", "rerank", "threshold", "unused"], after  # in, after rerank; nothing else moved
         page.locator("#rag-apply").click()
         page.wait_for_function(f"document.querySelector('#rag-order textarea, #rag-order input').value"
                                f" === {json.dumps(','.join(after))}")
         screenshot(page, "rag-2-step-dragged-in")
+        # The checks follow the form before Apply: keyword-only search makes the threshold card explain itself;
+        # back to hybrid, the warning goes (nothing applied meanwhile).
+        for mode, shown in (("bm25", "true"), ("hybrid", "false")):
+            page.locator("#rag-retrieve-mode input").click()
+            page.get_by_role("option", name=mode, exact=True).click()
+            page.wait_for_function("document.querySelector('#rag-check-threshold').innerText"
+                                   f".includes('keyword only') === {shown}", timeout=30_000)
         page.locator("#rag-search").click()
         page.wait_for_function("(t => t.includes('fake-memo.pdf') && !t.includes('book-war-and-peace'))"
                                "(document.querySelector('#rag-hits').innerText)")

@@ -1,6 +1,7 @@
 """Real browser: ask a collection of a two-page PDF, select a source row, and see that passage's page with its quote
-marked. The collection is built in the test process first (the tab's build is covered by test_rag_browser.py), with
-a short answer length so the bundled model answers quickly.
+marked: the rendered page image above (the collection keeps the PDF), the page's text below. The collection is
+built in the test process first (the tab's build is covered by test_rag_browser.py), with a short answer length so
+the bundled model answers quickly.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def test_selecting_a_source_row_shows_its_page_with_the_quote_marked(tmp_path: P
         marked = _words(view.locator("mark").inner_text())
         assert marked and marked in page_two
         assert "Dense Passage Retrieval for Open-Domain" not in view.inner_text()  # page 1's title
+        image = page.locator("#rag-page-image")
+        image.locator("img").wait_for(state="visible")
+        assert "multi-column-2p.pdf, p. 2" in image.inner_text()  # the caption
+        assert image.locator("img").evaluate("img => img.naturalWidth") > 500
         screenshot(page, "rag-citations-page-view")
         assert not page.errors, page.errors
 
@@ -65,6 +70,9 @@ def test_selecting_a_source_row_shows_its_page_with_the_quote_marked(tmp_path: P
                               quote=view.locator("mark").inner_text(), api_name="/rag_show_page")
         assert "<h4>multi-column-2p.pdf, p. 2</h4>" in html and "<mark>" in html
         assert "Dense Passage Retrieval for Open-Domain" not in html
+        png = client.predict(collection="paper", source=PAPER.name, page=2, quote="It not only outperforms BM25",
+                             api_name="/rag_page_image")
+        assert png.startswith("data:image/png;base64,iVBORw0KGgo")  # the PNG signature
         with pytest.raises(AppError, match="no-such") as refused:
             client.predict(collection="no-such", source=PAPER.name, page=2, api_name="/rag_show_page")
         assert str(home) not in str(refused.value)  # a missing collection is named, never its folder

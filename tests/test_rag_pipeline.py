@@ -35,7 +35,7 @@ def test_reorder_toggle_and_params_survive_export():
     again = PipelineSpec.from_json(spec.to_json())
     assert [s.name for s in again.post] == ["threshold", "mmr", "dedupe", "rerank", "parent_child"]
     assert again["mmr"].lambda_mult == 0.5 and again.split.chunk_size == 400
-    assert [s.name for s in again.enabled_post_steps()] == ["mmr", "dedupe"]
+    assert [s.name for s in again.enabled_post_steps()] == ["mmr", "dedupe", "rerank"]
 
 
 @pytest.mark.parametrize(

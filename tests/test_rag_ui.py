@@ -28,7 +28,7 @@ def test_forms_cover_every_setting_and_round_trip_a_spec():
     assert len(values) == len(c.form_components())
     # The page puts the steps in use first (above the palette's divider): the order among unused steps is not kept.
     used_first = [s.name for s in spec.post if s.enabled] + [s.name for s in spec.post if not s.enabled]
-    assert values[0] == "mmr,dedupe,unused,rerank,threshold,parent_child"
+    assert values[0] == "rerank,mmr,dedupe,unused,threshold,parent_child"
     assert rag_tab.spec_from_form(c, tuple(values)) == spec.with_order(used_first)
 
 
@@ -44,9 +44,9 @@ def test_every_event_has_a_stable_rag_api_name():
 def test_post_step_cards_are_draggable_in_spec_order():
     c = _tab()
     # The steps in use first, then the palette (below its divider) in the default spec's order.
-    assert list(c.enabled) == ["dedupe", "threshold", "mmr", "rerank", "parent_child"]
+    assert list(c.enabled) == ["dedupe", "rerank", "threshold", "mmr", "parent_child"]
     assert set(c.enabled) == set(POST_STEPS)
-    assert c.order.value == "dedupe,unused,threshold,mmr,rerank,parent_child"
+    assert c.order.value == "dedupe,rerank,unused,threshold,mmr,parent_child"
 
 
 def test_job_view_renders_progress_refusals_and_the_final_counts(tmp_path):
@@ -77,3 +77,26 @@ def test_job_view_renders_progress_refusals_and_the_final_counts(tmp_path):
         "seconds": 31.5, "needs_reindex": False}))
     done = "**Done** in 31.5s: the collection holds 4 file(s), 256 chunks (250 embedded, 6 reused, 1 refused)"
     assert view.text(replace(job, status="done")).endswith(done + " — version 3.")
+
+
+
+def test_checks_follow_the_form_as_it_changes_before_apply():
+    """A setting changed on the page re-checks the pipeline at once (every card control's change event runs
+    ``live_checks``): keyword-only search makes the threshold card explain itself; a value that does not make a
+    pipeline (a number below its minimum, half typed) leaves the checks as they were."""
+    c = _tab()
+    spec = PipelineSpec().with_enabled("threshold", True)
+    checks = dict(zip(rag_tab.CHECKED_STAGES, rag_tab.live_checks(c, tuple(rag_tab.form_updates(c, spec))),
+                      strict=True))
+    assert checks["threshold"] == ""
+
+    bm25_only = rag_tab.form_updates(c, spec.with_params("retrieve", mode="bm25"))
+    checks = dict(zip(rag_tab.CHECKED_STAGES, rag_tab.live_checks(c, tuple(bm25_only)), strict=True))
+    assert "keyword only (bm25)" in checks["threshold"]
+
+    forms = list(c.forms)
+    top_k_at = (1 + len(c.enabled) + sum(len(c.forms[n].components) for n in forms[: forms.index("retrieve")])
+                + c.forms["retrieve"].names.index("top_k"))
+    broken = list(bm25_only)
+    broken[top_k_at] = -5
+    assert rag_tab.live_checks(c, tuple(broken)) == [gr.skip()] * len(rag_tab.CHECKED_STAGES)

@@ -629,6 +629,7 @@ ENDPOINT_ACCESS: dict[str, tuple[str, str]] = {
     "rag_search": (READ_ONLY, ""),
     "rag_ask": (READ_ONLY, ""),
     "rag_show_page": (READ_ONLY, ""),
+    "rag_page_image": (READ_ONLY, ""),  # the page rag_show_page shows as text, as the RAG tab shows it
     # Compare
     "compare_refresh": (READ_ONLY, ""),
     "compare_ask": (READ_ONLY, ""),

@@ -2,14 +2,20 @@
 
 An answer's citations read "[1] handbook.pdf, p. 3 — “quoted span”" (the span: ``rag.answer.citation_quotes``).
 Each passage given to the model keeps a small reference (file, page, section, quote) in a per-visitor state;
-selecting its row opens the page view: the text of that page (or sheet, slide, section) as the collection stored
-it, with the quoted span marked. The index keeps the extracted text, not the original file, so the view shows
-text, never a rendered page image. Document text is escaped: nothing in a file can inject HTML.
+selecting its row opens the page view: for a PDF whose original the collection kept, the rendered page with the
+quote highlighted (``rag.pages``), and always, under it, the text of that page (or sheet, slide, section) as the
+collection stored it, with the quoted span marked: the text is what screen readers and copy-paste use, and all
+there is for other kinds of file and for collections built before originals were kept. Document text is escaped:
+nothing in a file can inject HTML.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.answer import citing_text
@@ -19,6 +25,7 @@ from ui.common import literal_markdown
 if TYPE_CHECKING:
     from rag.events import AnswerEvent
     from rag.hits import Hit
+    from rag.index import FileRecord
     from rag.ingest import Section
 
 MAX_PAGE_CHARS = 12_000  # a longer page (a whole text file) is shown around the quote
@@ -91,3 +98,49 @@ def page_html(collection: str, sections: list[Section] | None, ref: dict[str, An
     note = "" if span or not quote else "<p><i>The quoted sentence could not be placed on this page.</i></p>"
     return (f"<div id='rag-page-card'><h4>{html.escape(str(ref.get('location') or source))}</h4>{note}"
             f"<div style='white-space: pre-wrap'>{body}</div></div>")
+
+
+def page_caption(ref: dict[str, Any]) -> str:
+    """"handbook.pdf, p. 3": the image's label (the passage's location, as the citation list names it)."""
+    return str(ref.get("location") or ref.get("source") or "")
+
+
+def page_alt_text(ref: dict[str, Any]) -> str:
+    """What a screen reader says for the page image: where it is from, and that the same text follows as text."""
+    marked = " with the quoted sentence highlighted in yellow" if ref.get("quote") else ""
+    return f"Image of {page_caption(ref)}{marked}. The page's text follows, its quote marked."
+
+
+def page_image(collection_path: str | Path, record: FileRecord | None, ref: dict[str, Any]) -> Any | None:
+    """The rendered page of one passage as a PIL image, its quote highlighted; None when there is none to show
+    (not a PDF, a file the collection no longer holds, a collection built before originals were kept).
+
+    ``record`` is the file as the caller's copy of the collection holds it, so the image is of the same content
+    as the text shown under it."""
+    png = page_png(collection_path, record, ref)
+    if png is None:
+        return None
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png))
+
+
+def page_png(collection_path: str | Path, record: FileRecord | None, ref: dict[str, Any]) -> bytes | None:
+    """:func:`rag.pages.render_page` for one passage; None, logged, if rendering fails in a way it did not foresee:
+    the image is an addition, and the text view under it must show whatever happens to it."""
+    if record is None:
+        return None
+    from rag.pages import render_page  # here: Chat and Compare import this module and never render a page
+
+    try:
+        return render_page(collection_path, record.source, ref.get("page"), quote=str(ref.get("quote") or ""),
+                           sha256=record.sha256)
+    except Exception:
+        logging.getLogger("tune_studio.ui").warning("Rendering page %s of %s failed", ref.get("page"),
+                                                    record.source, exc_info=True)
+        return None
+
+
+def png_data_url(png: bytes | None) -> str:
+    """PNG bytes as a ``data:`` URL (what an API client can decode or put in an ``<img>``); "" for none."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else ""

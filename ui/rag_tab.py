@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import gradio as gr
 
+from core.settings import SettingsError
 from engine.events import Cancelled, EventLog, Failed, JobEvent, Log, Progress, Queued
 from engine.jobs import JobRecord
 from engine.limits import limits
@@ -37,7 +38,7 @@ from rag.events import AnswerEvent, RetrievedEvent, TokenEvent
 from rag.hits import Hit
 from rag.index import MANIFEST, CollectionExistsError, RagIndex
 from rag.ingest import SUPPORTED_EXTENSIONS, LoadedDocument, load_file
-from rag.pipeline import PipelineSpec
+from rag.pipeline import PipelineSpec, PipelineSpecError
 from rag.retrieve import search
 from rag.stages import FIXED_STAGES, POST_STEPS, STAGE_TITLES
 from services import collections
@@ -69,7 +70,17 @@ from ui.common import (
     workspace_of,
     wrap_calls,
 )
-from ui.rag_citations import PAGE_HINT, cited_list, page_html, page_refs
+from ui.rag_citations import (
+    PAGE_HINT,
+    cited_list,
+    page_alt_text,
+    page_caption,
+    page_html,
+    page_image,
+    page_png,
+    page_refs,
+    png_data_url,
+)
 
 DEFAULT_COLLECTION = "my-documents"
 POST_CONTAINER_ID = "rag-post-steps"
@@ -180,6 +191,7 @@ class RagTabComponents:
     source_refs: gr.State | None = None  # per row of `sources`: file, page, section and quote (ui.rag_citations)
     hit_refs: gr.State | None = None  # the same for the rows of `hits`
     page_view: gr.HTML | None = None  # the page of the passage whose row was selected
+    page_image: gr.Image | None = None  # that page rendered (a PDF whose original the collection kept), above it
 
     def spec_outputs(self) -> list[Any]:
         """What shows an applied, opened or imported spec: its state, JSON, export file and each card's checks."""
@@ -380,6 +392,10 @@ def _build_ask() -> dict[str, Any]:
     parts["sources"] = gr.Dataframe(headers=SOURCE_HEADERS, interactive=False, wrap=True, max_height=400,
                                     column_widths=SOURCE_WIDTHS, label="Sources given to the model",
                                     elem_id="rag-sources", visible="hidden")
+    # Hidden, not removed, until a PDF page is shown: scripts and tests find it by its elem_id either way. The
+    # whole page fits on a screen (where the quote stands shows at a glance); full screen reads it closely.
+    parts["page_image"] = gr.Image(None, format="png", interactive=False, label="Page", buttons=["fullscreen"],
+                                   height=900, elem_id="rag-page-image", visible="hidden")
     parts["page_view"] = gr.HTML(f"<p><small>{PAGE_HINT}</small></p>", elem_id="rag-page-view")
     parts["source_refs"], parts["hit_refs"] = gr.State([]), gr.State([])
     parts["search_log"] = gr.Markdown(elem_id="rag-search-log")
@@ -769,6 +785,7 @@ def register(c: RagTabComponents, demo_triggers: list[Any] | None = None) -> Non
     _register_demo(c, demo_triggers)
     _register_remove_and_reindex(c)
     _register_apply(c)
+    _register_live_checks(c)
     _register_questions(c)
 
 
@@ -1010,6 +1027,27 @@ def _register_apply(c: RagTabComponents) -> None:
         api_visibility="private")
 
 
+def live_checks(c: RagTabComponents, values: tuple[Any, ...]) -> list[Any]:
+    """Each card's checks for the settings as they stand on the page, before Apply: a choice that works against
+    another is explained where it is made, as it is made. Values that do not make a spec yet (a number being
+    typed) leave the checks as they were: Apply names what is wrong."""
+    try:
+        spec = spec_from_form(c, values)
+    except (SettingsError, PipelineSpecError, ValueError, TypeError):
+        return [gr.skip()] * len(CHECKED_STAGES)
+    problems = problems_by_stage(spec)
+    return [check_text(stage, problems) for stage in CHECKED_STAGES]
+
+
+def _register_live_checks(c: RagTabComponents) -> None:
+    """Re-check the pipeline whenever a card's setting changes (reads the on-screen order like Apply does)."""
+    form = c.form_components()
+    settings = [comp for f in c.forms.values() for comp in f.components]
+    gr.on([comp.change for comp in settings], lambda *values: live_checks(c, values), form,
+          [c.checks[s] for s in CHECKED_STAGES], js=_READ_ORDER_JS, api_visibility="private",
+          show_progress="hidden", trigger_mode="always_last", queue=False)
+
+
 def apply_refusal(index: RagIndex, spec: PipelineSpec) -> str | None:
     """Why ``spec`` cannot simply be saved with ``index`` (another embedder, other chunks), or None."""
     if spec.embed.model != index.embedder_name:
@@ -1072,34 +1110,63 @@ def _register_questions(c: RagTabComponents) -> None:
 
 
 def _register_page_view(c: RagTabComponents) -> None:
-    """Selecting a row of the sources (or of the passages found) shows that passage's page, its quote marked."""
+    """Selecting a row of the sources (or of the passages found) shows that passage's page, its quote marked: the
+    rendered page above (PDFs whose original the collection kept), its stored text below (always)."""
     @handler_errors("Could not show the page")
     def on_show_page(state: dict[str, Any] | None, refs: list[dict[str, Any]] | None, evt: gr.SelectData,
-                     request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+                     request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[Any, str]:
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else None
         if row is None or not refs or not 0 <= row < len(refs):
             raise ValueError("Select a row of the sources to see its page.")
         index = read_collection(workspace_of(request, profile), state)
-        return page_html(index.name, index.documents.get(refs[row].get("source", "")), refs[row])
+        ref = refs[row]
+        return (_page_image_update(index, ref),
+                page_html(index.name, index.documents.get(ref.get("source", "")), ref))
 
     # Private: a row selection carries Gradio's event data, which an API call cannot send (Gradio fails before the
-    # handler runs); API callers name the passage's file, page and quote to rag_show_page instead.
-    c.sources.select(on_show_page, [c.collection_state, c.source_refs], c.page_view, api_visibility="private")
-    c.hits.select(on_show_page, [c.collection_state, c.hit_refs], c.page_view, api_visibility="private")
+    # handler runs); API callers name the passage's file, page and quote to rag_show_page / rag_page_image instead.
+    outputs = [c.page_image, c.page_view]
+    c.sources.select(on_show_page, [c.collection_state, c.source_refs], outputs, api_visibility="private")
+    c.hits.select(on_show_page, [c.collection_state, c.hit_refs], outputs, api_visibility="private")
     api_endpoint(handler_errors("Could not show the page")(show_page), api_name="rag_show_page")
+    api_endpoint(handler_errors("Could not show the page image")(show_page_image), api_name="rag_page_image")
+
+
+def _page_image_update(index: RagIndex, ref: dict[str, Any]) -> Any:
+    """The page image shown with its caption ("file, p. N"), or hidden when there is none (the text view stays)."""
+    image = page_image(index.path, index.files.get(str(ref.get("source") or "")), ref)
+    if image is None:
+        return gr.Image(value=None, visible="hidden")
+    return gr.Image(value=image, label=page_caption(ref), alt_text=page_alt_text(ref), visible=True)
+
+
+def _api_ref(collection: str, source: str, page: int | None, section: str, quote: str,
+             request: gr.Request, profile: gr.OAuthProfile | None) -> tuple[RagIndex, dict[str, Any]]:
+    """The visitor's collection and a page reference as the page view keeps one, from an API call's arguments."""
+    from rag.chunking import Chunk
+
+    index = read_collection(workspace_of(request, profile), {"collection": (collection or "").strip()})
+    page = int(page) if page not in (None, "") else None
+    where = Chunk("", source, 0, page=page, section=section or None).location
+    return index, {"source": source, "page": page, "section": section or None, "location": where, "quote": quote}
 
 
 def show_page(collection: str, source: str, page: int | None = None, section: str = "", quote: str = "",
               request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
     """One page of a file in the visitor's collection as HTML, ``quote`` marked: what selecting a source row shows,
     for scripts (the file, page and section as rag_ask / rag_search list a passage)."""
-    from rag.chunking import Chunk
-
-    index = read_collection(workspace_of(request, profile), {"collection": (collection or "").strip()})
-    page = int(page) if page not in (None, "") else None
-    where = Chunk("", source, 0, page=page, section=section or None).location
-    ref = {"source": source, "page": page, "section": section or None, "location": where, "quote": quote}
+    index, ref = _api_ref(collection, source, page, section, quote, request, profile)
     return page_html(index.name, index.documents.get(source), ref)
+
+
+def show_page_image(collection: str, source: str, page: int | None = None, quote: str = "",
+                    request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
+    """The page image the page view shows above the text, for scripts: a PNG as a ``data:image/png;base64,`` URL,
+    ``quote`` highlighted; "" when there is none (not a PDF, or a collection built before originals were kept).
+
+    A separate endpoint, so rag_show_page's single HTML output stays as its clients read it."""
+    index, ref = _api_ref(collection, source, page, "", quote, request, profile)
+    return png_data_url(page_png(index.path, index.files.get(source), ref))
 
 
 def register_page_load(demo: gr.Blocks, c: RagTabComponents) -> None:
