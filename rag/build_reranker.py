@@ -5,7 +5,7 @@ paragraphs of 48 Wikipedia articles from SQuAD v1.1's dev set, 1,190 crowd-writt
 the sets we report on are left out (SQuAD-small's two, and any article whose title is one of the long-document
 set's), so no question we evaluate on is learned from.
 
-Recipe: the articles are indexed as whole documents with the default pipeline (rerank off); for each question the
+Recipe: the articles are indexed as whole documents with the default pipeline, rerank off; for each question the
 top ``TOP_N`` candidates and their features (:func:`rag.rerankers.matcher_features`, the step's own code) are
 collected; the weights minimise a listwise softmax loss (the candidates that hold the question's answer are the
 targets) with plain gradient descent from zero: deterministic, seconds. A two-fold split by article reports the
@@ -74,7 +74,7 @@ def collect(docs: list[LoadedDocument], titles: dict[str, str], questions: list[
     from rag.rerankers import SentenceMatchReranker
     from rag.retrieve import search
 
-    spec = PipelineSpec()
+    spec = PipelineSpec().with_enabled("rerank", False)  # the candidates as the search orders them, before any rerank
     index, _ = build_index(docs, titles, spec, folder)
     matcher = SentenceMatchReranker(index.embedder, np.zeros(len(FEATURES)))
     out = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -33,20 +34,25 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from rag.reranker_names import (  # noqa: F401 - re-exported: callers name rerankers through this module
+    AUTO_RERANKER,
+    BUNDLED_RERANKER,
+    DEFAULT_RERANKER,
+    HUB_RERANKERS,
+    RERANKER_CHOICES,
+    SPACE_RERANKER,
+)
+
 if TYPE_CHECKING:
     from rag.embedders import Embedder
     from rag.hits import Hit
 
-BUNDLED_RERANKER = "bundled-minilm-sentences"
-HUB_RERANKERS = ("cross-encoder/ms-marco-MiniLM-L-6-v2", "BAAI/bge-reranker-base")
-AUTO_RERANKER = "auto"
-RERANKER_CHOICES = (AUTO_RERANKER, BUNDLED_RERANKER, *HUB_RERANKERS)
-DEFAULT_RERANKER = AUTO_RERANKER
-SPACE_RERANKER = HUB_RERANKERS[0]
+
 MAX_LENGTH = 512
 WEIGHTS_FILE = Path(__file__).resolve().parent / "models" / "sentence_reranker.json"
 #: The matcher's features, in the order of its weights (rag/models/sentence_reranker.json names them too).
 FEATURES = ("best_sentence_similarity", "keyword_score_relative")
+MAX_SENTENCE_CHARS = 400  # ~90 tokens: longer than 98% of the long-document set's sentences
 SENTENCE_CACHE_LIMIT = 50_000  # sentence vectors kept (384 floats each: ~75 MB at most)
 
 
@@ -116,10 +122,12 @@ def _load_hub(repo_id: str, on_progress: Callable[[Any], None] | None) -> CrossE
 
 # ---------------------------------------------------------------------------------------------- bundled
 def sentence_texts(text: str) -> list[str]:
-    """The sentences a passage is matched by (``rag.gold.sentences``: after . ! ? and at line breaks)."""
+    """The sentences a passage is matched by (``rag.gold.sentences``: after . ! ? and at line breaks), each cut to
+    :data:`MAX_SENTENCE_CHARS`: a "sentence" without punctuation (a table, a list) would otherwise cost a whole
+    passage's embedding, and its start says what it is about."""
     from rag.gold import sentences
 
-    return [text[a:b] for a, b in sentences(text)] or [text]
+    return [text[a:b][:MAX_SENTENCE_CHARS] for a, b in sentences(text)] or [text[:MAX_SENTENCE_CHARS]]
 
 
 def matcher_features(query_vector: np.ndarray, sentence_vectors: Sequence[np.ndarray],
@@ -210,8 +218,19 @@ def get_reranker(name: str = DEFAULT_RERANKER, on_progress: Callable[[Any], None
         raise RerankerUnavailableError(f"Unknown reranker '{name}'. Known: {', '.join(RERANKER_CHOICES)}.")
     resolved = resolve_reranker(name)
     with _LOCK:
+        if name == AUTO_RERANKER and name in _CACHE:
+            return _CACHE[name]
         if resolved not in _CACHE:
-            _CACHE[resolved] = _load_bundled() if resolved == BUNDLED_RERANKER else _load_hub(resolved, on_progress)
+            try:
+                _CACHE[resolved] = _load_bundled() if resolved == BUNDLED_RERANKER else _load_hub(resolved, on_progress)
+            except RerankerUnavailableError:
+                if name != AUTO_RERANKER:
+                    raise
+                # auto on a Space whose Hub download failed: rerank offline rather than fail every question.
+                logging.getLogger("tune_studio.rag").warning("The Hub reranker %s could not be loaded; using the "
+                                                             "bundled sentence matcher instead.", resolved)
+                _CACHE[name] = _CACHE.get(BUNDLED_RERANKER) or _load_bundled()
+                return _CACHE[name]
         return _CACHE[resolved]
 
 

@@ -52,9 +52,9 @@ def search(index: RagIndex, query: str, spec: PipelineSpec | None = None, top_k:
     log = [f"{settings.mode}: {len(candidates)} candidates"]
     hits = candidates
     for step in steps:
-        before = len(hits)
+        before, step_start = len(hits), time.perf_counter()
         hits = POST_STEPS[step.name](hits, step.settings, index=index, query=query, qvec=qvec, top_k=top_k)
-        log.append(f"{step.name}: {before} → {len(hits)}")
+        log.append(f"{step.name}: {before} → {len(hits)} ({(time.perf_counter() - step_start) * 1000:.0f} ms)")
     if index.parents and not any(s.name == "parent_child" for s in steps):
         # An index built with parent-child always hands the model parents, whatever spec the caller passed.
         before = len(hits)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from core.generation import GenerationSettings
 from core.settings import Settings, SettingsError, setting
-from rag.rerankers import DEFAULT_RERANKER, RERANKER_CHOICES
+from rag.reranker_names import DEFAULT_RERANKER, RERANKER_CHOICES
 
 # Measured for the bundled 135M model on two disjoint sets of 40 SQuAD-small questions (bench/RESULTS.md, "Small-model
 # RAG prompt"): the instruction after the question, one sentence, and the citation asked for as an example ending

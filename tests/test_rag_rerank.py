@@ -98,6 +98,17 @@ def test_without_the_hub_a_hub_reranker_names_the_offline_one_and_how_to_leave_i
     assert BUNDLED_RERANKER in str(e.value)
 
 
+def test_auto_on_a_space_whose_hub_download_fails_reranks_with_the_bundled_matcher(monkeypatch):
+    from rag import rerankers
+
+    monkeypatch.setattr(rerankers, "_CACHE", {})
+    monkeypatch.setattr("rag.embedders._downloader", None)
+    monkeypatch.setenv("SPACE_ID", "ada/studio")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert resolve_reranker(AUTO_RERANKER) == SPACE_RERANKER
+    assert isinstance(get_reranker(AUTO_RERANKER), rerankers.SentenceMatchReranker)
+
+
 def test_auto_is_the_bundled_reranker_here_and_the_hub_cross_encoder_on_a_space():
     assert RerankSettings().model == DEFAULT_RERANKER == AUTO_RERANKER
     assert resolve_reranker(AUTO_RERANKER, {}) == BUNDLED_RERANKER

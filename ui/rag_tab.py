@@ -84,8 +84,8 @@ from ui.rag_citations import (
 
 DEFAULT_COLLECTION = "my-documents"
 POST_CONTAINER_ID = "rag-post-steps"
-HIT_HEADERS = ["#", "source", "page / section", "meaning", "keywords", "combined", "text"]
-HIT_WIDTHS = ["6%", "18%", "14%", "9%", "9%", "9%", "35%"]
+HIT_HEADERS = ["#", "source", "page / section", "meaning", "keywords", "combined", "rerank", "text"]
+HIT_WIDTHS = ["6%", "17%", "13%", "8%", "8%", "8%", "8%", "32%"]
 SOURCE_HEADERS = ["[n]", "cited", "source", "page / section", "score", "text"]
 SOURCE_WIDTHS = ["6%", "7%", "20%", "14%", "9%", "44%"]
 CHUNK_HEADERS = ["file", "#", "page / section", "chars", "chunk", "OCR confidence"]
@@ -400,8 +400,9 @@ def _build_ask() -> dict[str, Any]:
     parts["source_refs"], parts["hit_refs"] = gr.State([]), gr.State([])
     parts["search_log"] = gr.Markdown(elem_id="rag-search-log")
     parts["hits"] = gr.Dataframe(headers=HIT_HEADERS, interactive=False, wrap=True, max_height=400,
-                                 column_widths=HIT_WIDTHS, label="Passages found (meaning, keyword and combined "
-                                 "scores)", elem_id="rag-hits", visible="hidden")
+                                 column_widths=HIT_WIDTHS, label="Passages found (meaning, keyword, combined and "
+                                 "rerank scores: the rerank step, when on, decides the order)", elem_id="rag-hits",
+                                 visible="hidden")
     return parts
 
 
@@ -671,7 +672,7 @@ def _hit_row(hit: Hit) -> list[Any]:
         return "—" if x is None else f"{x:.{digits}f}"
 
     return [hit.rank, hit.chunk.source, _where(hit.chunk.page, hit.chunk.section), fmt(hit.dense_score),
-            fmt(hit.bm25_score, 2), fmt(hit.fused_score, 4), _excerpt(hit.matched.text)]
+            fmt(hit.bm25_score, 2), fmt(hit.fused_score, 4), fmt(hit.rerank_score, 2), _excerpt(hit.matched.text)]
 
 
 def _require_chunks(index: RagIndex) -> RagIndex:
