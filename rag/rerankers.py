@@ -76,13 +76,6 @@ def resolve_reranker(name: str, env: Mapping[str, str] | None = None) -> str:
     return SPACE_RERANKER if env.get("SPACE_ID") and online else BUNDLED_RERANKER
 
 
-def describe_reranker(name: str) -> str:
-    """One line for logs and the UI: what ``name`` resolves to here."""
-    resolved = resolve_reranker(name)
-    what = "the bundled sentence matcher (offline)" if resolved == BUNDLED_RERANKER else f"{resolved} (Hub)"
-    return f"auto → {what}" if name == AUTO_RERANKER else what
-
-
 # ---------------------------------------------------------------------------------------------- Hub models
 @dataclass
 class CrossEncoderReranker:
